@@ -1,0 +1,1 @@
+"""lanspreadctl: drive lanspreadd over D-Bus from scripts and terminals."""

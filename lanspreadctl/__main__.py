@@ -1,0 +1,5 @@
+import sys
+
+from lanspreadctl.cli import main
+
+sys.exit(main())

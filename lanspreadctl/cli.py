@@ -1,0 +1,339 @@
+"""lanspreadctl: the command-line client (exit codes in SPEC)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TextIO
+
+from dbus_fast import Message
+
+from lanspreadctl.client import (
+    BUS_NAME,
+    EXIT_DENIED,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    JOB_IFACE,
+    ROOT_PATH,
+    Client,
+    ClientError,
+    unwrap,
+)
+
+GAME_COLUMNS = ("Id", "Availability", "Installed", "LocalVersion", "CatalogVersion", "Name")
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def snake(props: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for key, value in props.items():
+        name = "".join("_" + c.lower() if c.isupper() else c for c in key).lstrip("_")
+        out[name] = value
+    return out
+
+
+class Output:
+    def __init__(self, as_json: bool, stream: TextIO = sys.stdout) -> None:
+        self.as_json = as_json
+        self.stream = stream
+
+    def emit(self, data: Any, text: str) -> None:
+        if self.as_json:
+            print(json.dumps(data, sort_keys=True), file=self.stream, flush=True)
+        elif text:
+            print(text, file=self.stream, flush=True)
+
+
+def game_table(games: list[dict[str, Any]]) -> str:
+    rows = [["ID", "STATE", "INSTALLED", "LOCAL", "CATALOG", "NAME"]]
+    for g in games:
+        state = g["Availability"] + (f" ({g['Operation']})" if g["Operation"] else "")
+        rows.append(
+            [
+                g["Id"],
+                state,
+                "yes" if g["Installed"] else "no",
+                g["LocalVersion"] or "-",
+                g["CatalogVersion"],
+                g["Name"],
+            ]
+        )
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+class ProgressBar:
+    """A one-line bar on a terminal; silent elsewhere."""
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
+        self.label = label
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.last = 0.0
+
+    def show(self, done: int, total: int, rate: float, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self.last < 0.1):
+            return
+        self.last = now
+        frac = done / total if total else 0.0
+        width = 30
+        filled = int(frac * width)
+        bar = "#" * filled + "-" * (width - filled)
+        self.stream.write(
+            f"\r{self.label} [{bar}] {frac * 100:5.1f}% "
+            f"{human_bytes(done)}/{human_bytes(total)} {human_bytes(rate)}/s   "
+        )
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
+    """Follow a Job object to its end, drawing progress; exit code from its outcome."""
+    done = asyncio.get_running_loop().create_future()
+    bar = ProgressBar(label)
+    props: dict[str, Any] = {}
+
+    def on_signal(msg: Message) -> None:
+        if msg.path != path:
+            return
+        if msg.member == "PropertiesChanged" and msg.body and msg.body[0] == JOB_IFACE:
+            props.update(unwrap(msg.body[1]))
+            bar.show(props.get("BytesDone", 0), props.get("BytesTotal", 0), props.get("Rate", 0))
+        elif msg.member == "Completed" and not done.done():
+            done.set_result(None)
+
+    await client.subscribe(f"type='signal',sender='{BUS_NAME}',path='{path}'", on_signal)
+    props.update(await client.get_all(path, JOB_IFACE))
+    if props["State"] == "running":
+        await done
+        props.update(await client.get_all(path, JOB_IFACE))
+    bar.show(props["BytesDone"], props["BytesTotal"], 0, force=True)
+    bar.close()
+    state = props["State"]
+    text = f"{label}: {state}"
+    if props["ErrorMessage"]:
+        text += f": {props['ErrorMessage']}"
+    out.emit(snake(props) | {"job": path}, text)
+    return EXIT_OK if state == "finished" else EXIT_FAILED
+
+
+Handler = Callable[[Client, argparse.Namespace, Output], Awaitable[int]]
+
+
+async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
+    props = await client.get_all(ROOT_PATH, "org.lanspread.Lanspread1.Manager")
+    games = await client.manager("ListGames")
+    counts: dict[str, int] = {}
+    for g in games:
+        counts[g["Availability"]] = counts.get(g["Availability"], 0) + 1
+    installed = sum(1 for g in games if g["Installed"])
+    busy = [g["Id"] for g in games if g["Operation"]]
+    data = snake(props) | {
+        "games": len(games),
+        "installed": installed,
+        "availability": counts,
+        "busy": busy,
+    }
+    text = "\n".join(
+        [
+            f"lanspreadd {props['Version']} ({props['Name']}): {props['Status']}",
+            f"game dir:   {props['GameDir']} ({human_bytes(props['FreeSpace'])} free)",
+            f"catalog:    {props['Catalog']} ({len(games)} games)",
+            f"games:      {installed} installed, "
+            + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+            f"operations: {', '.join(busy) if busy else 'none'}",
+        ]
+    )
+    out.emit(data, text)
+    return EXIT_OK
+
+
+async def cmd_games(client: Client, args: argparse.Namespace, out: Output) -> int:
+    games = await client.manager("ListGames")
+    out.emit([snake(g) for g in games], game_table(games))
+    return EXIT_OK
+
+
+async def cmd_show(client: Client, args: argparse.Namespace, out: Output) -> int:
+    game = await client.manager("GetGame", "s", args.game)
+    text = "\n".join(f"{k}: {v}" for k, v in game.items())
+    out.emit(snake(game), text)
+    return EXIT_OK
+
+
+def operation(member: str, verb: str) -> Handler:
+    async def run(client: Client, args: argparse.Namespace, out: Output) -> int:
+        path = await client.manager(member, "s", args.game)
+        if args.no_wait:
+            out.emit({"job": path}, f"{verb} of {args.game} started: {path}")
+            return EXIT_OK
+        return await wait_job(client, path, f"{verb} {args.game}", out)
+
+    return run
+
+
+async def cmd_cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
+    path = await client.manager("Cancel", "s", args.game)
+    out.emit({"job": path}, f"cancel requested for {args.game}")
+    return EXIT_OK
+
+
+async def cmd_set_game_dir(client: Client, args: argparse.Namespace, out: Output) -> int:
+    await client.manager("SetGameDir", "s", args.path)
+    out.emit({"game_dir": args.path}, f"game directory is now {args.path}")
+    return EXIT_OK
+
+
+async def cmd_reload(client: Client, args: argparse.Namespace, out: Output) -> int:
+    count = await client.manager("ReloadCatalog")
+    out.emit({"games": count}, f"catalog reloaded: {count} games")
+    return EXIT_OK
+
+
+async def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int:
+    queue: asyncio.Queue[tuple[int, str, str]] = asyncio.Queue()
+    if args.follow:
+
+        def on_line(msg: Message) -> None:
+            if msg.member == "LogLine" and msg.path == ROOT_PATH:
+                queue.put_nowait((msg.body[0], msg.body[1], msg.body[2]))
+
+        await client.subscribe(
+            f"type='signal',sender='{BUS_NAME}',path='{ROOT_PATH}',member='LogLine'", on_line
+        )
+    watermark, lines = await client.manager("GetLogs", "u", args.lines)
+    for line in lines:
+        out.emit({"line": line}, line)
+    while args.follow:
+        seq, level, text = await queue.get()
+        if seq > watermark:
+            out.emit({"seq": seq, "level": level, "line": text}, text)
+    return EXIT_OK
+
+
+async def cmd_unpack_logs(client: Client, args: argparse.Namespace, out: Output) -> int:
+    runs = await client.manager("GetUnpackLogs")
+    parts = []
+    for run in runs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["Finished"]))
+        result = "ok" if run["Success"] else f"FAILED: {run['Error']}"
+        parts.append(f"== {when} {run['Operation']} {run['GameId']}: {result}\n{run['Output']}")
+    out.emit([snake(r) for r in runs], "\n".join(parts) or "no unpack runs yet")
+    return EXIT_OK
+
+
+async def cmd_monitor(client: Client, args: argparse.Namespace, out: Output) -> int:
+    stop = asyncio.get_running_loop().create_future()
+
+    def on_signal(msg: Message) -> None:
+        if msg.member == "NameOwnerChanged":
+            if msg.body and msg.body[0] == BUS_NAME and not msg.body[2] and not stop.done():
+                stop.set_result(None)
+            return
+        body = unwrap(list(msg.body))
+        out.emit(
+            {"path": msg.path, "interface": msg.interface, "member": msg.member, "body": body},
+            f"{msg.path} {msg.member} {json.dumps(body)}",
+        )
+
+    await client.subscribe(f"type='signal',sender='{BUS_NAME}'", on_signal)
+    await client.subscribe(
+        f"type='signal',sender='org.freedesktop.DBus',member='NameOwnerChanged',arg0='{BUS_NAME}'",
+        on_signal,
+    )
+    await stop
+    out.emit({"event": "daemon-stopped"}, "lanspreadd stopped")
+    return EXIT_UNREACHABLE
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lanspreadctl", description="Control lanspreadd.")
+    bus = p.add_mutually_exclusive_group()
+    bus.add_argument("--system", dest="bus", action="store_const", const="system")
+    bus.add_argument("--session", dest="bus", action="store_const", const="session")
+    bus.add_argument("--address", dest="bus", metavar="ADDRESS", help="a D-Bus address")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sp.set_defaults(handler=handler)
+        return sp
+
+    add("status", cmd_status, "daemon status")
+    add("games", cmd_games, "list catalog games and their state")
+    add("show", cmd_show, "show one game").add_argument("game")
+    for name, member, verb in (
+        ("install", "Install", "install"),
+        ("update", "Update", "update"),
+        ("uninstall", "Uninstall", "uninstall"),
+        ("remove", "RemoveDownload", "remove"),
+    ):
+        sp = add(name, operation(member, verb), f"{verb} a game")
+        sp.add_argument("game")
+        sp.add_argument("--no-wait", action="store_true", help="return once started")
+    add("cancel", cmd_cancel, "cancel the running operation of a game").add_argument("game")
+    add("set-game-dir", cmd_set_game_dir, "change the game directory").add_argument("path")
+    add("reload-catalog", cmd_reload, "re-read the catalog")
+    logs = add("logs", cmd_logs, "daemon log")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    add("unpack-logs", cmd_unpack_logs, "output of the last unpack runs")
+    add("monitor", cmd_monitor, "print daemon events as they happen")
+    return p
+
+
+async def run(args: argparse.Namespace, out: Output) -> int:
+    client = Client(args.bus or "system")
+    try:
+        await client.connect()
+        handler: Handler = args.handler
+        return await handler(client, args, out)
+    finally:
+        client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "lines", 0) < 0:
+        parser.error("--lines must not be negative")
+    out = Output(args.json)
+    try:
+        return asyncio.run(run(args, out))
+    except ClientError as exc:
+        if args.json:
+            print(json.dumps({"error": exc.name or "error", "message": str(exc)}), flush=True)
+        hint = ""
+        if exc.code == EXIT_DENIED:
+            hint = " (ask an administrator, or run with the rights polkit requires)"
+        print(f"lanspreadctl: {exc}{hint}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+__all__ = ["EXIT_USAGE", "main"]

@@ -1,0 +1,148 @@
+"""A small asyncio D-Bus client for lanspreadd, with errors mapped to exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+BUS_NAME = "org.lanspread.Lanspread1"
+ROOT_PATH = "/org/lanspread/Lanspread1"
+MANAGER_IFACE = "org.lanspread.Lanspread1.Manager"
+GAME_IFACE = "org.lanspread.Lanspread1.Game"
+JOB_IFACE = "org.lanspread.Lanspread1.Job"
+ERROR_PREFIX = "org.lanspread.Lanspread1.Error."
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_DENIED = 4
+
+UNREACHABLE_ERRORS = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply",
+    "org.freedesktop.DBus.Error.Disconnected",
+}
+
+
+class ClientError(Exception):
+    """A failure with the exit code lanspreadctl should end with."""
+
+    def __init__(self, message: str, code: int, name: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+        self.name = name
+
+
+def exit_code_for(error_name: str) -> int:
+    if error_name in UNREACHABLE_ERRORS:
+        return EXIT_UNREACHABLE
+    if error_name in (ERROR_PREFIX + "NotAuthorized", "org.freedesktop.DBus.Error.AccessDenied"):
+        return EXIT_DENIED
+    if error_name in (ERROR_PREFIX + "InvalidArgument", "org.freedesktop.DBus.Error.InvalidArgs"):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+SignalHandler = Callable[[Message], None]
+
+
+class Client:
+    def __init__(self, bus_spec: str) -> None:
+        self.bus_spec = bus_spec
+        self.bus: MessageBus | None = None
+        self._handlers: list[SignalHandler] = []
+
+    @property
+    def bus_label(self) -> str:
+        return self.bus_spec if self.bus_spec in ("system", "session") else "the given"
+
+    async def connect(self) -> None:
+        if self.bus_spec == "system":
+            bus = MessageBus(bus_type=BusType.SYSTEM)
+        elif self.bus_spec == "session":
+            bus = MessageBus(bus_type=BusType.SESSION)
+        else:
+            bus = MessageBus(bus_address=self.bus_spec)
+        try:
+            await asyncio.wait_for(bus.connect(), 10)
+        except (OSError, TimeoutError, ValueError, Exception) as exc:
+            raise ClientError(
+                f"cannot connect to the {self.bus_label} bus: {exc}", EXIT_UNREACHABLE
+            ) from exc
+        bus.add_message_handler(self._dispatch)
+        self.bus = bus
+
+    def close(self) -> None:
+        if self.bus is not None:
+            self.bus.disconnect()
+
+    def _dispatch(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL:
+            for handler in list(self._handlers):
+                handler(msg)
+
+    async def call(
+        self,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        destination: str = BUS_NAME,
+    ) -> list[Any]:
+        assert self.bus is not None
+        reply = await self.bus.call(
+            Message(
+                destination=destination,
+                path=path,
+                interface=interface,
+                member=member,
+                signature=signature,
+                body=body or [],
+            )
+        )
+        if reply is None:
+            raise ClientError("no reply from lanspreadd", EXIT_UNREACHABLE)
+        if reply.message_type is MessageType.ERROR:
+            name = reply.error_name or ""
+            text = reply.body[0] if reply.body else name
+            if name in UNREACHABLE_ERRORS:
+                text = f"lanspreadd is not running on the {self.bus_label} bus ({text})"
+            raise ClientError(str(text), exit_code_for(name), name)
+        return list(reply.body)
+
+    async def manager(self, member: str, signature: str = "", *args: Any) -> Any:
+        body = await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, list(args))
+        return unwrap(body[0]) if len(body) == 1 else unwrap(body)
+
+    async def get_all(self, path: str, interface: str) -> dict[str, Any]:
+        body = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", [interface])
+        result: dict[str, Any] = unwrap(body[0])
+        return result
+
+    async def subscribe(self, rule: str, handler: SignalHandler) -> None:
+        self._handlers.append(handler)
+        await self.call(
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus",
+            "AddMatch",
+            "s",
+            [rule],
+            destination="org.freedesktop.DBus",
+        )

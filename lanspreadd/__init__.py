@@ -1,0 +1,3 @@
+"""lanspreadd: the lanspread system daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from lanspreadd.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""RAR archives: safe listing, extraction back-ends, and a stored-archive writer."""

@@ -1,0 +1,150 @@
+"""Configuration: `/etc/lanspread/lanspreadd.toml`, overridden by command-line flags."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from lanspreadd.errors import ConfigError
+
+DEFAULT_CONFIG = Path("/etc/lanspread/lanspreadd.toml")
+DEFAULT_PORT = 41800
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Config:
+    bus: str = "system"
+    game_dir: Path = Path("/var/lib/lanspread/games")
+    state_dir: Path = Path(os.environ.get("STATE_DIRECTORY", "/var/lib/lanspread").split(":")[0])
+    catalog: Path | None = None
+    port: int = DEFAULT_PORT
+    name: str = socket.gethostname()
+    mdns: bool = True
+    log_file: Path | None = None
+    log_level: str = "info"
+    log_max_bytes: int = 2 << 20
+    polkit: str = "auto"
+    fallback_scan_interval: float = 300.0
+    explicit: frozenset[str] = frozenset()
+
+    @property
+    def use_polkit(self) -> bool:
+        """On a session bus only the owner can connect, so polkit is off unless asked for."""
+        if self.polkit == "auto":
+            return self.bus == "system"
+        return self.polkit == "on"
+
+    @property
+    def log_path(self) -> Path:
+        if self.log_file is not None:
+            return self.log_file
+        logs = os.environ.get("LOGS_DIRECTORY")
+        return (Path(logs.split(":")[0]) if logs else self.state_dir) / "lanspread.log"
+
+
+_TYPES: dict[str, type] = {
+    "bus": str,
+    "game_dir": Path,
+    "state_dir": Path,
+    "catalog": Path,
+    "port": int,
+    "name": str,
+    "mdns": bool,
+    "log_file": Path,
+    "log_level": str,
+    "log_max_bytes": int,
+    "polkit": str,
+    "fallback_scan_interval": float,
+}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = _TYPES[key]
+    if kind is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{source}: {key} must be a non-empty path string")
+        return Path(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{source}: {key} must be {kind.__name__}, not {type(value).__name__}")
+    return value
+
+
+def validate(config: Config) -> Config:
+    if not 1 <= config.port <= 65535:
+        raise ConfigError(f"port {config.port} is out of range 1-65535")
+    if config.log_level.lower() not in LOG_LEVELS:
+        raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if config.polkit not in ("auto", "on", "off"):
+        raise ConfigError(f"polkit {config.polkit!r} is not one of auto, on, off")
+    if config.log_max_bytes < 4096:
+        raise ConfigError("log_max_bytes must be at least 4096")
+    if config.fallback_scan_interval <= 0:
+        raise ConfigError("fallback_scan_interval must be positive")
+    if not config.name or len(config.name) > 63:
+        raise ConfigError("name must be 1-63 characters")
+    return config
+
+
+def load_file(path: Path, base: Config, required: bool) -> Config:
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from None
+        return base
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    known = {f.name for f in fields(Config)} - {"explicit"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {', '.join(unknown)}")
+    values = {key: _coerce(key, value, str(path)) for key, value in data.items()}
+    return replace(base, **values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lanspreadd", description="lanspread system daemon")
+    p.add_argument("--config", type=Path, help=f"TOML config file (default {DEFAULT_CONFIG})")
+    p.add_argument("--bus", help="system, session, or a D-Bus address")
+    p.add_argument("--game-dir", type=Path)
+    p.add_argument("--state-dir", type=Path)
+    p.add_argument("--catalog", type=Path, help="game.db to use instead of the embedded one")
+    p.add_argument("--port", type=int, help="UDP port for QUIC")
+    p.add_argument("--name", help="name shown to peers")
+    p.add_argument("--no-mdns", action="store_true", default=None)
+    p.add_argument("--log-file", type=Path)
+    p.add_argument("--log-level", choices=LOG_LEVELS)
+    p.add_argument("--polkit", choices=("auto", "on", "off"))
+    return p
+
+
+def from_args(argv: list[str] | None = None) -> Config:
+    args = build_parser().parse_args(argv)
+    config_path = args.config or DEFAULT_CONFIG
+    config = load_file(config_path, Config(), required=args.config is not None)
+    overrides: dict[str, Any] = {}
+    for key in (
+        "bus",
+        "game_dir",
+        "state_dir",
+        "catalog",
+        "port",
+        "name",
+        "log_file",
+        "log_level",
+        "polkit",
+    ):
+        value = getattr(args, key)
+        if value is not None:
+            overrides[key] = value
+    if args.no_mdns:
+        overrides["mdns"] = False
+    return validate(replace(config, explicit=frozenset(overrides), **overrides))

@@ -1,0 +1,366 @@
+"""The domain controller: catalog, library, operations and their lifecycle.
+
+It knows nothing of D-Bus; adapters observe it through `Observer` and call its
+methods. It owns every task it starts (services and jobs) in one TaskGroup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from lanspreadd.catalog import Catalog, check_game_id
+from lanspreadd.config import Config
+from lanspreadd.errors import (
+    ERROR_PREFIX,
+    Cancelled,
+    DiskFull,
+    InvalidArgument,
+    InvalidState,
+    LanspreadError,
+    NotFound,
+)
+from lanspreadd.install import GameFiles, atomic_write, recover_all
+from lanspreadd.library import Availability, GameState, Library
+from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.monitor import GameDirMonitor, RescanQueue
+from lanspreadd.operations import Job, JobState, OperationTable, OpKind
+from lanspreadd.supervisor import Policy, Service, Supervisor
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL = 0.2
+SHUTDOWN_GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class GameView:
+    id: str
+    name: str
+    description: str
+    size: int
+    catalog_version: str
+    local_version: str
+    downloaded: bool
+    installed: bool
+    availability: Availability
+    operation: str
+    job_id: int
+
+
+class Observer(Protocol):
+    def game_changed(self, game: GameView) -> None: ...
+    def game_removed(self, game_id: str) -> None: ...
+    def job_started(self, job: Job) -> None: ...
+    def job_progress(self, job: Job) -> None: ...
+    def job_finished(self, job: Job) -> None: ...
+    def runtime_failed(self, component: str, error: str) -> None: ...
+
+
+class Controller:
+    def __init__(self, config: Config, sink: LogSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.observers: list[Observer] = []
+        self.catalog = Catalog.load(config.catalog)
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.library = Library(self._initial_game_dir(), self.catalog)
+        self.library.game_dir.mkdir(parents=True, exist_ok=True)
+        self.ops = OperationTable()
+        self.unpack_logs = UnpackLogs(config.state_dir / "unpack-logs.json")
+        self.started = time.time()
+        self.status = "starting"
+        self._tg: asyncio.TaskGroup | None = None
+        self._stopping = asyncio.Event()
+        self._job_tasks: set[asyncio.Task[None]] = set()
+        self._monitor_changed = asyncio.Event()
+        self._last_progress: dict[int, float] = {}
+        self.supervisor = Supervisor(self._required_failed)
+        self.failure: str | None = None
+
+    # ---- settings persisted across restarts -------------------------------------------
+    @property
+    def _settings_path(self) -> Path:
+        return self.config.state_dir / "settings.json"
+
+    def _initial_game_dir(self) -> Path:
+        if "game_dir" in self.config.explicit:
+            return self.config.game_dir
+        try:
+            saved = json.loads(self._settings_path.read_text("utf-8"))
+            return Path(saved["game_dir"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.config.game_dir
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def run(self, on_ready: asyncio.Event | None = None) -> None:
+        recovered = await asyncio.to_thread(
+            recover_all, self.library.game_dir, sorted(self.catalog.games)
+        )
+        for game_id, action in recovered.items():
+            log.warning("recovered %s: %s", game_id, action)
+        self.library.scan_all()
+        queue = RescanQueue(self.rescan)
+        self._queue = queue
+        services = [
+            Service("monitor", self._monitor_service, Policy.BEST_EFFORT),
+            Service("rescan", queue.run, Policy.REQUIRED),
+            Service("fallback-scan", self._fallback_scan, Policy.RESTART),
+        ]
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            service_tasks = [tg.create_task(self.supervisor.supervise(s)) for s in services]
+            self.status = f"serving {len(self.catalog.games)} catalog games"
+            log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
+            if on_ready is not None:
+                on_ready.set()
+            await self._stopping.wait()
+            self.status = "stopping"
+            for job in list(self.ops.jobs.values()):
+                job.cancel_event.set()
+            if self._job_tasks:
+                await asyncio.wait(list(self._job_tasks), timeout=SHUTDOWN_GRACE)
+            self.supervisor.stopping.set()
+            for task in service_tasks:
+                task.cancel()
+        self._tg = None
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _required_failed(self, component: str, error: str) -> None:
+        log.error("required service %s failed: %s; stopping", component, error)
+        self.failure = f"{component}: {error}"
+        for obs in self.observers:
+            obs.runtime_failed(component, error)
+        self.stop()
+
+    async def _monitor_service(self) -> None:
+        while True:
+            self._monitor_changed.clear()
+            monitor = GameDirMonitor(self.library.game_dir, self._is_game, self._queue.mark)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(monitor.run())
+                await self._monitor_changed.wait()
+                task.cancel()
+
+    async def _fallback_scan(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.fallback_scan_interval)
+            self.rescan(None)
+
+    def _is_game(self, name: str) -> bool:
+        return name in self.catalog.games
+
+    # ---- library views ------------------------------------------------------------------
+    def rescan(self, game_ids: set[str] | None) -> None:
+        """Rescan games (all when None); games under an operation keep their state."""
+        ids = set(self.catalog.games) if game_ids is None else game_ids
+        for game_id in sorted(ids):
+            if game_id in self.ops.jobs:
+                continue
+            state, changed = self.library.rescan(game_id)
+            if changed:
+                self._notify_game(game_id, state)
+
+    def _notify_game(self, game_id: str, state: GameState | None) -> None:
+        for obs in self.observers:
+            if state is None:
+                obs.game_removed(game_id)
+            else:
+                obs.game_changed(self.view(game_id))
+
+    def view(self, game_id: str) -> GameView:
+        entry = self.catalog.get(game_id)
+        if entry is None:
+            raise NotFound(f"no game {game_id!r} in the catalog")
+        state = self.library.states.get(game_id)
+        if state is None:
+            state, _ = self.library.rescan(game_id)
+            assert state is not None
+        job = self.ops.get(game_id)
+        return GameView(
+            id=game_id,
+            name=entry.name,
+            description=entry.description,
+            size=entry.size,
+            catalog_version=entry.version,
+            local_version=state.local_version,
+            downloaded=state.downloaded,
+            installed=state.installed,
+            availability=state.availability,
+            operation=str(job.kind) if job else "",
+            job_id=job.id if job else 0,
+        )
+
+    def game(self, game_id: object) -> GameView:
+        return self.view(check_game_id(game_id))
+
+    def games(self) -> list[GameView]:
+        return [self.view(game_id) for game_id in sorted(self.catalog.games)]
+
+    # ---- operations ---------------------------------------------------------------------
+    def start(self, kind: OpKind, game_id: object) -> Job:
+        game = self.game(game_id)
+        self._check_precondition(kind, game)
+        if self._tg is None or self._stopping.is_set():
+            raise InvalidState("the daemon is shutting down")
+        job = self.ops.begin(game.id, kind)
+        log.info("%s of %s started (job %d)", kind, game.id, job.id)
+        for obs in self.observers:
+            obs.job_started(job)
+            obs.game_changed(self.view(game.id))
+        task = self._tg.create_task(self._run_job(job))
+        self._job_tasks.add(task)
+        task.add_done_callback(self._job_tasks.discard)
+        return job
+
+    @staticmethod
+    def _check_precondition(kind: OpKind, game: GameView) -> None:
+        if kind in (OpKind.INSTALL, OpKind.UPDATE) and not game.downloaded:
+            raise InvalidState(f"{game.id} is not downloaded (no version.ini in its directory)")
+        if kind is OpKind.INSTALL and game.installed:
+            raise InvalidState(f"{game.id} is already installed; use update to reinstall it")
+        if kind is OpKind.UPDATE and not game.installed:
+            raise InvalidState(f"{game.id} is not installed; use install")
+        if kind is OpKind.UNINSTALL and not game.installed:
+            raise InvalidState(f"{game.id} is not installed")
+
+    def cancel(self, game_id: object) -> Job:
+        gid = check_game_id(game_id)
+        job = self.ops.get(gid)
+        if job is None:
+            raise NotFound(f"no operation is running for {gid}")
+        job.cancel_event.set()
+        log.info("cancel requested for %s of %s (job %d)", job.kind, gid, job.id)
+        return job
+
+    def _progress(self, job: Job, done: int, total: int) -> None:
+        now = time.monotonic()
+        job.update(done, total, now)
+        if now - self._last_progress.get(job.id, 0.0) >= PROGRESS_INTERVAL:
+            self._last_progress[job.id] = now
+            for obs in self.observers:
+                obs.job_progress(job)
+
+    async def _run_job(self, job: Job) -> None:
+        loop = asyncio.get_running_loop()
+
+        def progress(done: int, total: int) -> None:
+            loop.call_soon_threadsafe(self._progress, job, done, total)
+
+        files = GameFiles(self.library.game_root(job.game_id), job.cancel_event, progress)
+        started = time.time()
+        try:
+            if job.kind in (OpKind.INSTALL, OpKind.UPDATE):
+                await asyncio.to_thread(files.install)
+            elif job.kind is OpKind.UNINSTALL:
+                await asyncio.to_thread(files.uninstall)
+            elif job.kind is OpKind.REMOVE:
+                await asyncio.to_thread(files.remove_download)
+            else:
+                raise InvalidState(f"{job.kind} is not supported")
+            job.finish(JobState.FINISHED)
+        except Cancelled as exc:
+            job.finish(JobState.CANCELLED, exc.dbus_name, f"{job.kind} of {job.game_id} cancelled")
+        except LanspreadError as exc:
+            job.finish(JobState.FAILED, exc.dbus_name, str(exc))
+        except OSError as exc:
+            error: LanspreadError = (
+                DiskFull(f"no space left: {exc}")
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else LanspreadError(f"{job.kind} of {job.game_id} failed: {exc}")
+            )
+            job.finish(JobState.FAILED, error.dbus_name, str(error))
+        except Exception as exc:
+            log.exception("%s of %s crashed", job.kind, job.game_id)
+            job.finish(JobState.FAILED, ERROR_PREFIX + "Failed", f"internal error: {exc!r}")
+        finally:
+            if job.state is JobState.RUNNING:
+                job.finish(JobState.CANCELLED, Cancelled.name, "stopped with the daemon")
+            self._finish_job(job, files, started)
+
+    def _finish_job(self, job: Job, files: GameFiles, started: float) -> None:
+        if job.kind in (OpKind.INSTALL, OpKind.UPDATE):
+            try:
+                self.unpack_logs.add(
+                    job.game_id,
+                    str(job.kind),
+                    started,
+                    job.state is JobState.FINISHED,
+                    files.backends,
+                    job.error_message,
+                    "".join(files.output),
+                )
+            except OSError as exc:
+                log.warning("cannot save unpack log: %s", exc)
+        if job.state is JobState.FINISHED:
+            job.update(job.bytes_total, job.bytes_total, time.monotonic())
+            log.info("%s of %s finished (job %d)", job.kind, job.game_id, job.id)
+        else:
+            log.warning("%s of %s %s: %s", job.kind, job.game_id, job.state, job.error_message)
+        self.ops.end(job)
+        self._last_progress.pop(job.id, None)
+        state, _ = self.library.rescan(job.game_id)
+        for obs in self.observers:
+            obs.job_finished(job)
+        self._notify_game(job.game_id, state)
+
+    # ---- management ---------------------------------------------------------------------
+    async def set_game_dir(self, path: object) -> None:
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidArgument("the game directory must be a non-empty path")
+        new = Path(path)
+        if not new.is_absolute():
+            raise InvalidArgument(f"the game directory must be absolute: {path!r}")
+        if not await asyncio.to_thread(new.is_dir):
+            raise InvalidArgument(f"{path} is not an existing directory")
+        if self.ops.jobs:
+            raise InvalidState("operations are running; wait or cancel them first")
+        recovered = await asyncio.to_thread(recover_all, new, sorted(self.catalog.games))
+        for game_id, action in recovered.items():
+            log.warning("recovered %s: %s", game_id, action)
+        self.library = Library(new, self.catalog)
+        self.library.scan_all()
+        atomic_write(self._settings_path, json.dumps({"game_dir": str(new)}).encode())
+        self.config = replace(self.config, game_dir=new)
+        self._monitor_changed.set()
+        log.info("game directory is now %s", new)
+        for game_id in sorted(self.catalog.games):
+            self._notify_game(game_id, self.library.states.get(game_id))
+
+    def reload_catalog(self) -> int:
+        catalog = Catalog.load(self.catalog.source)
+        old = set(self.catalog.games)
+        self.catalog = catalog
+        self.library.catalog = catalog
+        for game_id in old - set(catalog.games):
+            self.library.states.pop(game_id, None)
+            self._notify_game(game_id, None)
+        self.rescan(None)
+        for game_id in sorted(set(catalog.games) - old):
+            self._notify_game(game_id, self.library.states.get(game_id))
+        log.info("catalog reloaded from %s: %d games", catalog.source, len(catalog.games))
+        return len(catalog.games)
+
+    def logs(self, max_lines: object) -> tuple[int, list[str]]:
+        if not isinstance(max_lines, int) or max_lines < 0:
+            raise InvalidArgument("max_lines must be a non-negative integer")
+        return self.sink.history(min(max_lines, 100_000))
+
+    def unpack_runs(self) -> list[UnpackRun]:
+        return self.unpack_logs.newest_first()
+
+    def free_space(self) -> int:
+        with contextlib.suppress(OSError):
+            st = os.statvfs(self.library.game_dir)
+            return st.f_bavail * st.f_frsize
+        return 0

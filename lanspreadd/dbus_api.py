@@ -1,0 +1,453 @@
+"""The D-Bus adapter: ObjectManager root, game and job objects, manager methods.
+
+A thin layer over `Controller`: it maps arguments in, `LanspreadError`s out to
+named D-Bus errors, checks polkit on every mutating call, and turns controller
+events into PropertiesChanged and signals.
+"""
+
+import asyncio
+import contextlib
+import contextvars
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict
+from typing import Any
+
+from dbus_fast import (
+    BusType,
+    DBusError,
+    Message,
+    MessageType,
+    NameFlag,
+    PropertyAccess,
+    RequestNameReply,
+    Variant,
+)
+from dbus_fast.aio import MessageBus
+from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+
+from lanspreadd import __version__
+from lanspreadd.controller import Controller, GameView
+from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
+from lanspreadd.logs import LogLine
+from lanspreadd.operations import Job, OpKind
+from lanspreadd.polkit import check_authorization
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.lanspread.Lanspread1"
+ROOT_PATH = "/org/lanspread/Lanspread1"
+MANAGER_IFACE = "org.lanspread.Lanspread1.Manager"
+GAME_IFACE = "org.lanspread.Lanspread1.Game"
+JOB_IFACE = "org.lanspread.Lanspread1.Job"
+KEEP_FINISHED_JOBS = 32
+
+ACTIONS = {
+    OpKind.INSTALL: "org.lanspread.install-game",
+    OpKind.UPDATE: "org.lanspread.install-game",
+    OpKind.UNINSTALL: "org.lanspread.remove-game",
+    OpKind.REMOVE: "org.lanspread.remove-game",
+}
+ACTION_CANCEL = "org.lanspread.cancel-operation"
+ACTION_CONFIGURE = "org.lanspread.configure"
+
+_caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+
+
+def escape_path_element(text: str) -> str:
+    """Escape like systemd's bus_label_escape: keep [A-Za-z0-9], hex-escape the rest."""
+    return "".join(c if c.isascii() and c.isalnum() else f"_{ord(c):02x}" for c in text) or "_"
+
+
+def game_path(game_id: str) -> str:
+    return f"{ROOT_PATH}/games/{escape_path_element(game_id)}"
+
+
+def job_path(job_id: int) -> str:
+    return f"{ROOT_PATH}/jobs/{job_id}"
+
+
+@contextlib.contextmanager
+def dbus_errors() -> Iterator[None]:
+    """Map domain errors once, at the D-Bus edge."""
+    try:
+        yield
+    except LanspreadError as exc:
+        raise DBusError(exc.dbus_name, str(exc)) from exc
+
+
+def game_dict(game: GameView) -> dict[str, Variant]:
+    return {
+        "Id": Variant("s", game.id),
+        "Name": Variant("s", game.name),
+        "Description": Variant("s", game.description),
+        "Size": Variant("t", game.size),
+        "CatalogVersion": Variant("s", game.catalog_version),
+        "LocalVersion": Variant("s", game.local_version),
+        "Downloaded": Variant("b", game.downloaded),
+        "Installed": Variant("b", game.installed),
+        "Availability": Variant("s", str(game.availability)),
+        "Operation": Variant("s", game.operation),
+        "Job": Variant("o", job_path(game.job_id) if game.job_id else "/"),
+        "ObjectPath": Variant("o", game_path(game.id)),
+    }
+
+
+class GameInterface(ServiceInterface):
+    def __init__(self, game: GameView) -> None:
+        super().__init__(GAME_IFACE)
+        self.game = game
+
+    def update(self, game: GameView) -> None:
+        old = game_dict(self.game)
+        self.game = game
+        changed = {k: v.value for k, v in game_dict(game).items() if old[k] != v}
+        changed.pop("ObjectPath", None)
+        if changed:
+            self.emit_properties_changed(changed)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Id(self) -> "s":
+        return self.game.id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":
+        return self.game.name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Description(self) -> "s":
+        return self.game.description
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Size(self) -> "t":
+        return self.game.size
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CatalogVersion(self) -> "s":
+        return self.game.catalog_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def LocalVersion(self) -> "s":
+        return self.game.local_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Downloaded(self) -> "b":
+        return self.game.downloaded
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Installed(self) -> "b":
+        return self.game.installed
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Availability(self) -> "s":
+        return str(self.game.availability)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Operation(self) -> "s":
+        return self.game.operation
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Job(self) -> "o":
+        return job_path(self.game.job_id) if self.game.job_id else "/"
+
+
+class JobInterface(ServiceInterface):
+    def __init__(self, job: Job, api: "DBusApi") -> None:
+        super().__init__(JOB_IFACE)
+        self.job = job
+        self.api = api
+
+    def props(self) -> dict[str, Any]:
+        j = self.job
+        return {
+            "State": str(j.state),
+            "BytesDone": j.bytes_done,
+            "BytesTotal": j.bytes_total,
+            "Rate": float(j.rate),
+            "ErrorName": j.error_name,
+            "ErrorMessage": j.error_message,
+        }
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Id(self) -> "u":
+        return self.job.id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GameId(self) -> "s":
+        return self.job.game_id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Game(self) -> "o":
+        return game_path(self.job.game_id)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Operation(self) -> "s":
+        return str(self.job.kind)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def State(self) -> "s":
+        return str(self.job.state)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesDone(self) -> "t":
+        return self.job.bytes_done
+
+    @dbus_property(access=PropertyAccess.READ)
+    def BytesTotal(self) -> "t":
+        return self.job.bytes_total
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Rate(self) -> "d":
+        return float(self.job.rate)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ErrorName(self) -> "s":
+        return self.job.error_name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ErrorMessage(self) -> "s":
+        return self.job.error_message
+
+    @method()
+    async def Cancel(self) -> None:
+        with dbus_errors():
+            await self.api.authorize(ACTION_CANCEL)
+            if self.job.state == "running":
+                self.job.cancel_event.set()
+
+    @signal()
+    def Completed(self) -> "sss":
+        return [str(self.job.state), self.job.error_name, self.job.error_message]
+
+
+class ManagerInterface(ServiceInterface):
+    def __init__(self, api: "DBusApi") -> None:
+        super().__init__(MANAGER_IFACE)
+        self.api = api
+        self.ctl = api.controller
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Version(self) -> "s":
+        return __version__
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":
+        return self.ctl.config.name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def GameDir(self) -> "s":
+        return str(self.ctl.library.game_dir)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Catalog(self) -> "s":
+        return str(self.ctl.catalog.source)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Status(self) -> "s":
+        return self.ctl.status
+
+    @dbus_property(access=PropertyAccess.READ)
+    def FreeSpace(self) -> "t":
+        return self.ctl.free_space()
+
+    @method()
+    def ListGames(self) -> "aa{sv}":
+        return [game_dict(g) for g in self.ctl.games()]
+
+    @method()
+    def GetGame(self, game_id: "s") -> "a{sv}":
+        with dbus_errors():
+            return game_dict(self.ctl.game(game_id))
+
+    async def _start(self, kind: OpKind, game_id: str) -> str:
+        with dbus_errors():
+            self.ctl.game(game_id)
+            await self.api.authorize(ACTIONS[kind])
+            return job_path(self.ctl.start(kind, game_id).id)
+
+    @method()
+    async def Install(self, game_id: "s") -> "o":
+        return await self._start(OpKind.INSTALL, game_id)
+
+    @method()
+    async def Update(self, game_id: "s") -> "o":
+        return await self._start(OpKind.UPDATE, game_id)
+
+    @method()
+    async def Uninstall(self, game_id: "s") -> "o":
+        return await self._start(OpKind.UNINSTALL, game_id)
+
+    @method()
+    async def RemoveDownload(self, game_id: "s") -> "o":
+        return await self._start(OpKind.REMOVE, game_id)
+
+    @method()
+    async def Cancel(self, game_id: "s") -> "o":
+        with dbus_errors():
+            self.ctl.game(game_id)
+            await self.api.authorize(ACTION_CANCEL)
+            return job_path(self.ctl.cancel(game_id).id)
+
+    @method()
+    async def SetGameDir(self, path: "s") -> None:
+        with dbus_errors():
+            await self.api.authorize(ACTION_CONFIGURE)
+            await self.ctl.set_game_dir(path)
+            self.emit_properties_changed({"GameDir": str(self.ctl.library.game_dir)})
+
+    @method()
+    async def ReloadCatalog(self) -> "u":
+        with dbus_errors():
+            await self.api.authorize(ACTION_CONFIGURE)
+            return self.ctl.reload_catalog()
+
+    @method()
+    def GetLogs(self, max_lines: "u") -> "tas":
+        with dbus_errors():
+            seq, lines = self.ctl.logs(max_lines)
+            return [seq, lines]
+
+    @method()
+    def GetUnpackLogs(self) -> "aa{sv}":
+        result = []
+        for run in self.ctl.unpack_runs():
+            item = asdict(run)
+            result.append(
+                {
+                    "GameId": Variant("s", item["game_id"]),
+                    "Operation": Variant("s", item["operation"]),
+                    "Started": Variant("d", item["started"]),
+                    "Finished": Variant("d", item["finished"]),
+                    "Success": Variant("b", item["success"]),
+                    "Backends": Variant("as", item["backends"]),
+                    "Error": Variant("s", item["error"]),
+                    "Output": Variant("s", item["output"]),
+                }
+            )
+        return result
+
+    @signal()
+    def LogLine(self, line: LogLine) -> "tss":
+        return [line.seq, line.level, line.text]
+
+    @signal()
+    def RuntimeFailed(self, component: str, error: str) -> "ss":
+        return [component, error]
+
+
+class DBusApi:
+    """Owns the bus connection and the exported objects; observes the controller."""
+
+    def __init__(self, controller: Controller, bus_spec: str, use_polkit: bool) -> None:
+        self.controller = controller
+        self.bus_spec = bus_spec
+        self.use_polkit = use_polkit
+        self.bus: MessageBus | None = None
+        self.manager = ManagerInterface(self)
+        self.games: dict[str, GameInterface] = {}
+        self.jobs: dict[int, JobInterface] = {}
+        self.finished_jobs: list[int] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def connect(self) -> None:
+        if self.bus_spec == "system":
+            bus = MessageBus(bus_type=BusType.SYSTEM)
+        elif self.bus_spec == "session":
+            bus = MessageBus(bus_type=BusType.SESSION)
+        else:
+            bus = MessageBus(bus_address=self.bus_spec)
+        await bus.connect()
+        bus.add_message_handler(self._remember_caller)
+        self.bus = bus
+        self._loop = asyncio.get_running_loop()
+        bus.export(ROOT_PATH, self.manager)
+        for game in self.controller.games():
+            self.game_changed(game)
+        self.controller.observers.append(self)
+        self.controller.sink.listeners.append(self._log_line)
+        reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
+        if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
+            raise LanspreadError(f"{BUS_NAME} is already owned on this bus: is lanspreadd running?")
+
+    async def wait_disconnected(self) -> None:
+        assert self.bus is not None
+        await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
+
+    def close(self) -> None:
+        if self._log_line in self.controller.sink.listeners:
+            self.controller.sink.listeners.remove(self._log_line)
+        if self in self.controller.observers:
+            self.controller.observers.remove(self)
+        if self.bus is not None:
+            self.bus.disconnect()
+
+    @staticmethod
+    def _remember_caller(msg: Message) -> None:
+        # dbus-fast does not hand the sender to method handlers; the handler runs in
+        # this context (async ones in a task copied from it), so a contextvar carries it.
+        if msg.message_type is MessageType.METHOD_CALL:
+            _caller.set(msg.sender or "")
+
+    async def authorize(self, action: str) -> None:
+        if not self.use_polkit:
+            return
+        sender = _caller.get()
+        if not sender:
+            raise NotAuthorized("cannot tell who is calling")
+        assert self.bus is not None
+        await check_authorization(self.bus, sender, action)
+
+    # ---- Observer -----------------------------------------------------------------------
+    def game_changed(self, game: GameView) -> None:
+        iface = self.games.get(game.id)
+        if iface is None:
+            iface = GameInterface(game)
+            self.games[game.id] = iface
+            if self.bus is not None:
+                self.bus.export(game_path(game.id), iface)
+        else:
+            iface.update(game)
+
+    def game_removed(self, game_id: str) -> None:
+        iface = self.games.pop(game_id, None)
+        if iface is not None and self.bus is not None:
+            self.bus.unexport(game_path(game_id), iface)
+
+    def job_started(self, job: Job) -> None:
+        iface = JobInterface(job, self)
+        self.jobs[job.id] = iface
+        if self.bus is not None:
+            self.bus.export(job_path(job.id), iface)
+
+    def job_progress(self, job: Job) -> None:
+        iface = self.jobs.get(job.id)
+        if iface is not None:
+            iface.emit_properties_changed(iface.props())
+
+    def job_finished(self, job: Job) -> None:
+        iface = self.jobs.get(job.id)
+        if iface is None:
+            return
+        iface.emit_properties_changed(iface.props())
+        iface.Completed()
+        self.finished_jobs.append(job.id)
+        while len(self.finished_jobs) > KEEP_FINISHED_JOBS:
+            old = self.jobs.pop(self.finished_jobs.pop(0), None)
+            if old is not None and self.bus is not None:
+                self.bus.unexport(job_path(old.job.id), old)
+
+    def runtime_failed(self, component: str, error: str) -> None:
+        self.manager.RuntimeFailed(component, error)
+
+    def _log_line(self, line: LogLine) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self.manager.LogLine, line)
+
+
+def parse_bus_spec(spec: str) -> str:
+    if spec in ("system", "session") or "=" in spec:
+        return spec
+    raise InvalidArgument(f"--bus must be system, session or a D-Bus address, not {spec!r}")

@@ -1,0 +1,92 @@
+"""Entry point: parse configuration, run the controller and the D-Bus API until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from lanspreadd.config import from_args
+from lanspreadd.controller import Controller
+from lanspreadd.dbus_api import DBusApi, parse_bus_spec
+from lanspreadd.errors import LanspreadError
+from lanspreadd.logs import setup_logging
+from lanspreadd.notify import Notifier
+
+log = logging.getLogger("lanspreadd")
+
+EXIT_CONFIG = 2
+EXIT_FAILED = 1
+
+
+async def serve(controller: Controller, api: DBusApi, notifier: Notifier) -> int:
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, controller.stop)
+    loop.add_signal_handler(signal.SIGINT, controller.stop)
+    loop.add_signal_handler(signal.SIGHUP, _reload, controller)
+    ready = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(controller.run(ready))
+        ready_wait = tg.create_task(ready.wait())
+        await asyncio.wait([run, ready_wait], return_when=asyncio.FIRST_COMPLETED)
+        if ready.is_set():
+            await api.connect()
+            notifier.ready(controller.status)
+            watchdog = tg.create_task(notifier.watchdog())
+            bus_lost = tg.create_task(api.wait_disconnected())
+            await asyncio.wait([run, bus_lost], return_when=asyncio.FIRST_COMPLETED)
+            if bus_lost.done() and not run.done():
+                log.error("lost the D-Bus connection; stopping")
+                controller.failure = "lost the D-Bus connection"
+                controller.stop()
+            notifier.stopping()
+            await run
+            watchdog.cancel()
+            bus_lost.cancel()
+            api.close()
+        else:
+            ready_wait.cancel()
+    return EXIT_FAILED if controller.failure else 0
+
+
+def _reload(controller: Controller) -> None:
+    try:
+        controller.reload_catalog()
+    except LanspreadError as exc:
+        log.error("catalog reload failed, keeping the old catalog: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = from_args(argv)
+        parse_bus_spec(config.bus)
+    except LanspreadError as exc:
+        print(f"lanspreadd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        sink = setup_logging(config.log_level, config.log_path)
+    except OSError as exc:
+        print(f"lanspreadd: cannot open log file {config.log_path}: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    sink.max_bytes = config.log_max_bytes
+    notifier = Notifier()
+    try:
+        controller = Controller(config, sink)
+        api = DBusApi(controller, config.bus, config.use_polkit)
+        code = asyncio.run(serve(controller, api, notifier))
+    except (OSError, LanspreadError) as exc:
+        log.error("fatal: %s", exc)
+        return EXIT_FAILED
+    except ExceptionGroup as group:
+        for error in group.exceptions:
+            log.error("fatal: %s", error)
+        return EXIT_FAILED
+    finally:
+        sink.close()
+    log.info("lanspreadd stopped")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

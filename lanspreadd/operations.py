@@ -1,0 +1,96 @@
+"""The operation table: at most one operation per game, each a Job with progress."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from dataclasses import dataclass, field
+
+from lanspreadd.errors import Busy
+
+RATE_WINDOW = 2.0
+
+
+class OpKind(enum.StrEnum):
+    INSTALL = "install"
+    UPDATE = "update"
+    UNINSTALL = "uninstall"
+    REMOVE = "remove"
+    DOWNLOAD = "download"
+    STREAM_INSTALL = "stream-install"
+
+
+class JobState(enum.StrEnum):
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+_job_ids = itertools.count(1)
+
+
+@dataclass
+class Job:
+    game_id: str
+    kind: OpKind
+    id: int = field(default_factory=lambda: next(_job_ids))
+    bytes_done: int = 0
+    bytes_total: int = 0
+    rate: float = 0.0
+    state: JobState = JobState.RUNNING
+    error_name: str = ""
+    error_message: str = ""
+    started: float = field(default_factory=time.monotonic)
+    cancel_event: threading.Event = field(default_factory=threading.Event)
+    _samples: list[tuple[float, int]] = field(default_factory=list)
+
+    def update(self, done: int, total: int, now: float) -> None:
+        """Record progress; the rate is bytes over the last RATE_WINDOW seconds."""
+        self.bytes_done = done
+        self.bytes_total = max(total, done)
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[0][0] > RATE_WINDOW:
+            self._samples.pop(0)
+        first_t, first_done = self._samples[0]
+        span = now - first_t
+        self.rate = (done - first_done) / span if span > 0 else 0.0
+
+    def finish(self, state: JobState, error_name: str = "", message: str = "") -> bool:
+        """Settle the job once; later calls are ignored so there is exactly one outcome."""
+        if self.state is not JobState.RUNNING:
+            return False
+        self.state = state
+        self.error_name = error_name
+        self.error_message = message
+        self.rate = 0.0
+        return True
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+
+class OperationTable:
+    def __init__(self) -> None:
+        self.jobs: dict[str, Job] = {}
+
+    def begin(self, game_id: str, kind: OpKind) -> Job:
+        current = self.jobs.get(game_id)
+        if current is not None:
+            raise Busy(f"{game_id} is busy: {current.kind} is running (job {current.id})")
+        job = Job(game_id, kind)
+        self.jobs[game_id] = job
+        return job
+
+    def end(self, job: Job) -> None:
+        if self.jobs.get(job.game_id) is job:
+            del self.jobs[job.game_id]
+
+    def get(self, game_id: str) -> Job | None:
+        return self.jobs.get(game_id)
+
+    def active(self) -> set[str]:
+        return set(self.jobs)

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Daemon, PrivateBus
+
+pytest_plugins = ("dbusmock.pytest_fixtures",)
+
+
+@pytest.fixture
+def private_bus(tmp_path: Path) -> Iterator[PrivateBus]:
+    bus_dir = tmp_path / "bus"
+    bus_dir.mkdir()
+    bus = PrivateBus(bus_dir)
+    yield bus
+    bus.stop()
+
+
+@pytest.fixture
+def game_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "games"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def daemon(private_bus: PrivateBus, game_dir: Path, tmp_path: Path) -> Iterator[Daemon]:
+    """A real lanspreadd on a private bus; started by the test with .start()."""
+    d = Daemon(private_bus, game_dir, tmp_path / "state")
+    d.state_dir.mkdir()
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.proc.kill()
+        d.proc.wait(10)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB filesystem, for disk-full cases."""
+    import subprocess
+
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)

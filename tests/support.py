@@ -1,0 +1,233 @@
+"""Test support: a private dbus-daemon, real lanspreadd processes, sample games."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dbus_fast import Message, MessageType, Variant
+from dbus_fast.aio import MessageBus
+
+from lanspreadd.archive.writer import Entry, write_rar4, write_rar5, write_rar5_volumes
+
+SAMPLES = Path(__file__).parent / "data" / "rarfile-samples"
+BUS_NAME = "org.lanspread.Lanspread1"
+ROOT = "/org/lanspread/Lanspread1"
+MANAGER = "org.lanspread.Lanspread1.Manager"
+ERR = "org.lanspread.Lanspread1.Error."
+
+
+class PrivateBus:
+    """A real dbus-daemon with a session-bus configuration in a temporary directory."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.proc = subprocess.Popen(
+            [
+                "dbus-daemon",
+                "--session",
+                "--nofork",
+                "--print-address=1",
+                f"--address=unix:path={tmp / 'bus'}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.address = self.proc.stdout.readline().strip()
+        assert self.address.startswith("unix:"), self.address
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@dataclass
+class Daemon:
+    bus: PrivateBus
+    game_dir: Path
+    state_dir: Path
+    extra_args: Sequence[str] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[str] | None = None
+
+    def start(self, wait: bool = True) -> Daemon:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        (self.state_dir / "lanspreadd.toml").touch()
+        log = (self.state_dir / "stderr.log").open("a")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "lanspreadd",
+                "--bus",
+                self.bus.address,
+                "--game-dir",
+                str(self.game_dir),
+                "--state-dir",
+                str(self.state_dir),
+                "--no-mdns",
+                "--config",
+                str(self.state_dir / "lanspreadd.toml"),
+                *self.extra_args,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ | self.env,
+            text=True,
+        )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"lanspreadd exited early:\n{self.stderr()}")
+            if name_has_owner(self.bus.address, BUS_NAME):
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"lanspreadd did not come up:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        path = self.state_dir / "stderr.log"
+        return path.read_text() if path.exists() else ""
+
+    def ctl(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return run_ctl("--address", self.bus.address, *args, timeout=timeout)
+
+    def ctl_json(self, *args: str) -> Any:
+        result = self.ctl("--json", *args)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+
+def run_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lanspreadctl", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def name_has_owner(address: str, name: str) -> bool:
+    async def check() -> bool:
+        bus = await MessageBus(bus_address=address).connect()
+        try:
+            reply = await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus",
+                    member="NameHasOwner",
+                    signature="s",
+                    body=[name],
+                )
+            )
+            assert reply is not None
+            return bool(reply.body[0])
+        finally:
+            bus.disconnect()
+
+    return asyncio.run(check())
+
+
+async def call(
+    bus: MessageBus,
+    member: str,
+    signature: str = "",
+    body: list[Any] | None = None,
+    path: str = ROOT,
+    interface: str = MANAGER,
+) -> Message:
+    reply = await bus.call(
+        Message(
+            destination=BUS_NAME,
+            path=path,
+            interface=interface,
+            member=member,
+            signature=signature,
+            body=body or [],
+        )
+    )
+    assert reply is not None
+    return reply
+
+
+def error_name(reply: Message) -> str | None:
+    return reply.error_name if reply.message_type is MessageType.ERROR else None
+
+
+def unwrap(value: Any) -> Any:
+    if isinstance(value, Variant):
+        return unwrap(value.value)
+    if isinstance(value, dict):
+        return {k: unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [unwrap(v) for v in value]
+    return value
+
+
+def make_game(
+    game_dir: Path,
+    game_id: str,
+    version: str = "1.0",
+    entries: Sequence[Entry] | None = None,
+    fmt: str = "rar5",
+    sentinel: bool = True,
+    name: str | None = None,
+) -> Path:
+    """Write a downloaded game: archives plus the version.ini sentinel."""
+    root = game_dir / game_id
+    root.mkdir(parents=True, exist_ok=True)
+    entries = list(entries or default_entries(version))
+    archive = root / (name or f"{game_id}.rar")
+    if fmt == "rar5":
+        write_rar5(archive, entries)
+    elif fmt == "rar4":
+        write_rar4(archive, entries)
+    elif fmt == "rar5-volumes":
+        write_rar5_volumes(root / f"{game_id}.part1.rar", entries, 64 * 1024)
+    else:
+        raise ValueError(fmt)
+    if sentinel:
+        (root / "version.ini").write_text(f"{version}\n")
+    return root
+
+
+def default_entries(version: str) -> list[Entry]:
+    return [
+        Entry("bin/"),
+        Entry("bin/start.sh", b"#!/bin/sh\necho " + version.encode() + b"\n", 0o755),
+        Entry("data/level1.dat", bytes(range(256)) * 400),
+        Entry("VERSION.txt", version.encode()),
+    ]
+
+
+def tree(root: Path) -> dict[str, bytes | None]:
+    """Relative path -> content (None for directories), for whole-tree comparisons."""
+    result: dict[str, bytes | None] = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        result[rel] = None if path.is_dir() else path.read_bytes()
+    return result

@@ -1,0 +1,209 @@
+"""Install, update, uninstall and remove-download, and crash safety under SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lanspreadd.archive.writer import Entry, write_rar5
+from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
+from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles, read_intent, recover
+from tests.support import default_entries, make_game, tree
+
+BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
+
+CHILD = """
+import os, signal, sys
+from pathlib import Path
+from lanspreadd.install import GameFiles
+root, op, kill_at = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+def die(name):
+    if name == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+seen = []
+def progress(done, total):
+    seen.append(done)
+    if kill_at == "mid-unpack" and len(seen) == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+files = GameFiles(root, progress=progress, step=die)
+getattr(files, op)()
+"""
+
+
+def run_child(root: Path, op: str, kill_at: str) -> int:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(root), op, kill_at], capture_output=True, timeout=60
+    )
+    return proc.returncode
+
+
+def entries(version: str) -> list[Entry]:
+    return [*default_entries(version), Entry("data/big.bin", BIG + version.encode())]
+
+
+def expected_tree(tmp_path: Path, version: str) -> dict[str, bytes | None]:
+    scratch = tmp_path / f"expected-{version}"
+    root = make_game(scratch, "g", version, entries(version))
+    GameFiles(root).install()
+    return tree(root / "local")
+
+
+def assert_clean(root: Path) -> None:
+    assert not (root / INSTALLING).exists()
+    assert not (root / BACKUP).exists()
+    assert not (root / INTENT).exists()
+    assert not list(root.glob(".lanspread-links-*"))
+    if (root / "local").exists():
+        assert not (root / "local" / ".lanspread_owned").exists()
+
+
+def test_install_update_uninstall_remove(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    progress: list[tuple[int, int]] = []
+    files = GameFiles(root, progress=lambda d, t: progress.append((d, t)))
+    assert files.install() is False
+    assert (root / "local" / "VERSION.txt").read_text() == "1.0"
+    assert progress[-1][0] == progress[-1][1] > len(BIG)
+    assert_clean(root)
+
+    make_game(tmp_path / "games", "g", "2.0", entries("2.0"))
+    assert GameFiles(root).install() is True
+    assert (root / "local" / "VERSION.txt").read_text() == "2.0"
+    assert_clean(root)
+
+    GameFiles(root).uninstall()
+    assert not (root / "local").exists()
+    assert (root / "g.rar").exists(), "uninstall keeps the download"
+
+    GameFiles(root).remove_download()
+    assert not (root / "version.ini").exists()
+    assert not list(root.glob("*.rar"))
+    with pytest.raises(InvalidState):
+        GameFiles(root).remove_download()
+    with pytest.raises(InvalidState):
+        GameFiles(root).uninstall()
+
+
+INSTALL_STEPS_OLD = ["intent", "staging", "mid-unpack", "unpacked-0"]
+INSTALL_STEPS_NEW = ["promoted", "cleaned"]
+
+
+@pytest.mark.parametrize("kill_at", INSTALL_STEPS_OLD + INSTALL_STEPS_NEW)
+def test_fresh_install_killed(tmp_path: Path, kill_at: str) -> None:
+    new = expected_tree(tmp_path, "1.0")
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    archives_before = tree(root)
+    assert run_child(root, "install", kill_at) == -signal.SIGKILL
+    recover(root)
+    assert_clean(root)
+    if kill_at in INSTALL_STEPS_OLD:
+        assert not (root / "local").exists()
+    else:
+        assert tree(root / "local") == new
+    assert {k: v for k, v in tree(root).items() if not k.startswith("local")} == archives_before
+
+
+UPDATE_STEPS_OLD = ["intent", "staging", "mid-unpack", "unpacked-0", "marked", "backed-up"]
+
+
+@pytest.mark.parametrize("kill_at", UPDATE_STEPS_OLD + INSTALL_STEPS_NEW)
+def test_update_killed_ends_old_or_new(tmp_path: Path, kill_at: str) -> None:
+    old = expected_tree(tmp_path, "1.0")
+    new = expected_tree(tmp_path, "2.0")
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    (root / "local" / "savegame.dat").write_bytes(b"player progress")
+    old = tree(root / "local")
+    make_game(tmp_path / "games", "g", "2.0", entries("2.0"))
+    assert run_child(root, "install", kill_at) == -signal.SIGKILL
+    recover(root)
+    assert_clean(root)
+    expected = old if kill_at in UPDATE_STEPS_OLD else new
+    assert tree(root / "local") == expected
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "installed"),
+    [("intent", True), ("marked", True), ("moved", False), ("deleted", False)],
+)
+def test_uninstall_killed(tmp_path: Path, kill_at: str, installed: bool) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    before = tree(root / "local")
+    assert run_child(root, "uninstall", kill_at) == -signal.SIGKILL
+    recover(root)
+    assert_clean(root)
+    if installed:
+        assert tree(root / "local") == before
+    else:
+        assert not (root / "local").exists()
+
+
+@pytest.mark.parametrize("kill_at", ["intent", "deleted"])
+def test_remove_download_killed(tmp_path: Path, kill_at: str) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    assert run_child(root, "remove_download", kill_at) == -signal.SIGKILL
+    recover(root)
+    assert not (root / "version.ini").exists()
+    assert not list(root.glob("*.rar"))
+    assert read_intent(root) is None
+
+
+def test_foreign_staging_directories_are_never_deleted(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    foreign = root / INSTALLING
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("mine")
+    with pytest.raises(InvalidState, match="not created by lanspread"):
+        GameFiles(root).install()
+    assert (foreign / "precious.txt").read_text() == "mine"
+    assert recover(root) is None
+    assert (foreign / "precious.txt").read_text() == "mine"
+
+    backup = root / BACKUP
+    backup.mkdir()
+    (backup / "precious.txt").write_text("mine too")
+    (root / INTENT).write_text('{"op": "update", "started": 0}')
+    recover(root)
+    assert (backup / "precious.txt").read_text() == "mine too"
+    assert (foreign / "precious.txt").read_text() == "mine"
+
+
+def test_torn_intent_recovers_conservatively(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    before = tree(root / "local")
+    (root / INTENT).write_bytes(b'{"op": "upd')
+    recover(root)
+    assert tree(root / "local") == before
+    assert_clean(root)
+
+
+def test_unsafe_archive_leaves_previous_install(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    before = tree(root / "local")
+    (root / "g.rar").unlink()
+    write_rar5(root / "g.rar", [Entry("ok.txt", b"x"), Entry("../../escape.txt", b"x")])
+    with pytest.raises(UnsafeArchive):
+        GameFiles(root).install()
+    assert tree(root / "local") == before
+    assert not (tmp_path / "escape.txt").exists()
+    assert_clean(root)
+
+
+def test_install_into_full_disk_is_refused_cleanly(small_tmpfs: Path) -> None:
+    root = small_tmpfs / "g"
+    root.mkdir()
+    write_rar5(root / "g.rar", [Entry("a.bin", os.urandom(1 << 20))])
+    (root / "version.ini").write_text("1.0")
+    with pytest.raises(DiskFull):
+        GameFiles(root).install()
+    assert (root / "g.rar").stat().st_size > 1 << 20
+    assert not (root / "local").exists()
+    assert_clean(root)
