@@ -21,6 +21,7 @@ from lanspreadd.catalog import Catalog, check_game_id
 from lanspreadd.config import Config
 from lanspreadd.errors import (
     ERROR_PREFIX,
+    Busy,
     Cancelled,
     DiskFull,
     InvalidArgument,
@@ -210,6 +211,8 @@ class Controller:
     # ---- operations ---------------------------------------------------------------------
     def start(self, kind: OpKind, game_id: object) -> Job:
         game = self.game(game_id)
+        if (running := self.ops.get(game.id)) is not None:
+            raise Busy(f"{game.id} is busy: {running.kind} is running (job {running.id})")
         self._check_precondition(kind, game)
         if self._tg is None or self._stopping.is_set():
             raise InvalidState("the daemon is shutting down")

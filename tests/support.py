@@ -50,6 +50,8 @@ class PrivateBus:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 @dataclass
@@ -64,28 +66,28 @@ class Daemon:
     def start(self, wait: bool = True) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "lanspreadd.toml").touch()
-        log = (self.state_dir / "stderr.log").open("a")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "lanspreadd",
-                "--bus",
-                self.bus.address,
-                "--game-dir",
-                str(self.game_dir),
-                "--state-dir",
-                str(self.state_dir),
-                "--no-mdns",
-                "--config",
-                str(self.state_dir / "lanspreadd.toml"),
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=os.environ | self.env,
-            text=True,
-        )
+        with (self.state_dir / "stderr.log").open("a") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "lanspreadd",
+                    "--bus",
+                    self.bus.address,
+                    "--game-dir",
+                    str(self.game_dir),
+                    "--state-dir",
+                    str(self.state_dir),
+                    "--no-mdns",
+                    "--config",
+                    str(self.state_dir / "lanspreadd.toml"),
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=os.environ | self.env,
+                text=True,
+            )
         if wait:
             self.wait_ready()
         return self
@@ -147,9 +149,15 @@ def name_has_owner(address: str, name: str) -> bool:
             assert reply is not None
             return bool(reply.body[0])
         finally:
-            bus.disconnect()
+            await disconnect(bus)
 
     return asyncio.run(check())
+
+
+async def disconnect(bus: MessageBus) -> None:
+    """Disconnect and wait, so the socket is closed before the loop ends."""
+    bus.disconnect()
+    await bus.wait_for_disconnect()
 
 
 async def call(

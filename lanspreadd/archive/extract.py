@@ -126,17 +126,23 @@ def list_archive(archive: Path) -> Listing:
             raise ArchiveError(f"{archive.name} is encrypted; lanspread cannot unpack it")
         members = []
         for info in rf.infolist():
-            path = safe_member_path(info.filename)
+            try:
+                path = safe_member_path(info.filename)
+            except UnsafeArchive as exc:
+                raise UnsafeArchive(f"{archive.name}: {exc}") from None
             is_link = bool(info.is_symlink())
             if is_link:
                 target = _link_target(rf, info)
                 if not _link_target_inside(path, target):
                     raise UnsafeArchive(
-                        f"archive member {info.filename!r} links outside the game: {target!r}"
+                        f"{archive.name}: archive member {info.filename!r} links outside "
+                        f"the game: {target!r}"
                     )
             redir = getattr(info, "file_redir", None)
             if redir and not is_link:
-                raise UnsafeArchive(f"archive member {info.filename!r} is a hard link or copy")
+                raise UnsafeArchive(
+                    f"{archive.name}: archive member {info.filename!r} is a hard link or copy"
+                )
             members.append(
                 Member(
                     path=path,
