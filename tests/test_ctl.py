@@ -1,0 +1,111 @@
+"""lanspreadctl behaviour a user sees: progress on a terminal, monitor, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lanspreadd.archive.writer import Entry
+from lanspreadd.errors import Busy
+from lanspreadd.operations import Job, JobState, OperationTable, OpKind
+from tests.support import Daemon, make_game
+
+GAME = "sample-game"
+
+
+def test_progress_bar_on_a_terminal(daemon: Daemon, game_dir: Path) -> None:
+    make_game(game_dir, GAME, "1.0", [Entry("big.bin", bytes(384 << 20))])
+    daemon.start()
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lanspreadctl", "--address", daemon.bus.address, "install", GAME],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        text=True,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data.decode(errors="replace"))
+    os.close(primary)
+    assert proc.wait(60) == 0
+    assert proc.stdout is not None
+    assert "install sample-game: finished" in proc.stdout.read()
+    proc.stdout.close()
+    drawn = "".join(chunks)
+    assert "\rinstall sample-game [" in drawn
+    assert "100.0%" in drawn
+    assert "384.0 MiB/384.0 MiB" in drawn
+
+
+def test_no_progress_bar_without_a_terminal(daemon: Daemon, game_dir: Path) -> None:
+    make_game(game_dir, GAME)
+    daemon.start()
+    result = daemon.ctl("install", GAME)
+    assert result.returncode == 0
+    assert "\r" not in result.stderr
+
+
+def test_monitor_prints_events_until_the_daemon_stops(daemon: Daemon, game_dir: Path) -> None:
+    make_game(game_dir, GAME)
+    daemon.start()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lanspreadctl",
+            "--address",
+            daemon.bus.address,
+            "--json",
+            "monitor",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # let the monitor subscribe before anything happens
+    assert daemon.ctl("install", GAME).returncode == 0
+    daemon.stop()
+    assert proc.wait(30) == 3
+    assert proc.stdout is not None
+    events = [json.loads(line) for line in proc.stdout.read().splitlines()]
+    proc.stdout.close()
+    members = {e.get("member") for e in events}
+    assert {"InterfacesAdded", "PropertiesChanged", "Completed"} <= members
+    assert events[-1] == {"event": "daemon-stopped"}
+
+
+def test_job_rate_and_single_outcome() -> None:
+    job = Job("g", OpKind.INSTALL)
+    job.update(0, 1000, now=10.0)
+    job.update(500, 1000, now=11.0)
+    assert job.rate == 500.0
+    job.update(1000, 1000, now=14.0)
+    assert job.rate == 500.0 / 3  # the sample older than the window is dropped
+    assert job.finish(JobState.FINISHED) is True
+    assert job.finish(JobState.FAILED, "x", "y") is False
+    assert job.state is JobState.FINISHED
+
+
+def test_operation_table_is_one_per_game() -> None:
+    table = OperationTable()
+    job = table.begin("g", OpKind.INSTALL)
+    with pytest.raises(Busy, match="install is running"):
+        table.begin("g", OpKind.UNINSTALL)
+    other = table.begin("h", OpKind.INSTALL)
+    table.end(job)
+    assert table.active() == {"h"}
+    table.end(other)
