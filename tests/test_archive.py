@@ -226,3 +226,43 @@ def test_rarfile_reads_helper_archives_natively(tmp_path: Path) -> None:
     write_rar4(archive, ENTRIES)
     with rarfile.RarFile(str(archive)) as rf:
         assert rf.read("dir/a.bin") == ENTRIES[1].data
+
+
+KILLED_CHILD = """
+import sys, threading
+from pathlib import Path
+from lanspreadd.archive.extract import Extraction, list_archive
+archive, dest = Path(sys.argv[1]), Path(sys.argv[2])
+def progress(done):
+    print("progress", done, flush=True)
+Extraction(list_archive(archive), dest, progress, threading.Event()).run("unar")
+"""
+
+
+def test_unpack_tool_dies_with_the_daemon(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    archive = tmp_path / "big.rar"
+    write_rar5(archive, [Entry(f"f{i}.bin", bytes(64 << 20)) for i in range(8)])
+    (tmp_path / "out").mkdir()
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(archive), str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    child.stdout.readline()
+    tools = subprocess.run(
+        ["pgrep", "-P", str(child.pid)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    assert tools, "unar is running under the daemon"
+    child.send_signal(signal.SIGKILL)
+    child.wait(10)
+    child.stdout.close()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{pid}").exists() for pid in tools):
+        assert time.monotonic() < deadline, "the unpack tool outlived the daemon"
+        time.sleep(0.05)

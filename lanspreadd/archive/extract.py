@@ -269,6 +269,10 @@ class Extraction:
     def _run_tool(self, cmd: list[str]) -> None:
         if shutil.which(cmd[0]) is None:
             raise ArchiveError(f"the unpack tool {cmd[0]!r} is not installed")
+        if shutil.which("setpriv"):
+            # If the daemon is killed, its unpack tool must die too: a survivor would
+            # keep writing into the staging directory that recovery is removing.
+            cmd = ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
         with tempfile.TemporaryFile() as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
             try:
