@@ -1,0 +1,327 @@
+"""Protocol messages as frozen dataclasses, each with a strict JSON schema."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from lanspreadd.protocol.errors import RemoteProtocolError
+
+MAX_NAME = 64
+MAX_GAMES = 10_000
+MAX_FILES = 10_000
+MAX_CHUNKS_PER_FILE = 1 << 20
+MAX_TEXT = 1024
+
+
+def _field(data: dict[str, Any], key: str, kind: type) -> Any:
+    if key not in data:
+        raise RemoteProtocolError(f"missing field {key!r}")
+    value: Any = data[key]
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RemoteProtocolError(f"field {key!r} must be an integer")
+    if not isinstance(value, kind):
+        raise RemoteProtocolError(f"field {key!r} must be {kind.__name__}")
+    if isinstance(value, int) and not 0 <= value < 1 << 63:
+        raise RemoteProtocolError(f"field {key!r} is out of range")
+    if isinstance(value, str) and len(value) > MAX_TEXT:
+        raise RemoteProtocolError(f"field {key!r} is too long")
+    return value
+
+
+def _b64(data: dict[str, Any], key: str, limit: int) -> bytes:
+    text = _field(data, key, str)
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RemoteProtocolError(f"field {key!r} is not base64") from exc
+    if len(raw) > limit:
+        raise RemoteProtocolError(f"field {key!r} is too long")
+    return raw
+
+
+def _versions(data: dict[str, Any], key: str) -> dict[str, str]:
+    games = _field(data, key, dict)
+    if len(games) > MAX_GAMES:
+        raise RemoteProtocolError(f"field {key!r} lists too many games")
+    for game_id, version in games.items():
+        if not isinstance(version, str) or len(game_id) > MAX_NAME or len(version) > MAX_NAME:
+            raise RemoteProtocolError(f"field {key!r} has a bad entry")
+    return dict(games)
+
+
+def _text(value: str) -> str:
+    return value[:MAX_TEXT]
+
+
+class Message:
+    TYPE: ClassVar[int]
+    MAX_SIZE: ClassVar[int] = 4096
+
+    def to_json(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Message:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Hello(Message):
+    TYPE = 1
+    MAX_SIZE = 8192
+    version: int
+    peer_id: str
+    name: str
+    data_port: int
+    cert: bytes
+    challenge: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "peer_id": self.peer_id,
+            "name": self.name,
+            "data_port": self.data_port,
+            "cert": base64.b64encode(self.cert).decode(),
+            "challenge": base64.b64encode(self.challenge).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Hello:
+        port = _field(data, "data_port", int)
+        if not 0 < port < 65536:
+            raise RemoteProtocolError("data_port is out of range")
+        challenge = _b64(data, "challenge", 64)
+        if len(challenge) < 16:
+            raise RemoteProtocolError("challenge is too short")
+        return cls(
+            version=_field(data, "version", int),
+            peer_id=_field(data, "peer_id", str)[:MAX_NAME],
+            name=_field(data, "name", str)[:MAX_NAME],
+            data_port=port,
+            cert=_b64(data, "cert", 4096),
+            challenge=challenge,
+        )
+
+
+@dataclass(frozen=True)
+class Auth(Message):
+    TYPE = 2
+    signature: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {"signature": base64.b64encode(self.signature).decode()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Auth:
+        return cls(signature=_b64(data, "signature", 512))
+
+
+@dataclass(frozen=True)
+class Refuse(Message):
+    TYPE = 3
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": _text(self.reason)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Refuse:
+        return cls(reason=_field(data, "reason", str))
+
+
+@dataclass(frozen=True)
+class Snapshot(Message):
+    """The games this peer serves right now, with their versions."""
+
+    TYPE = 4
+    MAX_SIZE = 1 << 20
+    games: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"games": self.games}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Snapshot:
+        return cls(games=_versions(data, "games"))
+
+
+@dataclass(frozen=True)
+class Delta(Message):
+    TYPE = 5
+    MAX_SIZE = 1 << 20
+    changed: dict[str, str]
+    removed: tuple[str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"changed": self.changed, "removed": list(self.removed)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Delta:
+        removed = _field(data, "removed", list)
+        if len(removed) > MAX_GAMES or not all(
+            isinstance(g, str) and len(g) <= MAX_NAME for g in removed
+        ):
+            raise RemoteProtocolError("field 'removed' has a bad entry")
+        return cls(changed=_versions(data, "changed"), removed=tuple(removed))
+
+
+@dataclass(frozen=True)
+class FileListRequest(Message):
+    TYPE = 6
+    request_id: int
+    game_id: str
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "game_id": self.game_id, "version": self.version}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileListRequest:
+        return cls(
+            request_id=_field(data, "request_id", int),
+            game_id=_field(data, "game_id", str)[:MAX_NAME],
+            version=_field(data, "version", str)[:MAX_NAME],
+        )
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    hashes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FileList(Message):
+    """A game's files with per-chunk SHA-256, and a token for the bulk data channel."""
+
+    TYPE = 7
+    MAX_SIZE = 16 << 20
+    request_id: int
+    game_id: str
+    version: str
+    chunk_size: int
+    files: tuple[FileEntry, ...]
+    token: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "game_id": self.game_id,
+            "version": self.version,
+            "chunk_size": self.chunk_size,
+            "files": [
+                {"path": f.path, "size": f.size, "hashes": list(f.hashes)} for f in self.files
+            ],
+            "token": base64.b64encode(self.token).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileList:
+        chunk_size = _field(data, "chunk_size", int)
+        if not 64 * 1024 <= chunk_size <= 64 << 20:
+            raise RemoteProtocolError("chunk_size is out of range")
+        raw_files = _field(data, "files", list)
+        if len(raw_files) > MAX_FILES:
+            raise RemoteProtocolError("too many files")
+        files = []
+        for item in raw_files:
+            if not isinstance(item, dict):
+                raise RemoteProtocolError("file entries must be objects")
+            size = _field(item, "size", int)
+            hashes = _field(item, "hashes", list)
+            expected = max(1, -(-size // chunk_size))
+            if len(hashes) != expected or len(hashes) > MAX_CHUNKS_PER_FILE:
+                raise RemoteProtocolError("a file's chunk hashes do not match its size")
+            if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+                raise RemoteProtocolError("chunk hashes must be SHA-256 hex digests")
+            files.append(FileEntry(_field(item, "path", str), size, tuple(hashes)))
+        token = _b64(data, "token", 64)
+        return cls(
+            request_id=_field(data, "request_id", int),
+            game_id=_field(data, "game_id", str)[:MAX_NAME],
+            version=_field(data, "version", str)[:MAX_NAME],
+            chunk_size=chunk_size,
+            files=tuple(files),
+            token=token,
+        )
+
+
+@dataclass(frozen=True)
+class ErrorReply(Message):
+    TYPE = 8
+    request_id: int
+    code: str
+    message: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "code": self.code, "message": _text(self.message)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ErrorReply:
+        return cls(
+            request_id=_field(data, "request_id", int),
+            code=_field(data, "code", str)[:MAX_NAME],
+            message=_field(data, "message", str),
+        )
+
+
+@dataclass(frozen=True)
+class Ping(Message):
+    TYPE = 9
+    nonce: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Ping:
+        return cls(nonce=_field(data, "nonce", int))
+
+
+@dataclass(frozen=True)
+class Pong(Message):
+    TYPE = 10
+    nonce: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Pong:
+        return cls(nonce=_field(data, "nonce", int))
+
+
+@dataclass(frozen=True)
+class Goodbye(Message):
+    TYPE = 11
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"reason": _text(self.reason)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Goodbye:
+        return cls(reason=_field(data, "reason", str))
+
+
+MESSAGE_TYPES: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        Hello,
+        Auth,
+        Refuse,
+        Snapshot,
+        Delta,
+        FileListRequest,
+        FileList,
+        ErrorReply,
+        Ping,
+        Pong,
+        Goodbye,
+    )
+}

@@ -1,0 +1,250 @@
+"""The peer session state machine: handshake, identity proof, liveness, goodbye.
+
+Both sides send Hello (certificate + random challenge) and then Auth (a signature
+over the other side's challenge), so a session is mutually authenticated
+whatever the transport below it checked. Every transition is in TRANSITIONS.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lanspreadd.identity import peer_id_of, verify_signature
+from lanspreadd.protocol import PROTOCOL_VERSION
+from lanspreadd.protocol.codec import FrameDecoder, encode
+from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
+from lanspreadd.protocol.messages import Auth, Goodbye, Hello, Message, Ping, Pong, Refuse
+
+PING_INTERVAL = 1.0
+DEAD_AFTER = 5.0
+HANDSHAKE_TIMEOUT = 10.0
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    HELLO_SENT = "hello-sent"
+    AUTH_WAIT = "auth-wait"
+    ESTABLISHED = "established"
+    CLOSED = "closed"
+
+
+# (role, state, incoming message type) -> next state. Anything else is a protocol error.
+TRANSITIONS: dict[tuple[Role, State, type[Message]], State] = {
+    (Role.SERVER, State.IDLE, Hello): State.AUTH_WAIT,
+    (Role.CLIENT, State.HELLO_SENT, Hello): State.AUTH_WAIT,
+    (Role.SERVER, State.AUTH_WAIT, Auth): State.ESTABLISHED,
+    (Role.CLIENT, State.AUTH_WAIT, Auth): State.ESTABLISHED,
+}
+
+
+@dataclass(frozen=True)
+class LocalPeer:
+    peer_id: str
+    name: str
+    data_port: int
+    cert_der: bytes
+    sign: Callable[[bytes], bytes]
+
+
+@dataclass(frozen=True)
+class Established:
+    peer_id: str
+    name: str
+    data_port: int
+
+
+@dataclass(frozen=True)
+class Received:
+    message: Message
+
+
+@dataclass(frozen=True)
+class Closed:
+    reason: str
+    by_peer: bool
+
+
+Event = Established | Received | Closed
+
+
+def auth_payload(challenge: bytes, signer: str, verifier: str) -> bytes:
+    return b"lanspread-auth\0" + challenge + signer.encode() + b"\0" + verifier.encode()
+
+
+class Session:
+    def __init__(
+        self,
+        role: Role,
+        local: LocalPeer,
+        now: float,
+        expected_peer_id: str | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.role = role
+        self.local = local
+        self.expected_peer_id = expected_peer_id
+        self.state = State.IDLE
+        self.peer: Established | None = None
+        self.close_reason: str | None = None
+        self._challenge = random(32)
+        self._peer_hello: Hello | None = None
+        self._decoder = FrameDecoder()
+        self._out = bytearray()
+        self._started = now
+        self._last_received = now
+        self._last_ping = now
+        self._ping_nonce = 0
+
+    @property
+    def closed(self) -> bool:
+        return self.state is State.CLOSED
+
+    # ---- sending ------------------------------------------------------------------------
+    def _queue(self, message: Message) -> None:
+        self._out += encode(message)
+
+    def data_to_send(self) -> bytes:
+        data = bytes(self._out)
+        self._out.clear()
+        return data
+
+    def _hello(self) -> Hello:
+        return Hello(
+            version=PROTOCOL_VERSION,
+            peer_id=self.local.peer_id,
+            name=self.local.name,
+            data_port=self.local.data_port,
+            cert=self.local.cert_der,
+            challenge=self._challenge,
+        )
+
+    def start(self) -> None:
+        if self.role is not Role.CLIENT or self.state is not State.IDLE:
+            raise LocalProtocolError("only an idle client starts a session")
+        self._queue(self._hello())
+        self.state = State.HELLO_SENT
+
+    def send(self, message: Message) -> None:
+        if self.state is not State.ESTABLISHED:
+            raise LocalProtocolError(f"cannot send {type(message).__name__} in {self.state.value}")
+        self._queue(message)
+
+    def close(self, reason: str) -> list[Event]:
+        """Say goodbye; the caller flushes data_to_send() and closes the transport."""
+        if self.state is State.CLOSED:
+            return []
+        if self.state is State.ESTABLISHED:
+            self._queue(Goodbye(reason))
+        return self._closed(reason, by_peer=False)
+
+    def _closed(self, reason: str, by_peer: bool) -> list[Event]:
+        self.state = State.CLOSED
+        self.close_reason = reason
+        return [Closed(reason, by_peer)]
+
+    def _refuse(self, reason: str) -> list[Event]:
+        self._queue(Refuse(reason))
+        return self._closed(reason, by_peer=False)
+
+    # ---- receiving ----------------------------------------------------------------------
+    def receive(self, data: bytes, now: float) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        self._last_received = now
+        try:
+            messages = self._decoder.feed(data)
+        except RemoteProtocolError as exc:
+            return self._refuse(f"protocol error: {exc}")
+        events: list[Event] = []
+        for message in messages:
+            events += self._handle(message)
+            if self.closed:
+                break
+        return events
+
+    def _handle(self, message: Message) -> list[Event]:
+        if isinstance(message, Goodbye):
+            return self._closed(f"peer said goodbye: {message.reason}", by_peer=True)
+        if isinstance(message, Refuse):
+            return self._closed(f"peer refused: {message.reason}", by_peer=True)
+        if self.state is State.ESTABLISHED:
+            if isinstance(message, Hello | Auth):
+                return self._refuse(f"protocol error: unexpected {type(message).__name__}")
+            if isinstance(message, Ping):
+                self._queue(Pong(message.nonce))
+                return []
+            if isinstance(message, Pong):
+                return []
+            return [Received(message)]
+        next_state = TRANSITIONS.get((self.role, self.state, type(message)))
+        if next_state is None:
+            return self._refuse(
+                f"protocol error: {type(message).__name__} not allowed in {self.state.value}"
+            )
+        if isinstance(message, Hello):
+            return self._on_hello(message, next_state)
+        assert isinstance(message, Auth)
+        return self._on_auth(message, next_state)
+
+    def _on_hello(self, hello: Hello, next_state: State) -> list[Event]:
+        if hello.version != PROTOCOL_VERSION:
+            return self._refuse(
+                f"protocol version {hello.version} is not supported; "
+                f"this peer speaks version {PROTOCOL_VERSION}"
+            )
+        if peer_id_of(hello.cert) != hello.peer_id:
+            return self._refuse("peer id does not match the certificate")
+        if self.expected_peer_id and hello.peer_id != self.expected_peer_id:
+            return self._refuse(f"expected peer {self.expected_peer_id}, found {hello.peer_id}")
+        if hello.peer_id == self.local.peer_id:
+            return self._refuse("connected to itself")
+        self._peer_hello = hello
+        if self.role is Role.SERVER:
+            self._queue(self._hello())
+        signature = self.local.sign(
+            auth_payload(hello.challenge, self.local.peer_id, hello.peer_id)
+        )
+        self._queue(Auth(signature))
+        self.state = next_state
+        return []
+
+    def _on_auth(self, auth: Auth, next_state: State) -> list[Event]:
+        hello = self._peer_hello
+        assert hello is not None
+        payload = auth_payload(self._challenge, hello.peer_id, self.local.peer_id)
+        if not verify_signature(hello.cert, auth.signature, payload):
+            return self._refuse("identity proof failed: bad signature")
+        self.state = next_state
+        self.peer = Established(hello.peer_id, hello.name, hello.data_port)
+        return [self.peer]
+
+    # ---- time ---------------------------------------------------------------------------
+    def timer_at(self) -> float | None:
+        if self.state is State.CLOSED:
+            return None
+        if self.state is not State.ESTABLISHED:
+            return self._started + HANDSHAKE_TIMEOUT
+        return min(self._last_ping + PING_INTERVAL, self._last_received + DEAD_AFTER)
+
+    def handle_timer(self, now: float) -> list[Event]:
+        if self.state is State.CLOSED:
+            return []
+        if self.state is not State.ESTABLISHED:
+            if now >= self._started + HANDSHAKE_TIMEOUT:
+                return self._closed("handshake timed out", by_peer=False)
+            return []
+        if now >= self._last_received + DEAD_AFTER:
+            return self._closed(f"peer silent for {DEAD_AFTER:.0f}s", by_peer=False)
+        if now >= self._last_ping + PING_INTERVAL:
+            self._ping_nonce += 1
+            self._queue(Ping(self._ping_nonce))
+            self._last_ping = now
+        return []

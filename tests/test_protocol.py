@@ -1,0 +1,282 @@
+"""The sans-IO protocol core, pumped in memory: no sockets, explicit time."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lanspreadd.identity import Identity, load_or_create
+from lanspreadd.protocol import PROTOCOL_VERSION
+from lanspreadd.protocol.codec import HEADER, FrameDecoder, encode
+from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
+from lanspreadd.protocol.messages import (
+    MESSAGE_TYPES,
+    Delta,
+    FileEntry,
+    FileList,
+    FileListRequest,
+    Hello,
+    Snapshot,
+)
+from lanspreadd.protocol.session import (
+    DEAD_AFTER,
+    Closed,
+    Established,
+    Event,
+    LocalPeer,
+    Received,
+    Role,
+    Session,
+    State,
+)
+
+
+@pytest.fixture(scope="module")
+def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[Identity, Identity, Identity]:
+    base = tmp_path_factory.mktemp("ids")
+    return (
+        load_or_create(base / "a", "alpha"),
+        load_or_create(base / "b", "beta"),
+        load_or_create(base / "c", "gamma"),
+    )
+
+
+def local(identity: Identity, name: str) -> LocalPeer:
+    return LocalPeer(identity.peer_id, name, 41800, identity.cert_der, identity.sign)
+
+
+class ConnectionPair:
+    """Two sessions wired back to back, pumped until quiet."""
+
+    def __init__(self, client: Session, server: Session) -> None:
+        self.client = client
+        self.server = server
+        self.events: dict[Role, list[Event]] = {Role.CLIENT: [], Role.SERVER: []}
+
+    def pump(self, now: float = 0.0) -> None:
+        for _ in range(100):
+            to_server = self.client.data_to_send()
+            to_client = self.server.data_to_send()
+            if not to_server and not to_client:
+                return
+            if to_server:
+                self.events[Role.SERVER] += self.server.receive(to_server, now)
+            if to_client:
+                self.events[Role.CLIENT] += self.client.receive(to_client, now)
+        raise AssertionError("sessions never went quiet")
+
+
+def pair(ids: tuple[Identity, Identity, Identity], **client_kw: object) -> ConnectionPair:
+    a, b, _ = ids
+    client = Session(Role.CLIENT, local(a, "alpha"), 0.0, **client_kw)  # type: ignore[arg-type]
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    client.start()
+    p = ConnectionPair(client, server)
+    p.pump()
+    return p
+
+
+def test_identity_is_persistent(tmp_path: Path) -> None:
+    first = load_or_create(tmp_path, "x")
+    again = load_or_create(tmp_path, "x")
+    assert first.peer_id == again.peer_id
+    assert len(first.peer_id) == 32
+    assert (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def test_mutual_handshake(identities: tuple[Identity, Identity, Identity]) -> None:
+    p = pair(identities)
+    a, b, _ = identities
+    assert p.client.state is State.ESTABLISHED
+    assert p.server.state is State.ESTABLISHED
+    assert p.events[Role.CLIENT] == [Established(b.peer_id, "beta", 41800)]
+    assert p.events[Role.SERVER] == [Established(a.peer_id, "alpha", 41800)]
+
+
+def test_messages_flow_both_ways(identities: tuple[Identity, Identity, Identity]) -> None:
+    p = pair(identities)
+    p.client.send(Snapshot({"g": "1.0"}))
+    p.server.send(Delta({"h": "2"}, ("g",)))
+    p.pump()
+    assert Received(Snapshot({"g": "1.0"})) in p.events[Role.SERVER]
+    assert Received(Delta({"h": "2"}, ("g",))) in p.events[Role.CLIENT]
+
+
+def test_expected_peer_id_is_checked(identities: tuple[Identity, Identity, Identity]) -> None:
+    _, _, c = identities
+    p = pair(identities, expected_peer_id=c.peer_id)
+    assert p.client.state is State.CLOSED
+    assert "expected peer" in (p.client.close_reason or "")
+    closed = [e for e in p.events[Role.SERVER] if isinstance(e, Closed)]
+    assert closed
+    assert closed[0].by_peer
+
+
+def test_version_mismatch_is_refused_with_a_reason(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    a, b, _ = identities
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    hello = Hello(PROTOCOL_VERSION + 1, a.peer_id, "alpha", 1, a.cert_der, b"x" * 32)
+    events = server.receive(encode(hello), 0.0)
+    assert events == [Closed(events[0].reason, False)]  # type: ignore[union-attr]
+    assert "version 2 is not supported" in server.close_reason  # type: ignore[operator]
+    reply = FrameDecoder().feed(server.data_to_send())
+    assert type(reply[0]).__name__ == "Refuse"
+
+
+def test_forged_identity_is_refused(identities: tuple[Identity, Identity, Identity]) -> None:
+    a, b, c = identities
+    # A client that claims a's id but holds c's certificate.
+    forged = Hello(PROTOCOL_VERSION, a.peer_id, "alpha", 1, c.cert_der, b"x" * 32)
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    server.receive(encode(forged), 0.0)
+    assert "does not match the certificate" in (server.close_reason or "")
+    # A client presenting a's certificate without a's key cannot sign the challenge.
+    client = Session(
+        Role.CLIENT,
+        LocalPeer(a.peer_id, "alpha", 1, a.cert_der, c.sign),
+        0.0,
+    )
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    client.start()
+    p = ConnectionPair(client, server)
+    p.pump()
+    assert server.state is State.CLOSED
+    assert "bad signature" in (server.close_reason or "")
+
+
+def test_out_of_order_messages(identities: tuple[Identity, Identity, Identity]) -> None:
+    _, b, _ = identities
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    server.receive(encode(Snapshot({})), 0.0)
+    assert server.state is State.CLOSED
+    assert "not allowed in idle" in (server.close_reason or "")
+    with pytest.raises(LocalProtocolError):
+        Session(Role.SERVER, local(b, "beta"), 0.0).send(Snapshot({}))
+
+
+def test_liveness_pings_and_timeout(identities: tuple[Identity, Identity, Identity]) -> None:
+    p = pair(identities)
+    now = 0.0
+    for _ in range(20):
+        now += 0.5
+        p.client.handle_timer(now)
+        p.server.handle_timer(now)
+        p.pump(now)
+    assert p.client.state is State.ESTABLISHED, "pings keep a healthy session alive"
+    # The server goes silent (killed): the client notices within DEAD_AFTER.
+    events: list[Event] = []
+    t = now
+    while t < now + DEAD_AFTER + 1 and not events:
+        t += 0.5
+        p.client.data_to_send()
+        events = p.client.handle_timer(t)
+    assert events
+    assert isinstance(events[0], Closed)
+    assert "silent" in events[0].reason
+    assert t - now <= DEAD_AFTER + 0.5
+
+
+def test_goodbye(identities: tuple[Identity, Identity, Identity]) -> None:
+    p = pair(identities)
+    p.client.close("shutting down")
+    p.pump()
+    assert p.server.state is State.CLOSED
+    assert p.events[Role.SERVER][-1] == Closed("peer said goodbye: shutting down", True)
+
+
+def test_handshake_timeout(identities: tuple[Identity, Identity, Identity]) -> None:
+    a, _, _ = identities
+    client = Session(Role.CLIENT, local(a, "alpha"), 0.0)
+    client.start()
+    assert client.handle_timer(5.0) == []
+    assert client.handle_timer(11.0) == [Closed("handshake timed out", False)]
+
+
+def test_file_list_round_trip() -> None:
+    files = (FileEntry("g.part1.rar", 5, ("a" * 64,)), FileEntry("version.ini", 0, ("b" * 64,)))
+    msg = FileList(7, "g", "1.0", 1 << 20, files, b"t" * 32)
+    assert FrameDecoder().feed(encode(msg)) == [msg]
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "complaint"),
+    [
+        (FileListRequest.TYPE, b"[1,2]", "JSON object"),
+        (FileListRequest.TYPE, b"{bad json", "not JSON"),
+        (FileListRequest.TYPE, b'{"request_id": "1", "game_id": "g", "version": "1"}', "integer"),
+        (FileListRequest.TYPE, b'{"request_id": -1, "game_id": "g", "version": "1"}', "range"),
+        (FileListRequest.TYPE, b'{"game_id": "g", "version": "1"}', "missing field"),
+        (Snapshot.TYPE, b'{"games": {"g": 1}}', "bad entry"),
+        (200, b"{}", "unknown frame type"),
+        (
+            FileList.TYPE,
+            json.dumps(
+                {
+                    "request_id": 1,
+                    "game_id": "g",
+                    "version": "1",
+                    "chunk_size": 1 << 20,
+                    "token": "",
+                    "files": [{"path": "a", "size": 5 << 20, "hashes": ["a" * 64]}],
+                }
+            ).encode(),
+            "do not match its size",
+        ),
+    ],
+)
+def test_malformed_frames_are_named(kind: int, payload: bytes, complaint: str) -> None:
+    with pytest.raises(RemoteProtocolError, match=complaint):
+        FrameDecoder().feed(HEADER.pack(len(payload), kind) + payload)
+
+
+def test_oversized_frames_are_refused_before_buffering() -> None:
+    decoder = FrameDecoder()
+    with pytest.raises(RemoteProtocolError, match="exceeds"):
+        decoder.feed(struct.pack("!IB", 1 << 30, Snapshot.TYPE))
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=2048))
+def test_fuzz_garbage_after_handshake_closes_with_a_reason(
+    identities: tuple[Identity, Identity, Identity], garbage: bytes
+) -> None:
+    p = pair(identities)
+    events = p.server.receive(garbage, 1.0)
+    if p.server.state is State.CLOSED:
+        assert p.server.close_reason
+        assert any(isinstance(e, Closed) for e in events)
+    else:
+        assert all(isinstance(e, Received) for e in events)
+
+
+frames = st.builds(
+    lambda kind, obj: HEADER.pack(len(obj), kind) + obj,
+    st.sampled_from(sorted(MESSAGE_TYPES)),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+        max_leaves=20,
+    ).map(lambda v: json.dumps(v).encode()),
+)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=st.lists(frames, max_size=6))
+def test_fuzz_hostile_frames_never_crash_a_session(
+    identities: tuple[Identity, Identity, Identity], stream: list[bytes]
+) -> None:
+    _, b, _ = identities
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    for frame in stream:
+        server.receive(frame, 0.0)
+        server.data_to_send()
+    assert server.state in (State.IDLE, State.CLOSED)
+    if server.state is State.CLOSED:
+        assert server.close_reason
