@@ -192,6 +192,54 @@ def operation(member: str, verb: str) -> Handler:
     return run
 
 
+async def cmd_download(client: Client, args: argparse.Namespace, out: Output) -> int:
+    path = await client.manager("Download", "sb", args.game, args.install)
+    if args.no_wait:
+        out.emit({"job": path}, f"download of {args.game} started: {path}")
+        return EXIT_OK
+    verb = "download and install" if args.install else "download"
+    return await wait_job(client, path, f"{verb} {args.game}", out)
+
+
+def peer_table(peers: list[dict[str, Any]]) -> str:
+    rows = [["ID", "NAME", "ADDRESS", "DIRECTION", "GAMES"]]
+    for p in peers:
+        games = ", ".join(f"{g} {v}" for g, v in sorted(p["Games"].items())) or "-"
+        rows.append([p["Id"][:12], p["Name"], p["Address"], p["Direction"], games])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+async def cmd_peers(client: Client, args: argparse.Namespace, out: Output) -> int:
+    peers = await client.manager("ListPeers")
+    out.emit([snake(p) for p in peers], peer_table(peers) if peers else "no peers connected")
+    return EXIT_OK
+
+
+async def cmd_connect(client: Client, args: argparse.Namespace, out: Output) -> int:
+    peer_id = await client.manager("ConnectPeer", "s", args.address)
+    out.emit({"peer_id": peer_id}, f"connected to {args.address} (peer {peer_id[:12]})")
+    return EXIT_OK
+
+
+async def cmd_wait_peers(client: Client, args: argparse.Namespace, out: Output) -> int:
+    deadline = time.monotonic() + args.timeout
+    while True:
+        peers = await client.manager("ListPeers")
+        if len(peers) >= args.count:
+            out.emit([snake(p) for p in peers], f"{len(peers)} peer(s) connected")
+            return EXIT_OK
+        if time.monotonic() >= deadline:
+            out.emit(
+                {"error": "timeout", "peers": len(peers)},
+                f"only {len(peers)} of {args.count} peer(s) after {args.timeout:g}s",
+            )
+            return EXIT_FAILED
+        await asyncio.sleep(0.2)
+
+
 async def cmd_cancel(client: Client, args: argparse.Namespace, out: Output) -> int:
     path = await client.manager("Cancel", "s", args.game)
     out.emit({"job": path}, f"cancel requested for {args.game}")
@@ -293,6 +341,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp = add(name, operation(member, verb), f"{verb} a game")
         sp.add_argument("game")
         sp.add_argument("--no-wait", action="store_true", help="return once started")
+    dl = add("download", cmd_download, "download a game from peers")
+    dl.add_argument("game")
+    dl.add_argument("--install", action="store_true", help="install once downloaded")
+    dl.add_argument("--no-wait", action="store_true", help="return once started")
+    add("peers", cmd_peers, "list connected peers")
+    add("connect", cmd_connect, "connect to a peer by address").add_argument(
+        "address", metavar="HOST[:PORT]"
+    )
+    wp = add("wait-peers", cmd_wait_peers, "wait until N peers are connected")
+    wp.add_argument("count", type=int, metavar="N")
+    wp.add_argument("--timeout", type=float, default=30.0, metavar="S")
     add("cancel", cmd_cancel, "cancel the running operation of a game").add_argument("game")
     add("set-game-dir", cmd_set_game_dir, "change the game directory").add_argument("path")
     add("reload-catalog", cmd_reload, "re-read the catalog")

@@ -31,6 +31,8 @@ class Config:
     log_max_bytes: int = 2 << 20
     polkit: str = "auto"
     fallback_scan_interval: float = 300.0
+    listen: str = "0.0.0.0"  # noqa: S104 - peers on the LAN must reach us
+    mdns_interfaces: tuple[str, ...] = ()
     explicit: frozenset[str] = frozenset()
 
     @property
@@ -61,6 +63,8 @@ _TYPES: dict[str, type] = {
     "log_max_bytes": int,
     "polkit": str,
     "fallback_scan_interval": float,
+    "listen": str,
+    "mdns_interfaces": tuple,
 }
 
 
@@ -72,6 +76,10 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         return Path(value)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if kind is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {key} must be a list of strings")
+        return tuple(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{source}: {key} must be {kind.__name__}, not {type(value).__name__}")
     return value
@@ -123,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", type=Path)
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--polkit", choices=("auto", "on", "off"))
+    p.add_argument("--listen", help="address for the QUIC and data ports (default all)")
+    p.add_argument(
+        "--mdns-interface",
+        action="append",
+        dest="mdns_interfaces",
+        metavar="IP",
+        help="announce and browse mDNS only on this address (repeatable)",
+    )
     return p
 
 
@@ -141,10 +157,13 @@ def from_args(argv: list[str] | None = None) -> Config:
         "log_file",
         "log_level",
         "polkit",
+        "listen",
     ):
         value = getattr(args, key)
         if value is not None:
             overrides[key] = value
     if args.no_mdns:
         overrides["mdns"] = False
+    if args.mdns_interfaces:
+        overrides["mdns_interfaces"] = tuple(args.mdns_interfaces)
     return validate(replace(config, explicit=frozenset(overrides), **overrides))

@@ -13,12 +13,15 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from lanspreadd.catalog import Catalog, check_game_id
 from lanspreadd.config import Config
+from lanspreadd.discovery import Discovery
+from lanspreadd.download import Downloader, NoSources, PeersGone
 from lanspreadd.errors import (
     ERROR_PREFIX,
     Busy,
@@ -29,11 +32,15 @@ from lanspreadd.errors import (
     LanspreadError,
     NotFound,
 )
+from lanspreadd.identity import load_or_create
 from lanspreadd.install import GameFiles, atomic_write, recover_all
 from lanspreadd.library import Availability, GameState, Library
 from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
 from lanspreadd.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.operations import Job, JobState, OperationTable, OpKind
+from lanspreadd.peers import Peer, PeerError, PeerManager
+from lanspreadd.protocol.messages import FileList, FileListRequest
+from lanspreadd.serve import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
 from lanspreadd.supervisor import Policy, Service, Supervisor
 
 log = logging.getLogger(__name__)
@@ -55,6 +62,12 @@ class GameView:
     availability: Availability
     operation: str
     job_id: int
+    sources: int
+    outbound_transfers: int
+
+
+class NotServable(LanspreadError):
+    name = "NotServable"
 
 
 class Observer(Protocol):
@@ -64,6 +77,7 @@ class Observer(Protocol):
     def job_progress(self, job: Job) -> None: ...
     def job_finished(self, job: Job) -> None: ...
     def runtime_failed(self, component: str, error: str) -> None: ...
+    def peer_changed(self, peer_id: str, peer: Peer | None) -> None: ...
 
 
 class Controller:
@@ -86,6 +100,12 @@ class Controller:
         self._last_progress: dict[int, float] = {}
         self.supervisor = Supervisor(self._required_failed)
         self.failure: str | None = None
+        self.identity = load_or_create(config.state_dir / "identity", config.name)
+        self.transfers = OutboundTransfers(self._transfers_changed)
+        self.data_server = DataServer(self.is_servable, self.transfers)
+        self.hashes = HashCache(config.state_dir / "hashes")
+        self.peers = PeerManager(self.identity, config.name, config.listen, config.port, self)
+        self._async_work: dict[int, asyncio.Task[None]] = {}
 
     # ---- settings persisted across restarts -------------------------------------------
     @property
@@ -112,14 +132,22 @@ class Controller:
         queue = RescanQueue(self.rescan)
         self._queue = queue
         services = [
+            Service("quic-server", self.peers.run, Policy.REQUIRED),
+            Service("data-channel", self._data_channel, Policy.REQUIRED),
             Service("monitor", self._monitor_service, Policy.BEST_EFFORT),
             Service("rescan", queue.run, Policy.REQUIRED),
             Service("fallback-scan", self._fallback_scan, Policy.RESTART),
         ]
+        if self.config.mdns:
+            services.append(Service("discovery", self._discovery, Policy.RESTART))
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             service_tasks = [tg.create_task(self.supervisor.supervise(s)) for s in services]
-            self.status = f"serving {len(self.catalog.games)} catalog games"
+            await self.peers.ready.wait()
+            self.status = (
+                f"serving {len(self.catalog.games)} catalog games as {self.identity.peer_id[:8]} "
+                f"on port {self.config.port}"
+            )
             log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
             if on_ready is not None:
                 on_ready.set()
@@ -127,8 +155,11 @@ class Controller:
             self.status = "stopping"
             for job in list(self.ops.jobs.values()):
                 job.cancel_event.set()
+            for task in list(self._async_work.values()):
+                task.cancel()
             if self._job_tasks:
                 await asyncio.wait(list(self._job_tasks), timeout=SHUTDOWN_GRACE)
+            await self.peers.say_goodbye("daemon shutting down")
             self.supervisor.stopping.set()
             for task in service_tasks:
                 task.cancel()
@@ -158,6 +189,33 @@ class Controller:
             await asyncio.sleep(self.config.fallback_scan_interval)
             self.rescan(None)
 
+    async def _data_channel(self) -> None:
+        await self.data_server.start(self.config.listen, self.config.port)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.data_server.close()
+
+    async def _discovery(self) -> None:
+        def found(peer_id: str, host: str, port: int) -> None:
+            if self.peers.is_connected_or_connecting(peer_id, host, port) or self._tg is None:
+                return
+            self._tg.create_task(self._connect_quietly(host, port, peer_id))
+
+        await Discovery(
+            self.identity.peer_id,
+            self.config.name,
+            self.config.port,
+            list(self.config.mdns_interfaces),
+            found,
+        ).run()
+
+    async def _connect_quietly(self, host: str, port: int, peer_id: str) -> None:
+        try:
+            await self.peers.connect(host, port, peer_id)
+        except PeerError as exc:
+            log.info("discovered peer %s not reachable: %s", peer_id[:8], exc)
+
     def _is_game(self, name: str) -> bool:
         return name in self.catalog.games
 
@@ -171,6 +229,7 @@ class Controller:
             state, changed = self.library.rescan(game_id)
             if changed:
                 self._notify_game(game_id, state)
+        self.peers.announce()
 
     def _notify_game(self, game_id: str, state: GameState | None) -> None:
         for obs in self.observers:
@@ -200,6 +259,10 @@ class Controller:
             availability=state.availability,
             operation=str(job.kind) if job else "",
             job_id=job.id if job else 0,
+            sources=sum(
+                1 for p in self.peers.peers.values() if p.games.get(game_id) == entry.version
+            ),
+            outbound_transfers=self.transfers.count(game_id),
         )
 
     def game(self, game_id: object) -> GameView:
@@ -209,18 +272,22 @@ class Controller:
         return [self.view(game_id) for game_id in sorted(self.catalog.games)]
 
     # ---- operations ---------------------------------------------------------------------
-    def start(self, kind: OpKind, game_id: object) -> Job:
+    def start(self, kind: OpKind, game_id: object, install: bool = False) -> Job:
         game = self.game(game_id)
         if (running := self.ops.get(game.id)) is not None:
             raise Busy(f"{game.id} is busy: {running.kind} is running (job {running.id})")
         self._check_precondition(kind, game)
         if self._tg is None or self._stopping.is_set():
             raise InvalidState("the daemon is shutting down")
+        if kind is OpKind.DOWNLOAD and game.sources == 0:
+            raise NoSources(f"no connected peer has {game.id} version {game.catalog_version}")
         job = self.ops.begin(game.id, kind)
+        job.install_after = install
         log.info("%s of %s started (job %d)", kind, game.id, job.id)
         for obs in self.observers:
             obs.job_started(job)
             obs.game_changed(self.view(game.id))
+        self.peers.announce()  # the game is hidden from peers while the job runs
         task = self._tg.create_task(self._run_job(job))
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
@@ -236,6 +303,8 @@ class Controller:
             raise InvalidState(f"{game.id} is not installed; use install")
         if kind is OpKind.UNINSTALL and not game.installed:
             raise InvalidState(f"{game.id} is not installed")
+        if kind is OpKind.DOWNLOAD and game.availability is Availability.READY:
+            raise InvalidState(f"{game.id} {game.catalog_version} is already downloaded")
 
     def cancel(self, game_id: object) -> Job:
         gid = check_game_id(game_id)
@@ -243,6 +312,9 @@ class Controller:
         if job is None:
             raise NotFound(f"no operation is running for {gid}")
         job.cancel_event.set()
+        work = self._async_work.get(job.id)
+        if work is not None:
+            work.cancel()
         log.info("cancel requested for %s of %s (job %d)", job.kind, gid, job.id)
         return job
 
@@ -263,7 +335,12 @@ class Controller:
         files = GameFiles(self.library.game_root(job.game_id), job.cancel_event, progress)
         started = time.time()
         try:
-            if job.kind in (OpKind.INSTALL, OpKind.UPDATE):
+            await self.transfers.cancel_and_drain(job.game_id)
+            if job.kind is OpKind.DOWNLOAD:
+                await self._download(job, progress)
+                if job.install_after:
+                    await asyncio.to_thread(files.install)
+            elif job.kind in (OpKind.INSTALL, OpKind.UPDATE):
                 await asyncio.to_thread(files.install)
             elif job.kind is OpKind.UNINSTALL:
                 await asyncio.to_thread(files.uninstall)
@@ -272,8 +349,12 @@ class Controller:
             else:
                 raise InvalidState(f"{job.kind} is not supported")
             job.finish(JobState.FINISHED)
-        except Cancelled as exc:
-            job.finish(JobState.CANCELLED, exc.dbus_name, f"{job.kind} of {job.game_id} cancelled")
+        except (Cancelled, asyncio.CancelledError):
+            job.finish(
+                JobState.CANCELLED, Cancelled().dbus_name, f"{job.kind} of {job.game_id} cancelled"
+            )
+        except PeersGone as exc:
+            job.finish(JobState.PEERS_GONE, exc.dbus_name, str(exc))
         except LanspreadError as exc:
             job.finish(JobState.FAILED, exc.dbus_name, str(exc))
         except OSError as exc:
@@ -291,8 +372,21 @@ class Controller:
                 job.finish(JobState.CANCELLED, Cancelled.name, "stopped with the daemon")
             self._finish_job(job, files, started)
 
+    async def _download(self, job: Job, progress: Callable[[int, int], None]) -> None:
+        entry = self.catalog.games[job.game_id]
+        downloader = Downloader(
+            self.library.game_root(job.game_id), job.game_id, entry.version, self.peers, progress
+        )
+        assert self._tg is not None
+        work = self._tg.create_task(downloader.run())
+        self._async_work[job.id] = work
+        try:
+            await work
+        finally:
+            self._async_work.pop(job.id, None)
+
     def _finish_job(self, job: Job, files: GameFiles, started: float) -> None:
-        if job.kind in (OpKind.INSTALL, OpKind.UPDATE):
+        if job.kind in (OpKind.INSTALL, OpKind.UPDATE) or job.install_after:
             try:
                 self.unpack_logs.add(
                     job.game_id,
@@ -316,6 +410,7 @@ class Controller:
         for obs in self.observers:
             obs.job_finished(job)
         self._notify_game(job.game_id, state)
+        self.peers.announce()
 
     # ---- management ---------------------------------------------------------------------
     async def set_game_dir(self, path: object) -> None:
@@ -361,6 +456,61 @@ class Controller:
 
     def unpack_runs(self) -> list[UnpackRun]:
         return self.unpack_logs.newest_first()
+
+    # ---- the peer-facing side (PeerHost) ------------------------------------------------
+    def snapshot(self) -> dict[str, str]:
+        """Games we serve now: Ready at the catalog version, with no operation running."""
+        return {
+            game_id: state.local_version
+            for game_id, state in self.library.states.items()
+            if state.availability is Availability.READY and game_id not in self.ops.jobs
+        }
+
+    def is_servable(self, game_id: str, version: str) -> bool:
+        return self.snapshot().get(game_id) == version
+
+    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList:
+        if not self.is_servable(request.game_id, request.version):
+            raise NotServable(f"{request.game_id} {request.version} is not served here now")
+        root = self.library.game_root(request.game_id)
+        entries = await asyncio.to_thread(self.hashes.file_entries, request.game_id, root)
+        if not self.is_servable(request.game_id, request.version):
+            raise NotServable(f"{request.game_id} changed while it was being listed")
+        token = self.data_server.issue(
+            Grant(peer_id, request.game_id, request.version, root, entries)
+        )
+        return FileList(
+            request.request_id, request.game_id, request.version, CHUNK_SIZE, entries, token
+        )
+
+    def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
+        if peer is None:
+            self.data_server.revoke_peer(peer_id)
+        for obs in self.observers:
+            obs.peer_changed(peer_id, peer)
+        for game_id in self.catalog.games:
+            for obs in self.observers:
+                obs.game_changed(self.view(game_id))
+
+    def _transfers_changed(self, game_id: str, count: int) -> None:
+        if game_id in self.catalog.games:
+            for obs in self.observers:
+                obs.game_changed(self.view(game_id))
+
+    async def connect_peer(self, address: object) -> str:
+        if not isinstance(address, str) or not address or len(address) > 255:
+            raise InvalidArgument("give an address as HOST or HOST:PORT")
+        host, sep, port_text = address.rpartition(":")
+        if not sep or "]" in port_text:
+            host, port_text = address, str(self.config.port)
+        host = host.strip("[]")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise InvalidArgument(f"invalid port in {address!r}") from None
+        if not host or not 0 < port < 65536:
+            raise InvalidArgument(f"invalid address {address!r}")
+        return await self.peers.connect(host, port)
 
     def free_space(self) -> int:
         with contextlib.suppress(OSError):

@@ -31,6 +31,7 @@ from lanspreadd.controller import Controller, GameView
 from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
 from lanspreadd.logs import LogLine
 from lanspreadd.operations import Job, OpKind
+from lanspreadd.peers import Peer
 from lanspreadd.polkit import check_authorization
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ BUS_NAME = "org.lanspread.Lanspread1"
 ROOT_PATH = "/org/lanspread/Lanspread1"
 MANAGER_IFACE = "org.lanspread.Lanspread1.Manager"
 GAME_IFACE = "org.lanspread.Lanspread1.Game"
+PEER_IFACE = "org.lanspread.Lanspread1.Peer"
 JOB_IFACE = "org.lanspread.Lanspread1.Job"
 KEEP_FINISHED_JOBS = 32
 
@@ -48,6 +50,8 @@ ACTIONS = {
     OpKind.UNINSTALL: "org.lanspread.remove-game",
     OpKind.REMOVE: "org.lanspread.remove-game",
 }
+ACTION_DOWNLOAD = "org.lanspread.download-game"
+ACTION_PEERS = "org.lanspread.manage-peers"
 ACTION_CANCEL = "org.lanspread.cancel-operation"
 ACTION_CONFIGURE = "org.lanspread.configure"
 
@@ -89,7 +93,26 @@ def game_dict(game: GameView) -> dict[str, Variant]:
         "Availability": Variant("s", str(game.availability)),
         "Operation": Variant("s", game.operation),
         "Job": Variant("o", job_path(game.job_id) if game.job_id else "/"),
+        "Sources": Variant("u", game.sources),
+        "OutboundTransfers": Variant("u", game.outbound_transfers),
         "ObjectPath": Variant("o", game_path(game.id)),
+    }
+
+
+def peer_path(peer_id: str) -> str:
+    return f"{ROOT_PATH}/peers/{escape_path_element(peer_id)}"
+
+
+def peer_dict(peer: Peer) -> dict[str, Variant]:
+    return {
+        "Id": Variant("s", peer.peer_id),
+        "Name": Variant("s", peer.name),
+        "Address": Variant("s", peer.host),
+        "DataPort": Variant("u", peer.data_port),
+        "Direction": Variant("s", "outgoing" if peer.outgoing else "incoming"),
+        "ConnectedSince": Variant("d", peer.since),
+        "Games": Variant("a{ss}", dict(peer.games)),
+        "ObjectPath": Variant("o", peer_path(peer.peer_id)),
     }
 
 
@@ -149,6 +172,58 @@ class GameInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def Job(self) -> "o":
         return job_path(self.game.job_id) if self.game.job_id else "/"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Sources(self) -> "u":
+        return self.game.sources
+
+    @dbus_property(access=PropertyAccess.READ)
+    def OutboundTransfers(self) -> "u":
+        return self.game.outbound_transfers
+
+
+class PeerInterface(ServiceInterface):
+    def __init__(self, peer: Peer) -> None:
+        super().__init__(PEER_IFACE)
+        self.peer = peer
+        self.last = peer_dict(peer)
+
+    def update(self, peer: Peer) -> None:
+        self.peer = peer
+        new = peer_dict(peer)
+        changed = {k: v.value for k, v in new.items() if self.last.get(k) != v}
+        self.last = new
+        changed.pop("ObjectPath", None)
+        if changed:
+            self.emit_properties_changed(changed)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Id(self) -> "s":
+        return self.peer.peer_id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Name(self) -> "s":
+        return self.peer.name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Address(self) -> "s":
+        return self.peer.host
+
+    @dbus_property(access=PropertyAccess.READ)
+    def DataPort(self) -> "u":
+        return self.peer.data_port
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Direction(self) -> "s":
+        return "outgoing" if self.peer.outgoing else "incoming"
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ConnectedSince(self) -> "d":
+        return self.peer.since
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Games(self) -> "a{ss}":
+        return dict(self.peer.games)
 
 
 class JobInterface(ServiceInterface):
@@ -250,6 +325,31 @@ class ManagerInterface(ServiceInterface):
     def FreeSpace(self) -> "t":
         return self.ctl.free_space()
 
+    @dbus_property(access=PropertyAccess.READ)
+    def PeerId(self) -> "s":
+        return self.ctl.identity.peer_id
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Port(self) -> "u":
+        return self.ctl.config.port
+
+    @method()
+    def ListPeers(self) -> "aa{sv}":
+        return [peer_dict(p) for p in sorted(self.ctl.peers.peers.values(), key=lambda p: p.name)]
+
+    @method()
+    async def ConnectPeer(self, address: "s") -> "s":
+        with dbus_errors():
+            await self.api.authorize(ACTION_PEERS)
+            return await self.ctl.connect_peer(address)
+
+    @method()
+    async def Download(self, game_id: "s", install: "b") -> "o":
+        with dbus_errors():
+            self.ctl.game(game_id)
+            await self.api.authorize(ACTION_DOWNLOAD)
+            return job_path(self.ctl.start(OpKind.DOWNLOAD, game_id, install=install).id)
+
     @method()
     def ListGames(self) -> "aa{sv}":
         return [game_dict(g) for g in self.ctl.games()]
@@ -334,6 +434,10 @@ class ManagerInterface(ServiceInterface):
     def RuntimeFailed(self, component: str, error: str) -> "ss":
         return [component, error]
 
+    @signal()
+    def OutboundTransfersChanged(self, game_id: str, count: int) -> "su":
+        return [game_id, count]
+
 
 class DBusApi:
     """Owns the bus connection and the exported objects; observes the controller."""
@@ -346,6 +450,7 @@ class DBusApi:
         self.manager = ManagerInterface(self)
         self.games: dict[str, GameInterface] = {}
         self.jobs: dict[int, JobInterface] = {}
+        self.peer_objects: dict[str, PeerInterface] = {}
         self.finished_jobs: list[int] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -406,7 +511,24 @@ class DBusApi:
             if self.bus is not None:
                 self.bus.export(game_path(game.id), iface)
         else:
+            if iface.game.outbound_transfers != game.outbound_transfers:
+                self.manager.OutboundTransfersChanged(game.id, game.outbound_transfers)
             iface.update(game)
+
+    def peer_changed(self, peer_id: str, peer: Peer | None) -> None:
+        iface = self.peer_objects.get(peer_id)
+        if peer is None:
+            if iface is not None:
+                del self.peer_objects[peer_id]
+                if self.bus is not None:
+                    self.bus.unexport(peer_path(peer_id), iface)
+        elif iface is None:
+            iface = PeerInterface(peer)
+            self.peer_objects[peer_id] = iface
+            if self.bus is not None:
+                self.bus.export(peer_path(peer_id), iface)
+        else:
+            iface.update(peer)
 
     def game_removed(self, game_id: str) -> None:
         iface = self.games.pop(game_id, None)

@@ -27,6 +27,7 @@ class JobState(enum.StrEnum):
     FINISHED = "finished"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    PEERS_GONE = "peers-gone"
 
 
 _job_ids = itertools.count(1)
@@ -45,6 +46,7 @@ class Job:
     error_message: str = ""
     started: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
+    install_after: bool = False
     _samples: list[tuple[float, int]] = field(default_factory=list)
 
     def update(self, done: int, total: int, now: float) -> None:

@@ -1,7 +1,8 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,28 @@ def daemon(private_bus: PrivateBus, game_dir: Path, tmp_path: Path) -> Iterator[
     if d.proc is not None and d.proc.poll() is None:
         d.proc.kill()
         d.proc.wait(10)
+
+
+@pytest.fixture
+def make_peer(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Real daemons, each on its own private bus with its own game directory."""
+    made: list[tuple[PrivateBus, Daemon]] = []
+
+    def make(name: str, **kwargs: Any) -> Daemon:
+        base = tmp_path / name
+        (base / "bus").mkdir(parents=True)
+        (base / "games").mkdir()
+        bus = PrivateBus(base / "bus")
+        daemon = Daemon(bus, base / "games", base / "state", name=name, **kwargs)
+        made.append((bus, daemon))
+        return daemon
+
+    yield make
+    for bus, daemon in made:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+        bus.stop()
 
 
 @pytest.fixture

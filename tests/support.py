@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +63,10 @@ class Daemon:
     extra_args: Sequence[str] = ()
     env: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen[str] | None = None
+    port: int = field(default_factory=lambda: free_port())
+    name: str = "peer"
+    listen: str = "127.0.0.1"
+    mdns: bool = False
 
     def start(self, wait: bool = True) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -78,9 +83,15 @@ class Daemon:
                     str(self.game_dir),
                     "--state-dir",
                     str(self.state_dir),
-                    "--no-mdns",
                     "--config",
                     str(self.state_dir / "lanspreadd.toml"),
+                    "--listen",
+                    self.listen,
+                    "--port",
+                    str(self.port),
+                    "--name",
+                    self.name,
+                    *(["--mdns-interface", self.listen] if self.mdns else ["--no-mdns"]),
                     *self.extra_args,
                 ],
                 stdout=log,
@@ -120,6 +131,21 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
         return self.proc.wait(timeout)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port free for both TCP (data channel) and UDP (QUIC)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind((host, 0))
+            port = int(tcp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free port")
 
 
 def run_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

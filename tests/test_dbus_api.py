@@ -105,11 +105,15 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> No
     raise AssertionError("condition not reached in time")
 
 
-def test_introspection_matches_contract(daemon: Daemon, game_dir: Path) -> None:
-    make_game(game_dir, GAME)
+def test_introspection_matches_contract(make_peer: Callable[..., Daemon]) -> None:
+    daemon = make_peer("alpha")
+    other = make_peer("beta").start()
+    make_game(daemon.game_dir, GAME)
     daemon.start()
+    peer_id = daemon.ctl_json("connect", f"127.0.0.1:{other.port}")["peer_id"]
     job = daemon.ctl_json("install", "--no-wait", GAME)["job"]
-    live = run(live_interfaces(daemon.bus.address, [ROOT, GAME_PATH, job]))
+    paths = [ROOT, GAME_PATH, job, f"{ROOT}/peers/{peer_id}"]
+    live = run(live_interfaces(daemon.bus.address, paths))
     wanted = contract()
     assert sorted(live) == sorted(wanted)
     for name, iface in wanted.items():

@@ -113,5 +113,11 @@ def test_policy_file_declares_every_action_the_daemon_checks() -> None:
 
     policy = Path(__file__).resolve().parent.parent / "dbus" / "org.lanspread.policy"
     declared = {a.get("id") for a in ET.parse(policy).getroot().iter("action")}
-    used = {*dbus_api.ACTIONS.values(), dbus_api.ACTION_CANCEL, dbus_api.ACTION_CONFIGURE}
+    used = {
+        *dbus_api.ACTIONS.values(),
+        dbus_api.ACTION_CANCEL,
+        dbus_api.ACTION_CONFIGURE,
+        dbus_api.ACTION_DOWNLOAD,
+        dbus_api.ACTION_PEERS,
+    }
     assert used == declared

@@ -145,6 +145,12 @@ class Session:
             self._queue(Goodbye(reason))
         return self._closed(reason, by_peer=False)
 
+    def transport_closed(self, reason: str) -> list[Event]:
+        """The connection below ended; the reason is the one the peer gave, if any."""
+        if self.closed:
+            return []
+        return self._closed(reason, by_peer=True)
+
     def _closed(self, reason: str, by_peer: bool) -> list[Event]:
         self.state = State.CLOSED
         self.close_reason = reason

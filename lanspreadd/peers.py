@@ -1,0 +1,295 @@
+"""The peer table: QUIC server, outgoing connections, snapshots and requests.
+
+PeerManager owns every connection and its timer task in one TaskGroup. It turns
+session events into a table of authenticated peers and what games they serve,
+and answers file-list requests through the `PeerHost` it is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import itertools
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.server import QuicServer
+from aioquic.asyncio.server import serve as quic_serve
+
+from lanspreadd.errors import LanspreadError
+from lanspreadd.identity import Identity
+from lanspreadd.protocol.messages import (
+    Delta,
+    ErrorReply,
+    FileList,
+    FileListRequest,
+    Message,
+    Snapshot,
+)
+from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, Received, Role
+from lanspreadd.transport import PeerConnection, quic_configuration
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 60.0
+CONNECT_TIMEOUT = 10.0
+GOODBYE_GRACE = 0.3
+
+
+class PeerError(LanspreadError):
+    name = "PeerError"
+
+
+@dataclass
+class Peer:
+    peer_id: str
+    name: str
+    host: str
+    data_port: int
+    connection: PeerConnection
+    outgoing: bool
+    games: dict[str, str] = field(default_factory=dict)
+    since: float = field(default_factory=time.time)
+
+
+class PeerHost(Protocol):
+    """What the rest of the daemon provides to, and learns from, the peer layer."""
+
+    def snapshot(self) -> dict[str, str]: ...
+    def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None: ...
+    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList: ...
+
+
+class PeerManager:
+    def __init__(self, identity: Identity, name: str, host: str, port: int, owner: PeerHost):
+        self.identity = identity
+        self.local = LocalPeer(identity.peer_id, name, port, identity.cert_der, identity.sign)
+        self.host = host
+        self.port = port
+        self.owner = owner
+        self.peers: dict[str, Peer] = {}
+        self._connections: set[PeerConnection] = set()
+        self._connecting: set[str] = set()
+        self._pending: dict[int, tuple[str, asyncio.Future[FileList]]] = {}
+        self._request_ids = itertools.count(1)
+        self._tg: asyncio.TaskGroup | None = None
+        self._server: QuicServer | None = None
+        self._last_snapshot: dict[str, str] = {}
+        self.ready = asyncio.Event()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def run(self) -> None:
+        """The QUIC server and every connection; returns only when cancelled."""
+        config = quic_configuration(self.identity, is_client=False)
+        self._server = await quic_serve(
+            self.host,
+            self.port,
+            configuration=config,
+            create_protocol=functools.partial(
+                self._new_protocol, role=Role.SERVER, expected_peer_id=None
+            ),
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                self.ready.set()
+                await asyncio.Event().wait()
+        finally:
+            self._tg = None
+            self.ready.clear()
+            self._server.close()
+
+    async def say_goodbye(self, reason: str) -> None:
+        """Tell every peer we are leaving, and give the words a moment to leave."""
+        connections = list(self._connections)
+        for conn in connections:
+            conn.say_goodbye(reason)
+        if connections:
+            await asyncio.sleep(GOODBYE_GRACE)
+
+    def _new_protocol(
+        self,
+        *args: object,
+        role: Role,
+        expected_peer_id: str | None,
+        established: asyncio.Future[str] | None = None,
+        **kwargs: object,
+    ) -> PeerConnection:
+        conn = PeerConnection(
+            *args,  # type: ignore[arg-type]
+            local=self.local,
+            role=role,
+            sink=self._on_events,
+            expected_peer_id=expected_peer_id,
+            **kwargs,  # type: ignore[arg-type]
+        )
+        conn.established = established
+        self._connections.add(conn)
+        if self._tg is not None:
+            self._tg.create_task(self._own(conn))
+        return conn
+
+    async def _own(self, conn: PeerConnection) -> None:
+        try:
+            await conn.run_timer()
+        finally:
+            self._connections.discard(conn)
+
+    # ---- connecting ---------------------------------------------------------------------
+    async def connect(self, host: str, port: int, expected_peer_id: str | None = None) -> str:
+        """Connect to a peer by address and wait until it is authenticated."""
+        if self._tg is None:
+            raise PeerError("the peer service is not running")
+        loop = asyncio.get_running_loop()
+        established: asyncio.Future[str] = loop.create_future()
+        task = self._tg.create_task(self._client(host, port, expected_peer_id, established))
+        try:
+            return await asyncio.wait_for(asyncio.shield(established), CONNECT_TIMEOUT)
+        except TimeoutError:
+            task.cancel()
+            raise PeerError(f"no lanspread peer answered at {host}:{port}") from None
+
+    async def _client(
+        self, host: str, port: int, expected: str | None, established: asyncio.Future[str]
+    ) -> None:
+        key = f"{host}:{port}"
+        self._connecting.add(key)
+        try:
+            async with quic_connect(
+                host,
+                port,
+                configuration=quic_configuration(self.identity, is_client=True),
+                create_protocol=functools.partial(
+                    self._new_protocol,
+                    role=Role.CLIENT,
+                    expected_peer_id=expected,
+                    established=established,
+                ),
+            ) as conn:
+                assert isinstance(conn, PeerConnection)
+                await conn.closed.wait()
+                if not established.done():
+                    reason = conn.session.close_reason or "connection closed"
+                    established.set_exception(PeerError(f"{host}:{port}: {reason}"))
+        except (ConnectionError, OSError) as exc:
+            if not established.done():
+                established.set_exception(PeerError(f"cannot connect to {host}:{port}: {exc}"))
+        finally:
+            self._connecting.discard(key)
+
+    def is_connected_or_connecting(self, peer_id: str, host: str, port: int) -> bool:
+        return peer_id in self.peers or f"{host}:{port}" in self._connecting
+
+    # ---- session events -----------------------------------------------------------------
+    def _on_events(self, conn: PeerConnection, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, Established):
+                self._on_established(conn, event)
+            elif isinstance(event, Received):
+                self._on_message(conn, event.message)
+            elif isinstance(event, Closed):
+                self._on_closed(conn, event)
+
+    def _peer_of(self, conn: PeerConnection) -> Peer | None:
+        peer = self.peers.get(conn.session.peer.peer_id) if conn.session.peer else None
+        return peer if peer is not None and peer.connection is conn else None
+
+    def _on_established(self, conn: PeerConnection, event: Established) -> None:
+        outgoing = conn.session.role is Role.CLIENT
+        if outgoing and conn.tls_peer_id() != event.peer_id:
+            conn.say_goodbye("TLS certificate does not match the peer's identity")
+            return
+        existing = self.peers.get(event.peer_id)
+        if existing is not None:
+            # Both sides keep the connection opened by the smaller peer id, so a
+            # simultaneous connect in both directions settles on the same one.
+            keep_new = (self.local.peer_id < event.peer_id) == outgoing
+            loser = existing.connection if keep_new else conn
+            if not keep_new:
+                conn.say_goodbye("duplicate connection")
+                return
+            self.peers.pop(event.peer_id)
+            loser.say_goodbye("duplicate connection")
+        peer = Peer(event.peer_id, event.name, conn.remote_host, event.data_port, conn, outgoing)
+        self.peers[event.peer_id] = peer
+        log.info("peer %s (%s) connected from %s", event.name, event.peer_id[:8], peer.host)
+        conn.send_message(Snapshot(self.owner.snapshot()))
+        if conn.established is not None and not conn.established.done():
+            conn.established.set_result(event.peer_id)
+        self.owner.peer_changed(event.peer_id, peer, "connected")
+
+    def _on_message(self, conn: PeerConnection, message: Message) -> None:
+        peer = self._peer_of(conn)
+        if peer is None:
+            return
+        if isinstance(message, Snapshot):
+            peer.games = dict(message.games)
+            self.owner.peer_changed(peer.peer_id, peer, "snapshot")
+        elif isinstance(message, Delta):
+            for game_id in message.removed:
+                peer.games.pop(game_id, None)
+            peer.games.update(message.changed)
+            self.owner.peer_changed(peer.peer_id, peer, "delta")
+        elif isinstance(message, FileListRequest):
+            if self._tg is not None:
+                self._tg.create_task(self._answer_file_list(peer, message))
+        elif isinstance(message, FileList | ErrorReply):
+            pending = self._pending.pop(message.request_id, None)
+            if pending is None or pending[0] != peer.peer_id or pending[1].done():
+                return
+            if isinstance(message, FileList):
+                pending[1].set_result(message)
+            else:
+                pending[1].set_exception(PeerError(f"{peer.name}: {message.message}"))
+
+    async def _answer_file_list(self, peer: Peer, request: FileListRequest) -> None:
+        try:
+            reply: Message = await self.owner.file_list(peer.peer_id, request)
+        except LanspreadError as exc:
+            reply = ErrorReply(request.request_id, exc.name, str(exc))
+        if not peer.connection.session.closed:
+            peer.connection.send_message(reply)
+
+    def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
+        peer = self._peer_of(conn)
+        if peer is None:
+            return
+        del self.peers[peer.peer_id]
+        for request_id, (peer_id, future) in list(self._pending.items()):
+            if peer_id == peer.peer_id:
+                del self._pending[request_id]
+                if not future.done():
+                    future.set_exception(PeerError(f"{peer.name} left: {event.reason}"))
+        log.info("peer %s (%s) left: %s", peer.name, peer.peer_id[:8], event.reason)
+        self.owner.peer_changed(peer.peer_id, None, event.reason)
+
+    # ---- outgoing -----------------------------------------------------------------------
+    def announce(self) -> None:
+        """Send every peer what changed in our servable games since the last call."""
+        current = self.owner.snapshot()
+        changed = {g: v for g, v in current.items() if self._last_snapshot.get(g) != v}
+        removed = tuple(g for g in self._last_snapshot if g not in current)
+        self._last_snapshot = current
+        if not changed and not removed:
+            return
+        for peer in list(self.peers.values()):
+            if not peer.connection.session.closed:
+                peer.connection.send_message(Delta(changed, removed))
+
+    async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList:
+        peer = self.peers.get(peer_id)
+        if peer is None:
+            raise PeerError(f"peer {peer_id[:8]} is not connected")
+        request_id = next(self._request_ids)
+        future: asyncio.Future[FileList] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = (peer_id, future)
+        peer.connection.send_message(FileListRequest(request_id, game_id, version))
+        try:
+            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
+        except TimeoutError:
+            raise PeerError(f"{peer.name} did not answer the file list request") from None
+        finally:
+            self._pending.pop(request_id, None)

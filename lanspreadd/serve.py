@@ -1,0 +1,273 @@
+"""Serving games to peers: which files, their chunk hashes, and outbound transfers.
+
+Rules: only catalog games whose root `version.ini` equals the catalog version,
+never `local/` or our dot-files, never while an operation runs on the game, and
+no path may leave the game root. Transfers register before the eligibility
+check, so a writer that cancels a game's transfers never misses one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import secrets
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from lanspreadd.errors import InvalidArgument
+from lanspreadd.install import atomic_write
+from lanspreadd.library import LOCAL
+from lanspreadd.protocol.datachannel import (
+    BAD_REQUEST,
+    GREETING_LEN,
+    NOT_SERVABLE,
+    OK,
+    REQUEST,
+    ChunkRequest,
+    decode_greeting,
+    decode_request,
+    encode_reply_header,
+)
+from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.messages import FileEntry
+
+log = logging.getLogger(__name__)
+
+CHUNK_SIZE = 4 << 20
+HASH_READ = 1 << 20
+GREETING_TIMEOUT = 10.0
+
+
+def check_relative_path(path: str) -> PurePosixPath:
+    """A served or downloaded path: relative, inside the game, not local/ or a dot-file."""
+    if not path or "\x00" in path or "\\" in path:
+        raise InvalidArgument(f"invalid file path {path!r}")
+    pure = PurePosixPath(path)
+    if pure.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
+        raise InvalidArgument(f"file path {path!r} leaves the game directory")
+    if pure.parts[0] == LOCAL or any(part.startswith(".") for part in pure.parts):
+        raise InvalidArgument(f"file path {path!r} is not part of a download")
+    return pure
+
+
+def servable_files(root: Path) -> list[tuple[str, int]]:
+    """Regular files of the download: everything but local/, dot-files and links."""
+    found: list[tuple[str, int]] = []
+
+    def walk(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as it:
+            for entry in sorted(it, key=lambda e: e.name):
+                if entry.name.startswith(".") or (not prefix and entry.name == LOCAL):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    walk(Path(entry.path), f"{prefix}{entry.name}/")
+                elif stat.S_ISREG(st.st_mode):
+                    found.append((f"{prefix}{entry.name}", st.st_size))
+
+    walk(root, "")
+    return found
+
+
+def hash_file(path: Path, chunk_size: int = CHUNK_SIZE) -> list[str]:
+    """SHA-256 of each chunk; an empty file has one (empty) chunk."""
+    hashes: list[str] = []
+    with path.open("rb") as fh:
+        while True:
+            h = hashlib.sha256()
+            got = 0
+            while got < chunk_size:
+                block = fh.read(min(HASH_READ, chunk_size - got))
+                if not block:
+                    break
+                h.update(block)
+                got += len(block)
+            if got == 0 and hashes:
+                break
+            hashes.append(h.hexdigest())
+            if got < chunk_size:
+                break
+    return hashes
+
+
+class HashCache:
+    """Chunk hashes per file, keyed by size and mtime, kept in the state directory."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def file_entries(self, game_id: str, root: Path) -> tuple[FileEntry, ...]:
+        cache_path = self.directory / f"{game_id}.json"
+        try:
+            cached = json.loads(cache_path.read_text())
+        except (OSError, ValueError):
+            cached = {}
+        entries = []
+        fresh: dict[str, dict[str, object]] = {}
+        for rel, size in servable_files(root):
+            st = (root / rel).stat()
+            key = {"size": st.st_size, "mtime": st.st_mtime_ns, "chunk": CHUNK_SIZE}
+            item = cached.get(rel)
+            if isinstance(item, dict) and all(item.get(k) == v for k, v in key.items()):
+                hashes = list(item["hashes"])
+            else:
+                hashes = hash_file(root / rel)
+            fresh[rel] = {**key, "hashes": hashes}
+            entries.append(FileEntry(rel, size, tuple(hashes)))
+        if fresh != cached:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache_path, json.dumps(fresh).encode())
+        return tuple(entries)
+
+
+@dataclass
+class Grant:
+    """What a data-channel token allows: one peer reading one game's listed files."""
+
+    peer_id: str
+    game_id: str
+    version: str
+    root: Path
+    files: tuple[FileEntry, ...]
+
+
+@dataclass
+class OutboundTransfers:
+    """Live data connections per game, so writers can cancel them and wait."""
+
+    on_change: Callable[[str, int], None] = lambda _g, _n: None
+    _by_game: dict[str, set[asyncio.Task[None]]] = field(default_factory=dict)
+    _drained: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def register(self, game_id: str, task: asyncio.Task[None]) -> None:
+        tasks = self._by_game.setdefault(game_id, set())
+        if task not in tasks:
+            tasks.add(task)
+            self._drained.setdefault(game_id, asyncio.Event()).clear()
+            self.on_change(game_id, len(tasks))
+
+    def unregister(self, game_id: str, task: asyncio.Task[None]) -> None:
+        tasks = self._by_game.get(game_id)
+        if tasks is None or task not in tasks:
+            return
+        tasks.discard(task)
+        self.on_change(game_id, len(tasks))
+        if not tasks:
+            del self._by_game[game_id]
+            self._drained.setdefault(game_id, asyncio.Event()).set()
+
+    def count(self, game_id: str) -> int:
+        return len(self._by_game.get(game_id, ()))
+
+    async def cancel_and_drain(self, game_id: str) -> None:
+        tasks = list(self._by_game.get(game_id, ()))
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await self._drained.setdefault(game_id, asyncio.Event()).wait()
+
+
+class DataServer:
+    """The TCP bulk channel: token-authorised chunk requests answered with sendfile."""
+
+    def __init__(
+        self,
+        is_servable: Callable[[str, str], bool],
+        transfers: OutboundTransfers,
+    ) -> None:
+        self.is_servable = is_servable
+        self.transfers = transfers
+        self.grants: dict[bytes, Grant] = {}
+        self.server: asyncio.Server | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    def issue(self, grant: Grant) -> bytes:
+        token = secrets.token_bytes(32)
+        self.grants[token] = grant
+        return token
+
+    def revoke_peer(self, peer_id: str) -> None:
+        """A peer that left loses its tokens and its open data connections."""
+        for token, grant in list(self.grants.items()):
+            if grant.peer_id == peer_id:
+                del self.grants[token]
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self._connections):
+                task.cancel()
+            if self._connections:
+                await asyncio.wait(list(self._connections), timeout=5)
+            await self.server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        grant: Grant | None = None
+        try:
+            greeting = await asyncio.wait_for(reader.readexactly(GREETING_LEN), GREETING_TIMEOUT)
+            grant = self.grants.get(decode_greeting(greeting))
+            if grant is None:
+                return
+            self.transfers.register(grant.game_id, task)
+            while True:
+                try:
+                    raw = await reader.readexactly(REQUEST.size)
+                except asyncio.IncompleteReadError:
+                    return
+                await self._serve_chunk(grant, decode_request(raw), writer)
+        except (RemoteProtocolError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
+            log.debug("data connection closed: %s", exc)
+        except asyncio.CancelledError:
+            log.debug("data connection for %s cancelled", grant.game_id if grant else "?")
+        finally:
+            if grant is not None:
+                self.transfers.unregister(grant.game_id, task)
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _serve_chunk(
+        self, grant: Grant, request: ChunkRequest, writer: asyncio.StreamWriter
+    ) -> None:
+        if grant.game_id not in self._granted_games() or not self.is_servable(
+            grant.game_id, grant.version
+        ):
+            await self._refuse(writer, NOT_SERVABLE, f"{grant.game_id} is not served right now")
+            raise RemoteProtocolError("game no longer servable")
+        if request.file_index >= len(grant.files):
+            await self._refuse(writer, BAD_REQUEST, "no such file")
+            raise RemoteProtocolError("bad file index")
+        entry = grant.files[request.file_index]
+        if request.offset + request.length > entry.size:
+            await self._refuse(writer, BAD_REQUEST, "range outside the file")
+            raise RemoteProtocolError("bad range")
+        path = grant.root.joinpath(*check_relative_path(entry.path).parts)
+        with path.open("rb") as fh:
+            if os.fstat(fh.fileno()).st_size != entry.size:
+                await self._refuse(writer, NOT_SERVABLE, "file changed")
+                raise RemoteProtocolError("file changed under the grant")
+            writer.write(encode_reply_header(OK, request.length))
+            loop = asyncio.get_running_loop()
+            await loop.sendfile(writer.transport, fh, request.offset, request.length)
+
+    def _granted_games(self) -> set[str]:
+        return {g.game_id for g in self.grants.values()}
+
+    @staticmethod
+    async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str) -> None:
+        data = reason.encode()[:1024]
+        writer.write(encode_reply_header(status, len(data)) + data)
+        await writer.drain()

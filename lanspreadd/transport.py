@@ -1,0 +1,131 @@
+"""aioquic adapter: pumps one sans-IO Session over one QUIC stream.
+
+The protocol object only moves bytes and time between aioquic and the Session;
+every decision is made by the Session or by the PeerManager that owns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    HandshakeCompleted,
+    QuicEvent,
+    StreamDataReceived,
+)
+from cryptography.hazmat.primitives import serialization
+
+from lanspreadd.identity import PEER_ID_LEN, Identity
+from lanspreadd.protocol import ALPN
+from lanspreadd.protocol.messages import Message
+from lanspreadd.protocol.session import Event, LocalPeer, Role, Session
+
+IDLE_TIMEOUT = 30.0
+
+EventSink = Callable[["PeerConnection", list[Event]], None]
+
+
+def quic_configuration(identity: Identity, is_client: bool) -> QuicConfiguration:
+    config = QuicConfiguration(
+        alpn_protocols=[ALPN], is_client=is_client, idle_timeout=IDLE_TIMEOUT
+    )
+    if is_client:
+        # Peers use self-signed certificates; the session's signed handshake and the
+        # peer-id check below authenticate them instead of a CA.
+        config.verify_mode = ssl.CERT_NONE
+    else:
+        config.load_cert_chain(identity.cert_path, identity.key_path)
+    return config
+
+
+class PeerConnection(QuicConnectionProtocol):
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        *,
+        local: LocalPeer,
+        role: Role,
+        sink: EventSink,
+        expected_peer_id: str | None = None,
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self.session = Session(role, local, time.monotonic(), expected_peer_id)
+        self.sink = sink
+        self.stream_id: int | None = None
+        self.closed = asyncio.Event()
+        self.established: asyncio.Future[str] | None = None
+
+    @property
+    def remote_host(self) -> str:
+        paths = self._quic._network_paths  # aioquic keeps the peer address only here
+        return str(paths[0].addr[0]) if paths else ""
+
+    def tls_peer_id(self) -> str | None:
+        cert = self._quic.tls._peer_certificate  # no public accessor in aioquic
+        if cert is None:
+            return None
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return hashlib.sha256(der).hexdigest()[:PEER_ID_LEN]
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        now = time.monotonic()
+        if isinstance(event, HandshakeCompleted):
+            if self.session.role is Role.CLIENT:
+                self.stream_id = self._quic.get_next_available_stream_id()
+                self.session.start()
+                self.flush()
+        elif isinstance(event, StreamDataReceived):
+            if self.stream_id is None:
+                self.stream_id = event.stream_id
+            if event.stream_id != self.stream_id:
+                self._deliver(self.session.close("protocol error: unexpected extra stream"))
+                return
+            self._deliver(self.session.receive(event.data, now))
+        elif isinstance(event, ConnectionTerminated):
+            reason = event.reason_phrase or f"connection closed (code {event.error_code})"
+            events = self.session.transport_closed(reason)
+            self.closed.set()
+            if events:
+                self.sink(self, events)
+
+    def _deliver(self, events: list[Event]) -> None:
+        self.flush()
+        if events:
+            self.sink(self, events)
+
+    def flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self.stream_id is not None:
+            self._quic.send_stream_data(self.stream_id, data)
+        if self.session.closed and not self.closed.is_set():
+            self._quic.close(reason_phrase=(self.session.close_reason or "")[:200])
+        self.transmit()
+
+    def send_message(self, message: Message) -> None:
+        self.session.send(message)
+        self.flush()
+
+    def say_goodbye(self, reason: str) -> None:
+        self._deliver(self.session.close(reason))
+
+    async def run_timer(self) -> None:
+        """Drive the session's pings and liveness; ends with the connection."""
+        while not self.closed.is_set():
+            at = self.session.timer_at()
+            if at is None:
+                await self.closed.wait()
+                return
+            try:
+                await asyncio.wait_for(self.closed.wait(), max(0.0, at - time.monotonic()))
+            except TimeoutError:
+                self._deliver(self.session.handle_timer(time.monotonic()))
