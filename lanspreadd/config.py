@@ -33,6 +33,7 @@ class Config:
     fallback_scan_interval: float = 300.0
     listen: str = "0.0.0.0"  # noqa: S104 - peers on the LAN must reach us
     mdns_interfaces: tuple[str, ...] = ()
+    upload_limit: int = 0
     explicit: frozenset[str] = frozenset()
 
     @property
@@ -65,6 +66,7 @@ _TYPES: dict[str, type] = {
     "fallback_scan_interval": float,
     "listen": str,
     "mdns_interfaces": tuple,
+    "upload_limit": int,
 }
 
 
@@ -92,6 +94,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.polkit not in ("auto", "on", "off"):
         raise ConfigError(f"polkit {config.polkit!r} is not one of auto, on, off")
+    if config.upload_limit < 0:
+        raise ConfigError("upload_limit must not be negative")
     if config.log_max_bytes < 4096:
         raise ConfigError("log_max_bytes must be at least 4096")
     if config.fallback_scan_interval <= 0:
@@ -131,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", type=Path)
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--polkit", choices=("auto", "on", "off"))
+    p.add_argument(
+        "--upload-limit", type=int, metavar="BYTES_PER_S", help="cap what peers download from us"
+    )
     p.add_argument("--listen", help="address for the QUIC and data ports (default all)")
     p.add_argument(
         "--mdns-interface",
@@ -158,6 +165,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         "log_level",
         "polkit",
         "listen",
+        "upload_limit",
     ):
         value = getattr(args, key)
         if value is not None:

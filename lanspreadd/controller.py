@@ -102,7 +102,7 @@ class Controller:
         self.failure: str | None = None
         self.identity = load_or_create(config.state_dir / "identity", config.name)
         self.transfers = OutboundTransfers(self._transfers_changed)
-        self.data_server = DataServer(self.is_servable, self.transfers)
+        self.data_server = DataServer(self.is_servable, self.transfers, config.upload_limit)
         self.hashes = HashCache(config.state_dir / "hashes")
         self.peers = PeerManager(self.identity, config.name, config.listen, config.port, self)
         self._async_work: dict[int, asyncio.Task[None]] = {}
@@ -350,6 +350,9 @@ class Controller:
                 raise InvalidState(f"{job.kind} is not supported")
             job.finish(JobState.FINISHED)
         except (Cancelled, asyncio.CancelledError):
+            task = asyncio.current_task()
+            if task is not None and job.cancel_event.is_set():
+                task.uncancel()
             job.finish(
                 JobState.CANCELLED, Cancelled().dbus_name, f"{job.kind} of {job.game_id} cancelled"
             )
@@ -377,11 +380,12 @@ class Controller:
         downloader = Downloader(
             self.library.game_root(job.game_id), job.game_id, entry.version, self.peers, progress
         )
-        assert self._tg is not None
-        work = self._tg.create_task(downloader.run())
-        self._async_work[job.id] = work
+        # Cancel() cancels this job task itself while it downloads; the job catches that.
+        task = asyncio.current_task()
+        assert task is not None
+        self._async_work[job.id] = task
         try:
-            await work
+            await downloader.run()
         finally:
             self._async_work.pop(job.id, None)
 
@@ -473,6 +477,7 @@ class Controller:
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} {request.version} is not served here now")
         root = self.library.game_root(request.game_id)
+        log.info("peer %s asked for the file list of %s", peer_id[:8], request.game_id)
         entries = await asyncio.to_thread(self.hashes.file_entries, request.game_id, root)
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} changed while it was being listed")

@@ -195,6 +195,7 @@ class Downloader:
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _plan: DownloadPlan | None = None
     _fingerprint: str = ""
+    received: Counter[str] = field(default_factory=Counter)
 
     def candidates(self) -> list[Peer]:
         return [p for p in self.peers.peers.values() if p.games.get(self.game_id) == self.version]
@@ -247,11 +248,24 @@ class Downloader:
                 tg.create_task(self._save_periodically())
                 await self._until_settled(plan)
                 self._changed.set()
+        except BaseExceptionGroup as group:
+            # Report the download's own outcome (PeersGone, CorruptData...), not the group.
+            errors = [e for e in group.exceptions if isinstance(e, LanspreadError | OSError)]
+            if errors:
+                raise errors[0] from None
+            raise
         finally:
             await asyncio.to_thread(self._close_files)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._save_resume)
         await asyncio.to_thread(self._commit, reference)
+        log.info(
+            "downloaded %s %s from %d source(s): %s",
+            self.game_id,
+            self.version,
+            len(self.received),
+            ", ".join(f"{name} {n >> 20} MiB" for name, n in sorted(self.received.items())),
+        )
 
     async def _until_settled(self, plan: DownloadPlan) -> None:
         while not plan.finished:
@@ -307,6 +321,7 @@ class Downloader:
                     raise PeerError(payload.decode("utf-8", "replace"))
                 if await asyncio.to_thread(self._store, chunk, payload):
                     plan.completed(chunk, source.peer_id)
+                    self.received[source.name] += chunk.length
                     self.progress(plan.bytes_done, plan.total_bytes)
                 else:
                     log.warning(

@@ -204,9 +204,12 @@ class PeerManager:
             return
         existing = self.peers.get(event.peer_id)
         if existing is not None:
-            # Both sides keep the connection opened by the smaller peer id, so a
-            # simultaneous connect in both directions settles on the same one.
-            keep_new = (self.local.peer_id < event.peer_id) == outgoing
+            # Same direction: the peer restarted and the old session is stale. Opposite
+            # directions: both sides keep the connection opened by the smaller peer id,
+            # so a simultaneous connect settles on the same one.
+            keep_new = existing.outgoing == outgoing or (
+                (self.local.peer_id < event.peer_id) == outgoing
+            )
             loser = existing.connection if keep_new else conn
             if not keep_new:
                 conn.say_goodbye("duplicate connection")

@@ -16,6 +16,7 @@ import logging
 import os
 import secrets
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -173,6 +174,24 @@ class OutboundTransfers:
             await self._drained.setdefault(game_id, asyncio.Event()).wait()
 
 
+class UploadLimiter:
+    """A token bucket shared by every data connection; 0 means unlimited."""
+
+    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.clock = clock
+        self._next_free = 0.0
+
+    def delay_for(self, size: int) -> float:
+        """Reserve `size` bytes of upload; return how long to wait before sending them."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        start = max(now, self._next_free)
+        self._next_free = start + size / self.rate
+        return start - now
+
+
 class DataServer:
     """The TCP bulk channel: token-authorised chunk requests answered with sendfile."""
 
@@ -180,9 +199,11 @@ class DataServer:
         self,
         is_servable: Callable[[str, str], bool],
         transfers: OutboundTransfers,
+        upload_limit: int = 0,
     ) -> None:
         self.is_servable = is_servable
         self.transfers = transfers
+        self.limiter = UploadLimiter(upload_limit)
         self.grants: dict[bytes, Grant] = {}
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -219,6 +240,7 @@ class DataServer:
             greeting = await asyncio.wait_for(reader.readexactly(GREETING_LEN), GREETING_TIMEOUT)
             grant = self.grants.get(decode_greeting(greeting))
             if grant is None:
+                log.info("refused a data connection with an unknown token")
                 return
             self.transfers.register(grant.game_id, task)
             while True:
@@ -259,6 +281,9 @@ class DataServer:
             if os.fstat(fh.fileno()).st_size != entry.size:
                 await self._refuse(writer, NOT_SERVABLE, "file changed")
                 raise RemoteProtocolError("file changed under the grant")
+            delay = self.limiter.delay_for(request.length)
+            if delay:
+                await asyncio.sleep(delay)
             writer.write(encode_reply_header(OK, request.length))
             loop = asyncio.get_running_loop()
             await loop.sendfile(writer.transport, fh, request.offset, request.length)

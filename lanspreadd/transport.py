@@ -92,7 +92,12 @@ class PeerConnection(QuicConnectionProtocol):
                 return
             self._deliver(self.session.receive(event.data, now))
         elif isinstance(event, ConnectionTerminated):
-            reason = event.reason_phrase or f"connection closed (code {event.error_code})"
+            # A clean close carries our peer's goodbye or refusal reason, which may
+            # overtake the Goodbye frame itself.
+            if event.error_code == 0 and event.reason_phrase:
+                reason = f"peer said goodbye: {event.reason_phrase}"
+            else:
+                reason = event.reason_phrase or f"connection closed (code {event.error_code})"
             events = self.session.transport_closed(reason)
             self.closed.set()
             if events:

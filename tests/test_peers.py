@@ -1,0 +1,269 @@
+"""Several real daemons on loopback, each on its own private bus."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lanspreadd.archive.writer import Entry
+from lanspreadd.serve import HashCache
+from tests.support import Daemon, make_game, tree
+
+GAME = "sample-game"
+MiB = 1 << 20
+
+MakePeer = Callable[..., Daemon]
+
+
+def game_entries(size: int, seed: bytes = b"x") -> list[Entry]:
+    block = os.urandom(MiB)
+    data = (block * (size // MiB + 1))[:size]
+    return [
+        Entry("bin/"),
+        Entry("bin/start.sh", b"#!/bin/sh\necho hi\n", 0o755),
+        Entry("data/payload.bin", data),
+        Entry("seed.txt", seed),
+    ]
+
+
+def seed_game(peer: Daemon, entries: list[Entry], version: str = "1.0") -> Path:
+    return make_game(peer.game_dir, GAME, version, entries, fmt="rar5")
+
+
+def copy_game(src: Path, dest_dir: Path) -> Path:
+    dest = dest_dir / GAME
+    shutil.copytree(src, dest)
+    return dest
+
+
+def downloads(root: Path) -> dict[str, bytes | None]:
+    return {k: v for k, v in tree(root).items() if not k.startswith(("local", "."))}
+
+
+def connect(a: Daemon, b: Daemon) -> str:
+    result: dict[str, Any] = a.ctl_json("connect", f"127.0.0.1:{b.port}")
+    return str(result["peer_id"])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def sources_of(peer: Daemon) -> int:
+    return int(peer.ctl_json("show", GAME)["sources"])
+
+
+def test_mdns_discovery_download_and_install(make_peer: MakePeer) -> None:
+    source = make_peer("alpha", mdns=True)
+    receiver = make_peer("beta", mdns=True)
+    root = seed_game(source, game_entries(6 * MiB))
+    source.start()
+    receiver.start()
+    assert receiver.ctl("wait-peers", "1", "--timeout", "20").returncode == 0
+    peers = receiver.ctl_json("peers")
+    assert [p["name"] for p in peers] == ["alpha"]
+    assert peers[0]["games"] == {GAME: "1.0"}
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the source's snapshot")
+
+    result = receiver.ctl_json("download", "--install", GAME)
+    assert result["state"] == "finished"
+    got = receiver.game_dir / GAME
+    assert downloads(got) == downloads(root)
+    assert (got / "local" / "data" / "payload.bin").stat().st_size == 6 * MiB
+    shown = receiver.ctl_json("show", GAME)
+    assert shown["availability"] == "Ready"
+    assert shown["installed"] is True
+    # The receiver now serves the game itself.
+    wait_for(lambda: source.ctl_json("peers")[0]["games"] == {GAME: "1.0"}, 10, "the new source")
+
+
+def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
+    sources = [make_peer(f"src{i}") for i in range(3)]
+    receiver = make_peer("receiver")
+    root = seed_game(sources[0], game_entries(48 * MiB))
+    for other in sources[1:]:
+        copy_game(root, other.game_dir)
+    for peer in [*sources, receiver]:
+        peer.start()
+    for peer in sources:
+        connect(receiver, peer)
+    wait_for(lambda: sources_of(receiver) == 3, 10, "three sources")
+    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+    line = next(line for line in receiver.stderr().splitlines() if "downloaded sample-game" in line)
+    assert "from 3 source(s)" in line
+    for peer in sources:
+        assert f"{peer.name} " in line
+
+
+def test_killed_source_mid_download_and_resume(make_peer: MakePeer) -> None:
+    slow = ("--upload-limit", str(16 * MiB))
+    first, second = make_peer("first", extra_args=slow), make_peer("second", extra_args=slow)
+    receiver = make_peer("receiver")
+    root = seed_game(first, game_entries(96 * MiB))
+    copy_game(root, second.game_dir)
+    for peer in (first, second, receiver):
+        peer.start()
+    connect(receiver, first)
+    connect(receiver, second)
+    wait_for(lambda: sources_of(receiver) == 2, 10, "two sources")
+
+    job = receiver.ctl_json("download", "--no-wait", GAME)["job"]
+    wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 30, "transfers")
+    first.stop(signal.SIGKILL)
+    result = receiver.ctl_json("show", GAME)
+    assert result["operation"] == "download"
+    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 60, "the download")
+    assert receiver.ctl_json("show", GAME)["availability"] == "Ready", job
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+
+
+def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> None:
+    source = make_peer("source", extra_args=("--upload-limit", str(16 * MiB)))
+    receiver = make_peer("receiver")
+    root = seed_game(source, game_entries(96 * MiB))
+    source.start()
+    receiver.start()
+    connect(receiver, source)
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the source")
+    receiver.ctl("download", "--no-wait", GAME)
+    resume = receiver.game_dir / GAME / ".lanspread-download.json"
+    wait_for(
+        lambda: resume.exists() and len(json.loads(resume.read_text())["verified"]) > 2,
+        30,
+        "some verified chunks",
+    )
+    source.stop(signal.SIGKILL)
+    started = time.monotonic()
+    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 30, "peers-gone")
+    assert time.monotonic() - started < 20, "a vanished source is noticed within seconds"
+    assert receiver.ctl_json("show", GAME)["availability"] == "Absent"
+    assert not (receiver.game_dir / GAME / "version.ini").exists()
+    log = receiver.stderr()
+    assert "every source of sample-game left" in log
+    assert log.count("download of sample-game failed") == 0
+
+    kept = len(json.loads(resume.read_text())["verified"])
+    assert kept > 0
+    source.start()
+    connect(receiver, source)
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the source again")
+    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    assert f"resuming sample-game: {kept} chunks already verified" in receiver.stderr()
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+
+
+def test_corrupt_source_is_demoted_and_honest_ones_finish(make_peer: MakePeer) -> None:
+    honest = [make_peer("honest1"), make_peer("honest2")]
+    liar = make_peer("liar")
+    receiver = make_peer("receiver")
+    root = seed_game(honest[0], game_entries(40 * MiB))
+    copy_game(root, honest[1].game_dir)
+    bad_root = copy_game(root, liar.game_dir)
+    # The liar lists the right hashes (cached) but serves damaged bytes.
+    HashCache(liar.state_dir / "hashes").file_entries(GAME, bad_root)
+    archive = bad_root / f"{GAME}.rar"
+    st = archive.stat()
+    with archive.open("r+b") as fh:
+        for offset in range(MiB, st.st_size - MiB, 4 * MiB):
+            fh.seek(offset)
+            fh.write(b"\xff" * 64)
+    os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns))
+    for peer in [*honest, liar, receiver]:
+        peer.start()
+    for peer in [*honest, liar]:
+        connect(receiver, peer)
+    wait_for(lambda: sources_of(receiver) == 3, 10, "three sources")
+    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+    log = receiver.stderr()
+    assert "corrupt chunk" in log
+    assert "from liar" in log
+    assert "dropping liar as a source" in log
+
+
+def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) -> None:
+    good = make_peer("good")
+    outdated = make_peer("outdated")
+    local_only = make_peer("localonly")
+    receiver = make_peer("receiver")
+    root = seed_game(good, game_entries(4 * MiB))
+    seed_game(outdated, game_entries(4 * MiB), version="0.9")
+    (local_only.game_dir / GAME / "local").mkdir(parents=True)
+    for peer in (good, outdated, local_only, receiver):
+        peer.start()
+    for peer in (good, outdated, local_only):
+        connect(receiver, peer)
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the one good source")
+    games = {p["name"]: p["games"] for p in receiver.ctl_json("peers")}
+    assert games == {"good": {GAME: "1.0"}, "outdated": {}, "localonly": {}}
+    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+    for peer in (outdated, local_only):
+        assert "asked for the file list" not in peer.stderr()
+
+
+def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
+    first, second = make_peer("first"), make_peer("second")
+    receiver = make_peer("receiver")
+    root = seed_game(first, game_entries(160 * MiB))
+    expected = downloads(root)
+    copy_game(root, second.game_dir)
+    for peer in (first, second, receiver):
+        peer.start()
+    connect(receiver, first)
+    connect(receiver, second)
+    wait_for(lambda: sources_of(receiver) == 2, 10, "two sources")
+    receiver.ctl("download", "--no-wait", GAME)
+    wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 30, "transfers")
+    removed = first.ctl_json("remove", GAME)
+    assert removed["state"] == "finished"
+    assert first.ctl_json("show", GAME)["outbound_transfers"] == 0
+    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 60, "the download")
+    assert receiver.ctl_json("show", GAME)["availability"] == "Ready"
+    assert downloads(receiver.game_dir / GAME) == expected
+
+
+def test_goodbye_and_killed_peers_leave_the_table(make_peer: MakePeer) -> None:
+    a, b, c = make_peer("a"), make_peer("b"), make_peer("c")
+    for peer in (a, b, c):
+        peer.start()
+    connect(a, b)
+    connect(a, c)
+    assert len(a.ctl_json("peers")) == 2
+    assert b.stop() == 0
+    wait_for(lambda: len(a.ctl_json("peers")) == 1, 5, "the goodbye")
+    assert "peer said goodbye: daemon shutting down" in a.stderr()
+    c.stop(signal.SIGKILL)
+    wait_for(lambda: len(a.ctl_json("peers")) == 0, 15, "the silent peer to time out")
+
+
+def test_download_errors_are_named(make_peer: MakePeer) -> None:
+    lonely = make_peer("lonely")
+    lonely.start()
+    result = lonely.ctl("--json", "download", GAME)
+    assert result.returncode == 1
+    assert "NoSources" in result.stdout
+    bad = lonely.ctl("connect", "127.0.0.1:1")
+    assert bad.returncode == 1
+    assert "no lanspread peer answered" in bad.stderr
+    assert lonely.ctl("connect", "not an address:x").returncode == 2
+
+
+@pytest.mark.parametrize("target", ["self"])
+def test_connecting_to_itself_is_refused(make_peer: MakePeer, target: str) -> None:
+    peer = make_peer("narcissus").start()
+    result = peer.ctl("connect", f"127.0.0.1:{peer.port}")
+    assert result.returncode == 1
+    assert "connected to itself" in result.stderr
