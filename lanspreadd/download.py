@@ -15,10 +15,12 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
 from lanspreadd.install import SPACE_MARGIN, VERSION_TMP, atomic_write, free_bytes
@@ -40,9 +42,22 @@ log = logging.getLogger(__name__)
 
 RESUME_FILE = ".lanspread-download.json"
 STREAMS_PER_SOURCE = 2
+CONNECT_TIMEOUT = 10.0
+STALL_TIMEOUT = 30.0  # a source that sends nothing for this long is cut off
 MAX_CORRUPT = 2
 SAVE_INTERVAL = 2.0
 MAX_VERSION_INI = 4096
+
+
+_T = TypeVar("_T")
+
+
+def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    while view:
+        received = sock.recv_into(view)
+        if not received:
+            raise PeerError("the source closed the data channel")
+        view = view[received:]
 
 
 class NoSources(LanspreadError):
@@ -292,15 +307,21 @@ class Downloader:
             await asyncio.to_thread(self._save_resume)
 
     async def _worker(self, source: Source, plan: DownloadPlan) -> None:
+        """One data connection to one source, taking chunks until none are left for it.
+
+        The socket is blocking and used only from worker threads: receiving into a
+        reused buffer, hashing and writing each chunk happen off the event loop
+        without copies, and release the GIL, so several connections use every core.
+        """
         try:
-            reader, writer = await asyncio.open_connection(source.host, source.port)
+            sock = await self._in_thread(None, self._open, source)
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)
             self._changed.set()
             return
+        buffer = bytearray(plan.chunk_size)
         try:
-            writer.write(encode_greeting(source.token))
             while True:
                 chunk = plan.next_for(source.peer_id)
                 if chunk is None:
@@ -310,16 +331,7 @@ class Downloader:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), 0.5)
                     continue
-                writer.write(
-                    encode_request(ChunkRequest(chunk.file_index, chunk.offset, chunk.length))
-                )
-                status, length = decode_reply_header(
-                    await reader.readexactly(REPLY.size), chunk.length
-                )
-                payload = await reader.readexactly(length)
-                if status != OK:
-                    raise PeerError(payload.decode("utf-8", "replace"))
-                if await asyncio.to_thread(self._store, chunk, payload):
+                if await self._in_thread(sock, self._fetch, sock, buffer, chunk):
                     plan.completed(chunk, source.peer_id)
                     self.received[source.name] += chunk.length
                     self.progress(plan.bytes_done, plan.total_bytes)
@@ -334,14 +346,47 @@ class Downloader:
                         log.warning("dropping %s as a source: repeated corrupt data", source.name)
                         return
                 self._changed.set()
-        except (OSError, asyncio.IncompleteReadError, RemoteProtocolError, PeerError) as exc:
+        except (OSError, RemoteProtocolError, PeerError) as exc:
             log.info("source %s stopped: %s", source.name, exc or type(exc).__name__)
             plan.source_lost(source.peer_id)
         finally:
             self._changed.set()
-            writer.close()
+            sock.close()
+
+    @staticmethod
+    async def _in_thread(sock: socket.socket | None, func: Callable[..., _T], *args: object) -> _T:
+        """Run blocking socket work in a thread; on cancellation wake it and wait for it,
+        so no thread still writes into our files after the download has stopped."""
+        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await future
+            raise
+
+    @staticmethod
+    def _open(source: Source) -> socket.socket:
+        sock = socket.create_connection((source.host, source.port), timeout=CONNECT_TIMEOUT)
+        sock.settimeout(STALL_TIMEOUT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(encode_greeting(source.token))
+        return sock
+
+    def _fetch(self, sock: socket.socket, buffer: bytearray, chunk: Chunk) -> bool:
+        """Request one chunk, receive it into `buffer`, verify it and store it."""
+        sock.sendall(encode_request(ChunkRequest(chunk.file_index, chunk.offset, chunk.length)))
+        header = memoryview(bytearray(REPLY.size))
+        _recv_exactly(sock, header)
+        status, length = decode_reply_header(bytes(header), chunk.length)
+        view = memoryview(buffer)[:length]
+        _recv_exactly(sock, view)
+        if status != OK:
+            raise PeerError(bytes(view).decode("utf-8", "replace"))
+        return self._store(chunk, view)
 
     # ---- files (worker threads) ---------------------------------------------------------
     def _prepare(self, reference: FileList) -> None:
@@ -375,17 +420,17 @@ class Downloader:
             self._fds[fi] = fd
         self._plan = DownloadPlan(reference.files, reference.chunk_size, verified)
 
-    def _store(self, chunk: Chunk, data: bytes) -> bool:
+    def _store(self, chunk: Chunk, data: memoryview) -> bool:
         plan = self._plan
         assert plan is not None
         entry = plan.files[chunk.file_index]
         if hashlib.sha256(data).hexdigest() != entry.hashes[chunk.index]:
             return False
         if entry.path == VERSION_INI:
-            self.sentinel = data
+            self.sentinel = bytes(data)
             return True
         fd = self._fds[chunk.file_index]
-        view = memoryview(data)
+        view = data
         offset = chunk.offset
         while view:
             written = os.pwrite(fd, view, offset)
