@@ -68,7 +68,8 @@ class PeerConnection(QuicConnectionProtocol):
     @property
     def remote_host(self) -> str:
         paths = self._quic._network_paths  # aioquic keeps the peer address only here
-        return str(paths[0].addr[0]) if paths else ""
+        host = str(paths[0].addr[0]) if paths else ""
+        return host.removeprefix("::ffff:") if "." in host else host
 
     def tls_peer_id(self) -> str | None:
         cert = self._quic.tls._peer_certificate  # no public accessor in aioquic
