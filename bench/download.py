@@ -14,7 +14,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,11 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbus_fast.aio import MessageBus  # noqa: E402
+from dbus_fast.aio import MessageBus
 
-from lanspreadd.archive.writer import Entry, write_rar5_volumes  # noqa: E402
-from lanspreadd.serve import HashCache  # noqa: E402
-from tests.support import Daemon, PrivateBus, call, disconnect, unwrap  # noqa: E402
+from lanspreadd.archive.writer import Entry, write_rar5_volumes
+from lanspreadd.serve import HashCache
+from tests.support import Daemon, PrivateBus, call, disconnect, unwrap
 
 GAME = "sample-game"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
