@@ -67,6 +67,7 @@ class Daemon:
     name: str = "peer"
     listen: str = "127.0.0.1"
     mdns: bool = False
+    netns: str | None = None
 
     def start(self, wait: bool = True) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +75,7 @@ class Daemon:
         with (self.state_dir / "stderr.log").open("a") as log:
             self.proc = subprocess.Popen(
                 [
+                    *(["ip", "netns", "exec", self.netns] if self.netns else []),
                     sys.executable,
                     "-m",
                     "lanspreadd",
