@@ -143,15 +143,19 @@ class Controller:
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             service_tasks = [tg.create_task(self.supervisor.supervise(s)) for s in services]
-            await self.peers.ready.wait()
-            self.status = (
-                f"serving {len(self.catalog.games)} catalog games as {self.identity.peer_id[:8]} "
-                f"on port {self.config.port}"
-            )
-            log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
-            if on_ready is not None:
-                on_ready.set()
-            await self._stopping.wait()
+            ready = tg.create_task(self.peers.ready.wait())
+            stopping = tg.create_task(self._stopping.wait())
+            await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not self._stopping.is_set():
+                self.status = (
+                    f"serving {len(self.catalog.games)} catalog games as "
+                    f"{self.identity.peer_id[:8]} on port {self.config.port}"
+                )
+                log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
+                if on_ready is not None:
+                    on_ready.set()
+            await stopping
             self.status = "stopping"
             for job in list(self.ops.jobs.values()):
                 job.cancel_event.set()
