@@ -337,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("update", "Update", "update"),
         ("uninstall", "Uninstall", "uninstall"),
         ("remove", "RemoveDownload", "remove"),
+        ("stream-install", "StreamInstall", "stream-install"),
     ):
         sp = add(name, operation(member, verb), f"{verb} a game")
         sp.add_argument("game")

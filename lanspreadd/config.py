@@ -34,6 +34,9 @@ class Config:
     listen: str = "0.0.0.0"  # noqa: S104 - peers on the LAN must reach us
     mdns_interfaces: tuple[str, ...] = ()
     upload_limit: int = 0
+    # download --install streams the installed tree instead when the disk cannot hold
+    # both the archives and the install (about twice the catalog size).
+    stream_install_when_low_disk: bool = True
     explicit: frozenset[str] = frozenset()
 
     @property
@@ -67,6 +70,7 @@ _TYPES: dict[str, type] = {
     "listen": str,
     "mdns_interfaces": tuple,
     "upload_limit": int,
+    "stream_install_when_low_disk": bool,
 }
 
 

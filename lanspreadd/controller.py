@@ -18,12 +18,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from lanspreadd.archive.provider import RarStreamProvider
+from lanspreadd.bulk import in_thread, open_data_channel
 from lanspreadd.catalog import Catalog, check_game_id
 from lanspreadd.config import Config
 from lanspreadd.discovery import Discovery
 from lanspreadd.download import Downloader, NoSources, PeersGone
 from lanspreadd.errors import (
     ERROR_PREFIX,
+    ArchiveError,
     Busy,
     Cancelled,
     DiskFull,
@@ -33,14 +36,20 @@ from lanspreadd.errors import (
     NotFound,
 )
 from lanspreadd.identity import load_or_create
-from lanspreadd.install import GameFiles, atomic_write, recover_all
+from lanspreadd.install import GameFiles, atomic_write, recover_all, root_archives
 from lanspreadd.library import Availability, GameState, Library
 from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
 from lanspreadd.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.peers import Peer, PeerError, PeerManager
-from lanspreadd.protocol.messages import FileList, FileListRequest
+from lanspreadd.protocol.messages import (
+    FileList,
+    FileListRequest,
+    StreamInstallGrant,
+    StreamInstallRequest,
+)
 from lanspreadd.serve import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
+from lanspreadd.stream_install import StreamReceiver
 from lanspreadd.supervisor import Policy, Service, Supervisor
 
 log = logging.getLogger(__name__)
@@ -283,7 +292,10 @@ class Controller:
         self._check_precondition(kind, game)
         if self._tg is None or self._stopping.is_set():
             raise InvalidState("the daemon is shutting down")
-        if kind is OpKind.DOWNLOAD and game.sources == 0:
+        if kind is OpKind.DOWNLOAD and install and self._low_on_disk(game):
+            log.info("little free space: %s will be stream-installed instead", game.id)
+            kind = OpKind.STREAM_INSTALL
+        if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and game.sources == 0:
             raise NoSources(f"no connected peer has {game.id} version {game.catalog_version}")
         job = self.ops.begin(game.id, kind)
         job.install_after = install
@@ -307,7 +319,9 @@ class Controller:
             raise InvalidState(f"{game.id} is not installed; use install")
         if kind is OpKind.UNINSTALL and not game.installed:
             raise InvalidState(f"{game.id} is not installed")
-        if kind is OpKind.DOWNLOAD and game.availability is Availability.READY:
+        if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and (
+            game.availability is Availability.READY
+        ):
             raise InvalidState(f"{game.id} {game.catalog_version} is already downloaded")
 
     def cancel(self, game_id: object) -> Job:
@@ -344,6 +358,8 @@ class Controller:
                 await self._download(job, progress)
                 if job.install_after:
                     await asyncio.to_thread(files.install)
+            elif job.kind is OpKind.STREAM_INSTALL:
+                await self._stream_install(job, files, progress)
             elif job.kind in (OpKind.INSTALL, OpKind.UPDATE):
                 await asyncio.to_thread(files.install)
             elif job.kind is OpKind.UNINSTALL:
@@ -392,6 +408,49 @@ class Controller:
             await downloader.run()
         finally:
             self._async_work.pop(job.id, None)
+
+    def _low_on_disk(self, game: GameView) -> bool:
+        return self.config.stream_install_when_low_disk and self.free_space() < 2 * game.size
+
+    async def _stream_install(
+        self, job: Job, files: GameFiles, progress: Callable[[int, int], None]
+    ) -> None:
+        version = self.catalog.games[job.game_id].version
+        sources = [p for p in self.peers.peers.values() if p.games.get(job.game_id) == version]
+        if not sources:
+            raise NoSources(f"no connected peer has {job.game_id} version {version}")
+        errors = []
+        for source in sources:
+            try:
+                grant = await self.peers.request_stream_install(
+                    source.peer_id, job.game_id, version
+                )
+            except PeerError as exc:
+                errors.append(str(exc))
+                continue
+            files.root.mkdir(parents=True, exist_ok=True)
+            files.check_space(grant.total_bytes)
+            task = asyncio.current_task()
+            assert task is not None
+            self._async_work[job.id] = task
+            sock = await in_thread(
+                None, open_data_channel, source.host, source.data_port, grant.token
+            )
+            try:
+                receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
+                await in_thread(sock, files.replace_local, receiver.fill, "stream-install")
+            finally:
+                self._async_work.pop(job.id, None)
+                sock.close()
+            log.info(
+                "stream-installed %s from %s: %d files, %d bytes",
+                job.game_id,
+                source.name,
+                receiver.files,
+                receiver.received,
+            )
+            return
+        raise NoSources(f"no peer could stream {job.game_id}: {'; '.join(errors)}")
 
     def _finish_job(self, job: Job, files: GameFiles, started: float) -> None:
         if job.kind in (OpKind.INSTALL, OpKind.UPDATE) or job.install_after:
@@ -505,6 +564,20 @@ class Controller:
         if game_id in self.catalog.games:
             for obs in self.observers:
                 obs.game_changed(self.view(game_id))
+
+    async def stream_grant(self, peer_id: str, request: StreamInstallRequest) -> StreamInstallGrant:
+        if not self.is_servable(request.game_id, request.version):
+            raise NotServable(f"{request.game_id} {request.version} is not served here now")
+        root = self.library.game_root(request.game_id)
+        try:
+            provider = await asyncio.to_thread(RarStreamProvider, root_archives(root))
+        except ArchiveError as exc:
+            raise NotServable(f"cannot stream {request.game_id}: {exc}") from exc
+        log.info("peer %s asked to stream-install %s", peer_id[:8], request.game_id)
+        token = self.data_server.issue(
+            Grant(peer_id, request.game_id, request.version, root, provider=provider)
+        )
+        return StreamInstallGrant(request.request_id, provider.total_bytes(), token)
 
     async def connect_peer(self, address: object) -> str:
         if not isinstance(address, str) or not address or len(address) > 255:

@@ -47,6 +47,7 @@ KEEP_FINISHED_JOBS = 32
 ACTIONS = {
     OpKind.INSTALL: "org.lanspread.install-game",
     OpKind.UPDATE: "org.lanspread.install-game",
+    OpKind.STREAM_INSTALL: "org.lanspread.install-game",
     OpKind.UNINSTALL: "org.lanspread.remove-game",
     OpKind.REMOVE: "org.lanspread.remove-game",
 }
@@ -372,6 +373,10 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def Update(self, game_id: "s") -> "o":
         return await self._start(OpKind.UPDATE, game_id)
+
+    @method()
+    async def StreamInstall(self, game_id: "s") -> "o":
+        return await self._start(OpKind.STREAM_INSTALL, game_id)
 
     @method()
     async def Uninstall(self, game_id: "s") -> "o":

@@ -20,8 +20,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
+from lanspreadd.bulk import in_thread, open_data_channel, recv_exactly
 from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
 from lanspreadd.install import SPACE_MARGIN, VERSION_TMP, atomic_write, free_bytes
 from lanspreadd.library import LOCAL, VERSION_INI, parse_version_ini
@@ -31,7 +31,6 @@ from lanspreadd.protocol.datachannel import (
     REPLY,
     ChunkRequest,
     decode_reply_header,
-    encode_greeting,
     encode_request,
 )
 from lanspreadd.protocol.errors import RemoteProtocolError
@@ -42,22 +41,9 @@ log = logging.getLogger(__name__)
 
 RESUME_FILE = ".lanspread-download.json"
 STREAMS_PER_SOURCE = 2
-CONNECT_TIMEOUT = 10.0
-STALL_TIMEOUT = 30.0  # a source that sends nothing for this long is cut off
 MAX_CORRUPT = 2
 SAVE_INTERVAL = 2.0
 MAX_VERSION_INI = 4096
-
-
-_T = TypeVar("_T")
-
-
-def _recv_exactly(sock: socket.socket, view: memoryview) -> None:
-    while view:
-        received = sock.recv_into(view)
-        if not received:
-            raise PeerError("the source closed the data channel")
-        view = view[received:]
 
 
 class NoSources(LanspreadError):
@@ -314,7 +300,7 @@ class Downloader:
         without copies, and release the GIL, so several connections use every core.
         """
         try:
-            sock = await self._in_thread(None, self._open, source)
+            sock = await in_thread(None, open_data_channel, source.host, source.port, source.token)
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)
@@ -331,7 +317,7 @@ class Downloader:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._changed.wait(), 0.5)
                     continue
-                if await self._in_thread(sock, self._fetch, sock, buffer, chunk):
+                if await in_thread(sock, self._fetch, sock, buffer, chunk):
                     plan.completed(chunk, source.peer_id)
                     self.received[source.name] += chunk.length
                     self.progress(plan.bytes_done, plan.total_bytes)
@@ -353,37 +339,14 @@ class Downloader:
             self._changed.set()
             sock.close()
 
-    @staticmethod
-    async def _in_thread(sock: socket.socket | None, func: Callable[..., _T], *args: object) -> _T:
-        """Run blocking socket work in a thread; on cancellation wake it and wait for it,
-        so no thread still writes into our files after the download has stopped."""
-        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
-        try:
-            return await asyncio.shield(future)
-        except asyncio.CancelledError:
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(Exception):
-                await future
-            raise
-
-    @staticmethod
-    def _open(source: Source) -> socket.socket:
-        sock = socket.create_connection((source.host, source.port), timeout=CONNECT_TIMEOUT)
-        sock.settimeout(STALL_TIMEOUT)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(encode_greeting(source.token))
-        return sock
-
     def _fetch(self, sock: socket.socket, buffer: bytearray, chunk: Chunk) -> bool:
         """Request one chunk, receive it into `buffer`, verify it and store it."""
         sock.sendall(encode_request(ChunkRequest(chunk.file_index, chunk.offset, chunk.length)))
         header = memoryview(bytearray(REPLY.size))
-        _recv_exactly(sock, header)
+        recv_exactly(sock, header)
         status, length = decode_reply_header(bytes(header), chunk.length)
         view = memoryview(buffer)[:length]
-        _recv_exactly(sock, view)
+        recv_exactly(sock, view)
         if status != OK:
             raise PeerError(bytes(view).decode("utf-8", "replace"))
         return self._store(chunk, view)

@@ -145,13 +145,26 @@ class GameFiles:
             raise InvalidState(f"{self.root.name} has no archives to install")
         listings = [list_archive(a) for a in archives]
         total = sum(lst.total_bytes for lst in listings)
+        self.check_space(total)
+        return self.replace_local(lambda staging: self._unpack(listings, staging, total))
+
+    def check_space(self, install_bytes: int) -> None:
         free = free_bytes(self.root)
-        if free < total + SPACE_MARGIN:
-            raise DiskFull(f"{self.root.name} needs {total} bytes to install, only {free} are free")
+        if free < install_bytes + SPACE_MARGIN:
+            raise DiskFull(
+                f"{self.root.name} needs {install_bytes} bytes to install, only {free} are free"
+            )
+
+    def replace_local(self, fill: Callable[[Path], None], op: str | None = None) -> bool:
+        """Have `fill` build a new tree in staging, then swap it in for local/.
+
+        Returns True if an existing install was replaced. Any failure, or a crash
+        at any point followed by recover(), leaves the old tree or the new one.
+        """
         local = self.root / LOCAL
         update = local.is_dir()
         self._refuse_foreign(INSTALLING, BACKUP)
-        write_intent(self.root, "update" if update else "install")
+        write_intent(self.root, op or ("update" if update else "install"))
         self.step("intent")
         staging = self.root / INSTALLING
         try:
@@ -159,7 +172,7 @@ class GameFiles:
             staging.mkdir()
             _mark(staging)
             self.step("staging")
-            self._unpack(listings, staging, total)
+            fill(staging)
             os.sync()
             if update:
                 _mark(local)

@@ -12,6 +12,7 @@ import functools
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,6 +29,8 @@ from lanspreadd.protocol.messages import (
     FileListRequest,
     Message,
     Snapshot,
+    StreamInstallGrant,
+    StreamInstallRequest,
 )
 from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, Received, Role
 from lanspreadd.transport import PeerConnection, quic_configuration
@@ -61,6 +64,9 @@ class PeerHost(Protocol):
     def snapshot(self) -> dict[str, str]: ...
     def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None: ...
     async def file_list(self, peer_id: str, request: FileListRequest) -> FileList: ...
+    async def stream_grant(
+        self, peer_id: str, request: StreamInstallRequest
+    ) -> StreamInstallGrant: ...
 
 
 class PeerManager:
@@ -73,7 +79,7 @@ class PeerManager:
         self.peers: dict[str, Peer] = {}
         self._connections: set[PeerConnection] = set()
         self._connecting: set[str] = set()
-        self._pending: dict[int, tuple[str, asyncio.Future[FileList]]] = {}
+        self._pending: dict[int, tuple[str, asyncio.Future[Message]]] = {}
         self._request_ids = itertools.count(1)
         self._tg: asyncio.TaskGroup | None = None
         self._server: QuicServer | None = None
@@ -236,21 +242,24 @@ class PeerManager:
                 peer.games.pop(game_id, None)
             peer.games.update(message.changed)
             self.owner.peer_changed(peer.peer_id, peer, "delta")
-        elif isinstance(message, FileListRequest):
+        elif isinstance(message, FileListRequest | StreamInstallRequest):
             if self._tg is not None:
-                self._tg.create_task(self._answer_file_list(peer, message))
-        elif isinstance(message, FileList | ErrorReply):
+                self._tg.create_task(self._answer(peer, message))
+        elif isinstance(message, FileList | StreamInstallGrant | ErrorReply):
             pending = self._pending.pop(message.request_id, None)
             if pending is None or pending[0] != peer.peer_id or pending[1].done():
                 return
-            if isinstance(message, FileList):
-                pending[1].set_result(message)
-            else:
+            if isinstance(message, ErrorReply):
                 pending[1].set_exception(PeerError(f"{peer.name}: {message.message}"))
+            else:
+                pending[1].set_result(message)
 
-    async def _answer_file_list(self, peer: Peer, request: FileListRequest) -> None:
+    async def _answer(self, peer: Peer, request: FileListRequest | StreamInstallRequest) -> None:
         try:
-            reply: Message = await self.owner.file_list(peer.peer_id, request)
+            if isinstance(request, FileListRequest):
+                reply: Message = await self.owner.file_list(peer.peer_id, request)
+            else:
+                reply = await self.owner.stream_grant(peer.peer_id, request)
         except LanspreadError as exc:
             reply = ErrorReply(request.request_id, exc.name, str(exc))
         if not peer.connection.session.closed:
@@ -283,16 +292,35 @@ class PeerManager:
                 peer.connection.send_message(Delta(changed, removed))
 
     async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList:
+        reply = await self._request(peer_id, lambda rid: FileListRequest(rid, game_id, version))
+        if not isinstance(reply, FileList):
+            raise PeerError(f"peer {peer_id[:8]} answered a file list request oddly")
+        return reply
+
+    async def request_stream_install(
+        self, peer_id: str, game_id: str, version: str
+    ) -> StreamInstallGrant:
+        reply = await self._request(
+            peer_id, lambda rid: StreamInstallRequest(rid, game_id, version)
+        )
+        if not isinstance(reply, StreamInstallGrant):
+            raise PeerError(f"peer {peer_id[:8]} answered a stream install request oddly")
+        return reply
+
+    async def _request(self, peer_id: str, build: Callable[[int], Message]) -> Message:
         peer = self.peers.get(peer_id)
         if peer is None:
             raise PeerError(f"peer {peer_id[:8]} is not connected")
         request_id = next(self._request_ids)
-        future: asyncio.Future[FileList] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = (peer_id, future)
-        peer.connection.send_message(FileListRequest(request_id, game_id, version))
+        request = build(request_id)
+        peer.connection.send_message(request)
         try:
             return await asyncio.wait_for(future, REQUEST_TIMEOUT)
         except TimeoutError:
-            raise PeerError(f"{peer.name} did not answer the file list request") from None
+            raise PeerError(
+                f"{peer.name} did not answer the {type(request).__name__} in time"
+            ) from None
         finally:
             self._pending.pop(request_id, None)

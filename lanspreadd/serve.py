@@ -17,13 +17,16 @@ import os
 import secrets
 import stat
 import time
-from collections.abc import Callable
+import zlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from lanspreadd.errors import InvalidArgument
+from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
+from lanspreadd.errors import ArchiveError, InvalidArgument
 from lanspreadd.install import atomic_write
 from lanspreadd.library import LOCAL
+from lanspreadd.protocol import stream
 from lanspreadd.protocol.datachannel import (
     BAD_REQUEST,
     GREETING_LEN,
@@ -43,6 +46,47 @@ log = logging.getLogger(__name__)
 CHUNK_SIZE = 4 << 20
 HASH_READ = 1 << 20
 GREETING_TIMEOUT = 10.0
+
+
+class FrameProducer:
+    """Turns a provider's entries into stream frames in bounded batches (worker thread)."""
+
+    BATCH = 4 << 20
+
+    def __init__(self, entries: Generator[tuple[TreeEntry, Iterator[bytes]], None, None]):
+        self.entries = entries
+        self.files = 0
+        self.total = 0
+        self._pieces: Iterator[bytes] | None = None
+        self._crc = 0
+
+    def next_batch(self) -> bytes | None:
+        """Up to about BATCH bytes of frames; None when the tree is complete."""
+        out = bytearray()
+        while len(out) < self.BATCH:
+            if self._pieces is None:
+                try:
+                    entry, pieces = next(self.entries)
+                except StopIteration:
+                    return bytes(out) if out else None
+                if entry.is_dir:
+                    out += stream.encode(stream.Dir(entry.path, entry.mode))
+                    continue
+                out += stream.encode(stream.FileStart(entry.path, entry.size, entry.mode))
+                self._pieces, self._crc = pieces, 0
+            piece = next(self._pieces, None)
+            if piece is None:
+                out += stream.encode(stream.FileEnd(self._crc))
+                self._pieces = None
+                self.files += 1
+                continue
+            self._crc = zlib.crc32(piece, self._crc)
+            self.total += len(piece)
+            out += stream.encode(stream.Data(piece))
+        return bytes(out)
+
+    def close(self) -> None:
+        self.entries.close()
 
 
 def check_relative_path(path: str) -> PurePosixPath:
@@ -129,13 +173,15 @@ class HashCache:
 
 @dataclass
 class Grant:
-    """What a data-channel token allows: one peer reading one game's listed files."""
+    """What a data-channel token allows: one peer reading one game's listed files,
+    or (with a provider) pulling its installed tree once as a stream install."""
 
     peer_id: str
     game_id: str
     version: str
     root: Path
-    files: tuple[FileEntry, ...]
+    files: tuple[FileEntry, ...] = ()
+    provider: StreamInstallProvider | None = None
 
 
 @dataclass
@@ -238,11 +284,16 @@ class DataServer:
         grant: Grant | None = None
         try:
             greeting = await asyncio.wait_for(reader.readexactly(GREETING_LEN), GREETING_TIMEOUT)
-            grant = self.grants.get(decode_greeting(greeting))
+            token = decode_greeting(greeting)
+            grant = self.grants.get(token)
             if grant is None:
                 log.info("refused a data connection with an unknown token")
                 return
             self.transfers.register(grant.game_id, task)
+            if grant.provider is not None:
+                del self.grants[token]  # a stream install is pulled once
+                await self._stream_install(grant, grant.provider, writer)
+                return
             while True:
                 try:
                     raw = await reader.readexactly(REQUEST.size)
@@ -287,6 +338,40 @@ class DataServer:
             writer.write(encode_reply_header(OK, request.length))
             loop = asyncio.get_running_loop()
             await loop.sendfile(writer.transport, fh, request.offset, request.length)
+
+    async def _stream_install(
+        self, grant: Grant, provider: StreamInstallProvider, writer: asyncio.StreamWriter
+    ) -> None:
+        """Unpack the game's archives once, in order, and send the tree as frames."""
+        producer = FrameProducer(provider.entries())
+        try:
+            while True:
+                if not self.is_servable(grant.game_id, grant.version):
+                    writer.write(stream.encode(stream.StreamError("the game is no longer served")))
+                    return
+                batch = await asyncio.to_thread(producer.next_batch)
+                if batch is None:
+                    break
+                delay = self.limiter.delay_for(len(batch))
+                if delay:
+                    await asyncio.sleep(delay)
+                writer.write(batch)
+                await writer.drain()
+            writer.write(stream.encode(stream.End(producer.files, producer.total)))
+            await writer.drain()
+            log.info(
+                "streamed %s to %s: %d files, %d bytes",
+                grant.game_id,
+                grant.peer_id[:8],
+                producer.files,
+                producer.total,
+            )
+        except ArchiveError as exc:
+            log.warning("stream install of %s failed here: %s", grant.game_id, exc)
+            writer.write(stream.encode(stream.StreamError(str(exc))))
+            await writer.drain()
+        finally:
+            await asyncio.to_thread(producer.close)
 
     def _granted_games(self) -> set[str]:
         return {g.game_id for g in self.grants.values()}

@@ -242,7 +242,7 @@ class Extraction:
         links = Path(tempfile.mkdtemp(prefix=LINKS_PREFIX, dir=self.listing.archive.parent))
         try:
             if backend == "unar":
-                archive = self._neutral_links(links)
+                archive = neutral_links(self.listing, links)
                 cmd = ["unar", "-f", "-D", "-o", str(self.dest), str(archive)]
             elif backend == "bsdtar":
                 cmd = ["bsdtar", "-x", "-f", str(self.listing.archive), "-C", str(self.dest)]
@@ -252,29 +252,13 @@ class Extraction:
         finally:
             shutil.rmtree(links, ignore_errors=True)
 
-    def _neutral_links(self, links: Path) -> Path:
-        volumes = self.listing.volumes
-        names = (
-            ["archive.rar"]
-            if len(volumes) == 1
-            else [f"archive.part{i + 1}.rar" for i in range(len(volumes))]
-        )
-        for volume, name in zip(volumes, names, strict=True):
-            try:
-                os.link(volume, links / name)
-            except OSError:
-                os.symlink(volume.resolve(), links / name)
-        return links / names[0]
-
     def _run_tool(self, cmd: list[str]) -> None:
         if shutil.which(cmd[0]) is None:
             raise ArchiveError(f"the unpack tool {cmd[0]!r} is not installed")
-        if shutil.which("setpriv"):
-            # If the daemon is killed, its unpack tool must die too: a survivor would
-            # keep writing into the staging directory that recovery is removing.
-            cmd = ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
         with tempfile.TemporaryFile() as out:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+            proc = subprocess.Popen(
+                dies_with_daemon(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out
+            )
             try:
                 while proc.poll() is None:
                     if self.cancel.is_set():
@@ -325,6 +309,30 @@ class Extraction:
                 if path.is_symlink() and not path.resolve().is_relative_to(root):
                     path.unlink()
                     raise UnsafeArchive(f"unpacked link {name!r} points outside the game")
+
+
+def neutral_links(listing: Listing, links: Path) -> Path:
+    """Link the archive's volumes into `links` under neutral names, for unar's sake."""
+    volumes = listing.volumes
+    names = (
+        ["archive.rar"]
+        if len(volumes) == 1
+        else [f"archive.part{i + 1}.rar" for i in range(len(volumes))]
+    )
+    for volume, name in zip(volumes, names, strict=True):
+        try:
+            os.link(volume, links / name)
+        except OSError:
+            os.symlink(volume.resolve(), links / name)
+    return links / names[0]
+
+
+def dies_with_daemon(cmd: list[str]) -> list[str]:
+    """If the daemon is killed, its unpack tool must die too: a survivor would keep
+    writing into a staging directory that recovery is removing."""
+    if shutil.which("setpriv"):
+        return ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
+    return cmd
 
 
 def _tree_bytes(root: Path) -> int:

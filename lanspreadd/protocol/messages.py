@@ -309,6 +309,50 @@ class Goodbye(Message):
         return cls(reason=_field(data, "reason", str))
 
 
+@dataclass(frozen=True)
+class StreamInstallRequest(Message):
+    TYPE = 12
+    request_id: int
+    game_id: str
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "game_id": self.game_id, "version": self.version}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StreamInstallRequest:
+        return cls(
+            request_id=_field(data, "request_id", int),
+            game_id=_field(data, "game_id", str)[:MAX_NAME],
+            version=_field(data, "version", str)[:MAX_NAME],
+        )
+
+
+@dataclass(frozen=True)
+class StreamInstallGrant(Message):
+    """Permission to pull one game's installed tree over the data channel."""
+
+    TYPE = 13
+    request_id: int
+    total_bytes: int
+    token: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "total_bytes": self.total_bytes,
+            "token": base64.b64encode(self.token).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StreamInstallGrant:
+        return cls(
+            request_id=_field(data, "request_id", int),
+            total_bytes=_field(data, "total_bytes", int),
+            token=_b64(data, "token", 64),
+        )
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -323,5 +367,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Ping,
         Pong,
         Goodbye,
+        StreamInstallRequest,
+        StreamInstallGrant,
     )
 }

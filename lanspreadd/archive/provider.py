@@ -1,0 +1,138 @@
+"""StreamInstallProvider: the archive side of stream install.
+
+A provider yields an installed tree as (entry, byte pieces) in one pass. The RAR
+provider decompresses each root archive exactly once, in order: stored members
+are read by rarfile directly; compressed ones, solid and multi-volume included,
+come from one `unar -o -` run whose output is cut at the listed member sizes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import tempfile
+import zlib
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+import rarfile
+
+from lanspreadd.archive.extract import (
+    LINKS_PREFIX,
+    Listing,
+    Member,
+    dies_with_daemon,
+    list_archive,
+    neutral_links,
+)
+from lanspreadd.errors import ArchiveError
+
+PIECE = 1 << 20
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    path: str
+    size: int
+    mode: int
+    is_dir: bool
+    crc32: int | None  # as the archive recorded it, when it did
+
+
+class StreamInstallProvider(Protocol):
+    """Yields every entry of an installed tree with its bytes, in one pass."""
+
+    def total_bytes(self) -> int: ...
+
+    def entries(self) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]: ...
+
+
+def _entry(member: Member) -> TreeEntry:
+    mode = member.mode & 0o7777 or (0o755 if member.is_dir else 0o644)
+    return TreeEntry(str(member.path), member.size, mode, member.is_dir, member.crc or None)
+
+
+def _checked(entry: TreeEntry, pieces: Iterator[bytes], archive: str) -> Iterator[bytes]:
+    """Pass bytes through, and refuse to finish a file that does not match its header."""
+    crc = 0
+    size = 0
+    for piece in pieces:
+        crc = zlib.crc32(piece, crc)
+        size += len(piece)
+        yield piece
+    if size != entry.size:
+        raise ArchiveError(f"{archive}: {entry.path} gave {size} bytes, expected {entry.size}")
+    if entry.crc32 is not None and crc != entry.crc32:
+        raise ArchiveError(f"{archive}: {entry.path} failed its CRC check on this source")
+
+
+class RarStreamProvider:
+    def __init__(self, archives: list[Path]) -> None:
+        self.listings = [list_archive(a) for a in archives]
+        for listing in self.listings:
+            if any(m.is_link for m in listing.members):
+                raise ArchiveError(f"{listing.archive.name} has links; stream install skips it")
+
+    def total_bytes(self) -> int:
+        return sum(listing.total_bytes for listing in self.listings)
+
+    def entries(self) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]:
+        for listing in self.listings:
+            if listing.all_stored:
+                yield from self._stored(listing)
+            else:
+                yield from self._unar(listing)
+
+    def _stored(self, listing: Listing) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]:
+        with rarfile.RarFile(str(listing.archive)) as rf:
+            for info, member in zip(rf.infolist(), listing.members, strict=True):
+                entry = _entry(member)
+                if member.is_dir:
+                    yield entry, iter(())
+                    continue
+                with rf.open(info) as src:
+                    yield entry, _checked(entry, _pieces(src, member.size), listing.archive.name)
+
+    def _unar(self, listing: Listing) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]:
+        if shutil.which("unar") is None:
+            raise ArchiveError("the unpack tool 'unar' is not installed")
+        links = Path(tempfile.mkdtemp(prefix=LINKS_PREFIX, dir=listing.archive.parent))
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            first = neutral_links(listing, links)
+            proc = subprocess.Popen(
+                dies_with_daemon(["unar", "-q", "-o", "-", str(first)]),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+            assert proc.stdout is not None
+            for member in listing.members:
+                entry = _entry(member)
+                pieces = iter(()) if member.is_dir else _pieces(proc.stdout, member.size)
+                yield entry, _checked(entry, pieces, listing.archive.name)
+            if proc.stdout.read(1):
+                raise ArchiveError(f"{listing.archive.name}: unar produced more than listed")
+            if proc.wait() != 0:
+                raise ArchiveError(f"unar failed on {listing.archive.name}")
+        finally:
+            if proc is not None:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                proc.wait()
+                if proc.stdout is not None:
+                    proc.stdout.close()
+            shutil.rmtree(links, ignore_errors=True)
+
+
+def _pieces(src: IO[bytes] | Any, size: int) -> Iterator[bytes]:
+    remaining = size
+    while remaining:
+        piece = src.read(min(PIECE, remaining))
+        if not piece:
+            raise ArchiveError("the archive ended early")
+        remaining -= len(piece)
+        yield piece
