@@ -36,7 +36,7 @@ from lanspreadd.errors import (
     NotFound,
 )
 from lanspreadd.identity import load_or_create
-from lanspreadd.install import GameFiles, atomic_write, recover_all, root_archives
+from lanspreadd.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
 from lanspreadd.library import Availability, GameState, Library
 from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
 from lanspreadd.monitor import GameDirMonitor, RescanQueue
@@ -292,9 +292,6 @@ class Controller:
         self._check_precondition(kind, game)
         if self._tg is None or self._stopping.is_set():
             raise InvalidState("the daemon is shutting down")
-        if kind is OpKind.DOWNLOAD and install and self._low_on_disk(game):
-            log.info("little free space: %s will be stream-installed instead", game.id)
-            kind = OpKind.STREAM_INSTALL
         if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and game.sources == 0:
             raise NoSources(f"no connected peer has {game.id} version {game.catalog_version}")
         job = self.ops.begin(game.id, kind)
@@ -354,7 +351,10 @@ class Controller:
         started = time.time()
         try:
             await self.transfers.cancel_and_drain(job.game_id)
-            if job.kind is OpKind.DOWNLOAD:
+            if job.kind is OpKind.DOWNLOAD and job.install_after and await self._low_on_disk(job):
+                log.info("little free space: %s will be stream-installed instead", job.game_id)
+                await self._stream_install(job, files, progress)
+            elif job.kind is OpKind.DOWNLOAD:
                 await self._download(job, progress)
                 if job.install_after:
                     await asyncio.to_thread(files.install)
@@ -409,8 +409,21 @@ class Controller:
         finally:
             self._async_work.pop(job.id, None)
 
-    def _low_on_disk(self, game: GameView) -> bool:
-        return self.config.stream_install_when_low_disk and self.free_space() < 2 * game.size
+    async def _low_on_disk(self, job: Job) -> bool:
+        """Too little room for the archives and the install side by side?"""
+        if not self.config.stream_install_when_low_disk:
+            return False
+        version = self.catalog.games[job.game_id].version
+        for peer in list(self.peers.peers.values()):
+            if peer.games.get(job.game_id) != version:
+                continue
+            try:
+                listing = await self.peers.request_file_list(peer.peer_id, job.game_id, version)
+            except PeerError:
+                continue
+            archive_bytes = sum(f.size for f in listing.files)
+            return self.free_space() < 2 * archive_bytes + SPACE_MARGIN
+        return False
 
     async def _stream_install(
         self, job: Job, files: GameFiles, progress: Callable[[int, int], None]

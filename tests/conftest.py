@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,30 @@ def make_peer(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB filesystem, for disk-full cases."""
-    import subprocess
+def make_tmpfs(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
+    """Real small filesystems (size in MiB), for disk-full and low-disk cases."""
+    mounts: list[Path] = []
 
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    def make(size_mib: int) -> Path:
+        mount = tmp_path / f"tmpfs{len(mounts)}"
+        mount.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounts.append(mount)
+        return mount
+
+    yield make
+    for mount in mounts:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(make_tmpfs: Callable[[int], Path]) -> Path:
+    """A real 2 MiB filesystem, for disk-full cases."""
+    return make_tmpfs(2)
