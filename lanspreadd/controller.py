@@ -393,7 +393,9 @@ class Controller:
         finally:
             if job.state is JobState.RUNNING:
                 job.finish(JobState.CANCELLED, Cancelled.name, "stopped with the daemon")
-            self._finish_job(job, files, started)
+            if job.kind in (OpKind.INSTALL, OpKind.UPDATE) or job.install_after:
+                await self._record_unpack(job, files, started)
+            self._finish_job(job)
 
     async def _download(self, job: Job, progress: Callable[[int, int], None]) -> None:
         entry = self.catalog.games[job.game_id]
@@ -465,20 +467,23 @@ class Controller:
             return
         raise NoSources(f"no peer could stream {job.game_id}: {'; '.join(errors)}")
 
-    def _finish_job(self, job: Job, files: GameFiles, started: float) -> None:
-        if job.kind in (OpKind.INSTALL, OpKind.UPDATE) or job.install_after:
-            try:
-                self.unpack_logs.add(
-                    job.game_id,
-                    str(job.kind),
-                    started,
-                    job.state is JobState.FINISHED,
-                    files.backends,
-                    job.error_message,
-                    "".join(files.output),
-                )
-            except OSError as exc:
-                log.warning("cannot save unpack log: %s", exc)
+    async def _record_unpack(self, job: Job, files: GameFiles, started: float) -> None:
+        """Persist the unpack run off the loop: its fsync can wait behind gigabytes."""
+        try:
+            await asyncio.to_thread(
+                self.unpack_logs.add,
+                job.game_id,
+                str(job.kind),
+                started,
+                job.state is JobState.FINISHED,
+                files.backends,
+                job.error_message,
+                "".join(files.output),
+            )
+        except OSError as exc:
+            log.warning("cannot save unpack log: %s", exc)
+
+    def _finish_job(self, job: Job) -> None:
         if job.state is JobState.FINISHED:
             job.update(job.bytes_total, job.bytes_total, time.monotonic())
             log.info("%s of %s finished (job %d)", job.kind, job.game_id, job.id)
@@ -508,7 +513,9 @@ class Controller:
             log.warning("recovered %s: %s", game_id, action)
         self.library = Library(new, self.catalog)
         self.library.scan_all()
-        atomic_write(self._settings_path, json.dumps({"game_dir": str(new)}).encode())
+        await asyncio.to_thread(
+            atomic_write, self._settings_path, json.dumps({"game_dir": str(new)}).encode()
+        )
         self.config = replace(self.config, game_dir=new)
         self._monitor_changed.set()
         log.info("game directory is now %s", new)

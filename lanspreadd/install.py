@@ -46,15 +46,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write through a temporary file and rename, so readers see old or new bytes."""
+def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write through a temporary file and rename, so readers see old or new bytes.
+
+    `durable` adds fsyncs, which can stall for seconds behind other writeback:
+    never from the event loop thread.
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as fh:
         fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            fh.flush()
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
+
+
+def fsync_tree(root: Path) -> None:
+    """Make a staged tree durable before it is promoted. Only our files: a global
+    sync() would flush every process's writes and can stall the host for seconds."""
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
 
 
 @dataclass(frozen=True)
@@ -173,7 +195,7 @@ class GameFiles:
             _mark(staging)
             self.step("staging")
             fill(staging)
-            os.sync()
+            fsync_tree(staging)
             if update:
                 _mark(local)
                 self.step("marked")

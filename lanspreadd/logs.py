@@ -127,7 +127,7 @@ class LogSink(logging.Handler):
         keep = data[len(data) - self.max_bytes // 2 :]
         newline = keep.find(b"\n")
         keep = keep[newline + 1 :] if newline >= 0 else b""
-        atomic_write(self.path, keep)
+        atomic_write(self.path, keep, durable=False)  # any thread may log: no fsync
         self._fh = self.path.open("a", encoding="utf-8")
 
     def history(self, max_lines: int) -> tuple[int, list[str]]:

@@ -20,6 +20,8 @@ from lanspreadd.protocol.messages import Auth, Goodbye, Hello, Message, Ping, Po
 
 PING_INTERVAL = 1.0
 DEAD_AFTER = 5.0
+# A timer handled this late means we (or our host) were stalled, not the peer.
+STALL_GAP = 2 * PING_INTERVAL
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -101,6 +103,7 @@ class Session:
         self._started = now
         self._last_received = now
         self._last_ping = now
+        self._last_timer = now
         self._ping_nonce = 0
 
     @property
@@ -247,6 +250,11 @@ class Session:
             if now >= self._started + HANDSHAKE_TIMEOUT:
                 return self._closed("handshake timed out", by_peer=False)
             return []
+        if now - self._last_timer > STALL_GAP:
+            # Our own stall must not count against the peer: its pings are probably
+            # queued unread. Give it a fresh window from now.
+            self._last_received = max(self._last_received, now - PING_INTERVAL)
+        self._last_timer = now
         if now >= self._last_received + DEAD_AFTER:
             return self._closed(f"peer silent for {DEAD_AFTER:.0f}s", by_peer=False)
         if now >= self._last_ping + PING_INTERVAL:
