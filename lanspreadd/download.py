@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanspreadd.bulk import in_thread, open_data_channel, recv_exactly
+from lanspreadd.bulk import SourceError, in_thread, open_data_channel, recv_exactly
 from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
 from lanspreadd.install import SPACE_MARGIN, VERSION_TMP, atomic_write, free_bytes
 from lanspreadd.library import LOCAL, VERSION_INI, parse_version_ini
@@ -332,7 +332,7 @@ class Downloader:
                         log.warning("dropping %s as a source: repeated corrupt data", source.name)
                         return
                 self._changed.set()
-        except (OSError, RemoteProtocolError, PeerError) as exc:
+        except (OSError, RemoteProtocolError, PeerError, SourceError) as exc:
             log.info("source %s stopped: %s", source.name, exc or type(exc).__name__)
             plan.source_lost(source.peer_id)
         finally:

@@ -268,7 +268,7 @@ def test_stream_install_cancel_and_source_death(make_peer: MakePeer) -> None:
     shutil.copytree(root, second.game_dir / GAME)
     wait_for(lambda: second.ctl_json("show", GAME)["availability"] == "Ready", 10, "copy")
     connect(receiver, second)
-    wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] == 1, 10, "the new source")
+    wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] >= 1, 10, "the new source")
     assert receiver.ctl_json("stream-install", GAME)["state"] == "finished"
 
 

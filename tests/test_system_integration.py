@@ -1,0 +1,278 @@
+"""systemd unit, system bus policy and polkit policy, checked with the real tools.
+
+The D-Bus part starts a real dbus-daemon with a system-bus configuration that
+includes our policy file, runs lanspreadd as the `lanspread` service user, and
+uses busctl/dbus-send as `nobody` to prove the name cannot be taken while reads
+work and changes are refused.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "lanspreadd.service"
+POLICY = ROOT / "dbus" / "org.lanspread.Lanspread1.conf"
+ACTIVATION = ROOT / "dbus" / "org.lanspread.Lanspread1.service"
+BUS_NAME = "org.lanspread.Lanspread1"
+
+SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def test_unit_hardening_exposure_is_at_most_2() -> None:
+    result = subprocess.run(
+        [tool("systemd-analyze"), "security", "--offline=yes", str(UNIT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) <= 2.0
+
+
+def test_unit_verifies_without_warnings(tmp_path: Path) -> None:
+    """verify against a root holding what the package installs (binary and man pages)."""
+    root = tmp_path / "root"
+    for sub in ("usr/bin", "usr/share/man/man8", "usr/share/man/man1", "etc/systemd/system"):
+        (root / sub).mkdir(parents=True)
+    (root / "bin").symlink_to("usr/bin")
+    shutil.copy(tool("kill"), root / "usr/bin/kill")
+    shutil.copytree("/usr/lib/systemd/system", root / "usr/lib/systemd/system", symlinks=True)
+    daemon = root / "usr/bin/lanspreadd"
+    daemon.write_text(f"#!{sys.executable}\nfrom lanspreadd.main import main\nmain()\n")
+    daemon.chmod(0o755)
+    for page in ("man8/lanspreadd.8", "man1/lanspreadctl.1"):
+        shutil.copy(ROOT / "debian" / Path(page).name, root / "usr/share/man" / page)
+    unit = root / "etc/systemd/system/lanspreadd.service"
+    shutil.copy(UNIT, unit)
+    result = subprocess.run(
+        [tool("systemd-analyze"), "verify", f"--root={root}", str(unit)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=os.environ | {"MANPATH": str(root / "usr/share/man")},
+    )
+    problems = [
+        line
+        for line in result.stderr.splitlines()
+        if line.strip() and "man " not in line and "Documentation" not in line
+    ]
+    assert problems == [], result.stderr
+
+
+def test_activation_file_points_at_the_unit() -> None:
+    text = ACTIVATION.read_text()
+    assert f"Name={BUS_NAME}" in text
+    assert "SystemdService=dbus-org.lanspread.Lanspread1.service" in text
+    assert "Alias=dbus-org.lanspread.Lanspread1.service" in UNIT.read_text()
+    assert f"BusName={BUS_NAME}" in UNIT.read_text()
+
+
+def test_policy_grants_nothing_but_owning_and_calling() -> None:
+    root = ET.parse(POLICY).getroot()
+    rules = [(p.attrib, r.tag, r.attrib) for p in root.iter("policy") for r in p]
+    assert rules == [
+        ({"user": "lanspread"}, "allow", {"own": BUS_NAME}),
+        ({"context": "default"}, "allow", {"send_destination": BUS_NAME}),
+    ]
+
+
+@pytest.fixture
+def service_user() -> Iterator[str]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    created = False
+    try:
+        pwd.getpwnam("lanspread")
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "lanspread",
+            ],
+            check=True,
+        )
+        created = True
+    yield "lanspread"
+    if created:
+        subprocess.run(["userdel", "lanspread"], check=False)
+
+
+def as_user(user: str, *cmd: str, keep_read_search: bool = False) -> list[str]:
+    caps = (
+        ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        if keep_read_search
+        else []
+    )
+    gid = pwd.getpwnam(user).pw_gid
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *caps, *cmd]
+
+
+def test_system_bus_policy_as_non_root(service_user: str) -> None:
+    base = Path(tempfile.mkdtemp(prefix="lanspread-sysbus-"))
+    base.chmod(0o755)
+    socket_path = base / "system_bus_socket"
+    config = base / "system.conf"
+    config.write_text(SYSTEM_BUS_CONFIG.format(socket=socket_path, policy=POLICY))
+    address = f"unix:path={socket_path}"
+    bus = subprocess.Popen(
+        [tool("dbus-daemon"), f"--config-file={config}", "--nofork", "--nopidfile"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    state = base / "state"
+    games = base / "games"
+    for directory in (state, games):
+        directory.mkdir()
+        shutil.chown(directory, service_user, service_user)
+    daemon: subprocess.Popen[str] | None = None
+    try:
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert time.monotonic() < deadline, "the bus did not start"
+            time.sleep(0.05)
+        request_name = [
+            tool("dbus-send"),
+            f"--bus={address}",
+            "--print-reply",
+            "--dest=org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.RequestName",
+            f"string:{BUS_NAME}",
+            "uint32:4",
+        ]
+        taken = subprocess.run(as_user("nobody", *request_name), capture_output=True, text=True)
+        assert taken.returncode != 0
+        assert "AccessDenied" in taken.stderr
+
+        daemon = subprocess.Popen(
+            as_user(
+                service_user,
+                sys.executable,
+                "-m",
+                "lanspreadd",
+                "--bus",
+                address,
+                "--state-dir",
+                str(state),
+                "--game-dir",
+                str(games),
+                "--no-mdns",
+                "--config",
+                "/dev/null",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+                "--polkit",
+                "on",
+                keep_read_search=True,
+            ),
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        busctl = [tool("busctl"), f"--address={address}"]
+        deadline = time.monotonic() + 20
+        while True:
+            reply = subprocess.run(
+                as_user(
+                    "nobody",
+                    *busctl,
+                    "call",
+                    BUS_NAME,
+                    "/org/lanspread/Lanspread1",
+                    "org.lanspread.Lanspread1.Manager",
+                    "ListGames",
+                ),
+                capture_output=True,
+                text=True,
+            )
+            if reply.returncode == 0:
+                break
+            assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
+            assert time.monotonic() < deadline, reply.stderr
+            time.sleep(0.2)
+        assert reply.stdout.startswith("aa{sv} 6"), reply.stdout
+        changed = subprocess.run(
+            as_user(
+                "nobody",
+                *busctl,
+                "call",
+                BUS_NAME,
+                "/org/lanspread/Lanspread1",
+                "org.lanspread.Lanspread1.Manager",
+                "SetGameDir",
+                "s",
+                "/tmp",
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert changed.returncode != 0
+        assert "polkit" in changed.stderr
+        second = subprocess.run(as_user("nobody", *request_name), capture_output=True, text=True)
+        assert "AccessDenied" in second.stderr
+    finally:
+        if daemon is not None:
+            daemon.terminate()
+            daemon.wait(30)
+            if daemon.stderr:
+                daemon.stderr.close()
+        bus.terminate()
+        bus.wait(10)
+        if bus.stderr:
+            bus.stderr.close()
+        shutil.rmtree(base, ignore_errors=True)
