@@ -8,7 +8,6 @@ so lanspreadctl reaches it from here), and deletes every namespace by name.
 from __future__ import annotations
 
 import os
-import secrets
 import signal
 import subprocess
 import time
@@ -17,49 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.netns import Lan
 from tests.support import Daemon, PrivateBus, make_game, tree
 from tests.test_peers import GAME, MiB, downloads, game_entries, wait_for
-
-SUBNET = "10.213.77"
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
-
-
-class Lan:
-    """A bridge in its own namespace and one namespace per host, all named by this run."""
-
-    def __init__(self) -> None:
-        self.tag = secrets.token_hex(3)
-        self.bridge_ns = f"lsbr-{self.tag}"
-        self.namespaces: list[str] = []
-        ip("netns", "add", self.bridge_ns)
-        self.namespaces.append(self.bridge_ns)
-        ip("-n", self.bridge_ns, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.bridge_ns, "link", "set", "br0", "up")
-
-    def add_host(self, index: int) -> tuple[str, str]:
-        ns = f"lsh{index}-{self.tag}"
-        ip("netns", "add", ns)
-        self.namespaces.append(ns)
-        host_if, bridge_if = f"h{index}{self.tag}", f"b{index}{self.tag}"
-        ip("link", "add", host_if, "type", "veth", "peer", "name", bridge_if)
-        ip("link", "set", host_if, "netns", ns)
-        ip("link", "set", bridge_if, "netns", self.bridge_ns)
-        ip("-n", self.bridge_ns, "link", "set", bridge_if, "master", "br0")
-        ip("-n", self.bridge_ns, "link", "set", bridge_if, "up")
-        ip("-n", ns, "link", "set", "lo", "up")
-        ip("-n", ns, "link", "set", host_if, "name", "eth0")
-        address = f"{SUBNET}.{index + 1}"
-        ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
-        ip("-n", ns, "link", "set", "eth0", "up", "multicast", "on")
-        ip("-n", ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
-        return ns, address
-
-    def delete(self) -> None:
-        for ns in reversed(self.namespaces):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
 
 
 @pytest.fixture

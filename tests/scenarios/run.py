@@ -1,0 +1,486 @@
+"""Scenario suite: lanspread under load and faults, with figures an organiser can trust.
+
+Every scenario runs real daemons (network namespaces joined by a bridge where a
+scenario needs a real LAN, loopback otherwise), is bounded in time, cleans up,
+and returns (runs, passed, figure). Run it alone:
+
+    .venv/bin/python -m tests.scenarios.run            # everything, full length
+    .venv/bin/python -m tests.scenarios.run --quick    # the CI subset
+    .venv/bin/python -m tests.scenarios.run --only churn soak
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dbus_fast.aio import MessageBus
+
+from lanspreadd.archive.writer import Entry
+from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles
+from tests.netns import Lan
+from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree
+
+GAME = "sample-game"
+MiB = 1 << 20
+
+
+@dataclass
+class Outcome:
+    runs: int
+    passed: int
+    figure: str
+
+
+class ScenarioFailed(AssertionError):
+    pass
+
+
+def check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ScenarioFailed(message)
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not cond():
+        if time.monotonic() - start > timeout:
+            raise ScenarioFailed(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.1)
+    return time.monotonic() - start
+
+
+def payload(size: int, seed: int = 0) -> list[Entry]:
+    rng = random.Random(seed)
+    block = rng.randbytes(MiB)
+    data = (block * (size // MiB + 1))[:size]
+    return [Entry("bin/"), Entry("bin/run.sh", b"#!/bin/sh\n", 0o755), Entry("data.bin", data)]
+
+
+def downloads(root: Path) -> dict[str, bytes | None]:
+    return {k: v for k, v in tree(root).items() if not k.startswith(("local", "."))}
+
+
+class Cluster:
+    """Daemons with private buses, on loopback or each in its own namespace."""
+
+    def __init__(self, base: Path, lan: Lan | None = None) -> None:
+        self.base = base
+        self.lan = lan
+        self.peers: list[Daemon] = []
+
+    def add(self, name: str, *args: str, game_dir: Path | None = None) -> Daemon:
+        home = self.base / name
+        (home / "bus").mkdir(parents=True)
+        (home / "games").mkdir()
+        extra: dict[str, Any] = {}
+        if self.lan is not None:
+            ns, address = self.lan.add_host(len(self.peers))
+            extra = {"netns": ns, "listen": address, "mdns": True, "port": 41800}
+        daemon = Daemon(
+            PrivateBus(home / "bus"),
+            game_dir or home / "games",
+            home / "state",
+            name=name,
+            extra_args=args,
+            **extra,
+        )
+        self.peers.append(daemon)
+        return daemon
+
+    def close(self) -> None:
+        for daemon in self.peers:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.proc.kill()
+                daemon.proc.wait(10)
+            daemon.bus.stop()
+
+
+@contextmanager
+def cluster(use_lan: bool = False) -> Iterator[Cluster]:
+    base = Path(tempfile.mkdtemp(prefix="lanspread-scenario-"))
+    lan = Lan() if use_lan else None
+    c = Cluster(base, lan)
+    try:
+        yield c
+    finally:
+        c.close()
+        if lan is not None:
+            lan.delete()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def connect(a: Daemon, b: Daemon) -> None:
+    result = a.ctl("connect", f"{b.listen}:{b.port}")
+    check(result.returncode == 0, f"connect {a.name} -> {b.name}: {result.stderr}")
+
+
+def show(peer: Daemon) -> dict[str, Any]:
+    result: dict[str, Any] = peer.ctl_json("show", GAME)
+    return result
+
+
+def idle(peer: Daemon) -> bool:
+    return show(peer)["operation"] == ""
+
+
+def consistent(root: Path) -> None:
+    """No staging leftovers; a sentinel only beside complete archives."""
+    for name in (INSTALLING, BACKUP, INTENT):
+        check(not (root / name).exists(), f"{root}/{name} left behind")
+
+
+# ---- scenarios ---------------------------------------------------------------------------
+def fan_out(runs: int, receivers: int, size: int, rate_mbit: int) -> Outcome:
+    passed = 0
+    figures = []
+    for _ in range(runs):
+        with cluster(use_lan=True) as c:
+            source = c.add("source")
+            assert c.lan is not None
+            assert source.netns is not None
+            c.lan.shape(source.netns, f"{rate_mbit}mbit")
+            root = make_game(source.game_dir, GAME, "1.0", payload(size))
+            others = [c.add(f"r{i}") for i in range(receivers)]
+            for peer in [source, *others]:
+                peer.start()
+            for peer in others:
+                wait_for(lambda p=peer: show(p)["sources"] >= 1, 60, f"{peer.name} to see it")
+            started = time.monotonic()
+            for peer in others:
+                peer.ctl("download", "--no-wait", GAME)
+            for peer in others:
+                wait_for(lambda p=peer: idle(p), 600, f"{peer.name}'s download")
+            elapsed = time.monotonic() - started
+            for peer in others:
+                check(show(peer)["availability"] == "Ready", f"{peer.name} not Ready")
+                check(downloads(peer.game_dir / GAME) == downloads(root), "content differs")
+            bound = receivers * size * 8 / (rate_mbit * 1e6)
+            figures.append(elapsed / bound)
+            passed += 1
+    mean = sum(figures) / len(figures)
+    return Outcome(runs, passed, f"{receivers} receivers: {mean:.2f}x the uplink bound")
+
+
+def churn(runs: int, size: int) -> Outcome:
+    passed = 0
+    completed = gone = 0
+    for run in range(runs):
+        with cluster() as c:
+            slow = ("--upload-limit", str(6 * MiB))
+            sources = [c.add(f"s{i}", *slow) for i in range(3)]
+            receivers = [c.add(f"r{i}") for i in range(2)]
+            root = make_game(sources[0].game_dir, GAME, "1.0", payload(size, run))
+            for s in sources[1:]:
+                shutil.copytree(root, s.game_dir / GAME)
+            for peer in [*sources, *receivers]:
+                peer.start()
+            for r in receivers:
+                for s in sources:
+                    connect(r, s)
+                wait_for(lambda r=r: show(r)["sources"] == 3, 20, "three sources")
+                r.ctl("download", "--no-wait", GAME)
+            time.sleep(1.0)
+            sources[0].stop()  # leaves with Goodbye
+            time.sleep(1.0)
+            sources[1].stop(signal.SIGKILL)
+            last_alone = run % 2 == 1
+            if last_alone:
+                time.sleep(0.5)
+                sources[2].stop(signal.SIGKILL)  # every source gone
+            for r in receivers:
+                wait_for(lambda r=r: idle(r), 120, f"{r.name} to settle (a hang?)")
+                state = show(r)
+                game_root = r.game_dir / GAME
+                consistent(game_root)
+                if state["availability"] == "Ready":
+                    check(downloads(game_root) == downloads(root), "a completed copy differs")
+                    completed += 1
+                else:
+                    check(not (game_root / "version.ini").exists(), "partial game downloaded")
+                    check("every source of sample-game left" in r.stderr(), "not peers-gone")
+                    gone += 1
+            passed += 1
+    return Outcome(runs, passed, f"{completed} completed, {gone} peers-gone, 0 hung")
+
+
+def crash_recovery(runs: int, size: int) -> Outcome:
+    """Kill the receiving daemon at a random moment of an operation; restart; compare."""
+    passed = 0
+    rng = random.Random(7)
+    phases = ["download", "install", "update", "uninstall"]
+    for run in range(runs):
+        phase = phases[run % len(phases)]
+        with cluster() as c:
+            source = c.add("source", "--upload-limit", str(48 * MiB))
+            receiver = c.add("receiver")
+            root = make_game(source.game_dir, GAME, "1.0", payload(size, run))
+            reference = c.base / "reference"
+            shutil.copytree(root, reference)
+            GameFiles(reference).install()
+            new_tree = tree(reference / "local")
+            source.start()
+            receiver.start()
+            connect(receiver, source)
+            wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source")
+            mine = receiver.game_dir / GAME
+            if phase != "download":
+                check(receiver.ctl_json("download", GAME)["state"] == "finished", "download")
+            if phase in ("update", "uninstall"):
+                check(receiver.ctl_json("install", GAME)["state"] == "finished", "install")
+                (mine / "local" / "save.dat").write_bytes(b"player progress")
+            before = tree(mine / "local") if (mine / "local").exists() else None
+            receiver.ctl(phase, "--no-wait", GAME)
+            time.sleep(rng.uniform(0.05, 1.2))
+            receiver.stop(signal.SIGKILL)
+            receiver.start()
+            consistent(mine)
+            after = tree(mine / "local") if (mine / "local").exists() else None
+            if phase == "download":
+                state = show(receiver)["availability"]
+                check(state in ("Absent", "Ready"), f"download left {state}")
+                if state == "Ready":
+                    check(downloads(mine) == downloads(root), "a Ready copy differs")
+                connect(receiver, source)
+                wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source again")
+                if state == "Absent":
+                    result = receiver.ctl_json("download", GAME)
+                    check(result["state"] == "finished", "the resumed download failed")
+                check(downloads(mine) == downloads(root), "resumed copy differs")
+            elif phase == "install":
+                check(after in (None, new_tree), "install left a partial tree")
+            elif phase == "update":
+                check(after in (before, new_tree), "update left a mix of old and new")
+            else:
+                check(after in (before, None), "uninstall left a partial tree")
+            passed += 1
+    return Outcome(runs, passed, f"{passed}/{runs} restarts consistent (old or new tree)")
+
+
+def disk_full(runs: int) -> Outcome:
+    passed = 0
+    for _ in range(runs):
+        with cluster() as c:
+            mount = c.base / "small"
+            mount.mkdir()
+            subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=48m", "tmpfs", str(mount)], check=True
+            )
+            try:
+                source = c.add("source", "--upload-limit", str(16 * MiB))
+                receiver = c.add("receiver", "--config", str(c.base / "low.toml"), game_dir=mount)
+                (c.base / "low.toml").write_text("stream_install_when_low_disk = false\n")
+                make_game(source.game_dir, GAME, "1.0", payload(24 * MiB))
+                keep = make_game(mount, "teeworlds", "0.7.5", payload(2 * MiB, 3))
+                kept = tree(keep)
+                source.start()
+                receiver.start()
+                connect(receiver, source)
+                wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source")
+                receiver.ctl("download", "--no-wait", GAME)
+                time.sleep(0.4)
+                filler = mount / "filler.bin"  # someone else fills the disk mid-download
+                with filler.open("wb") as fh, contextlib.suppress(OSError):
+                    while True:
+                        fh.write(bytes(MiB))
+                wait_for(lambda: idle(receiver), 60, "the download to fail")
+                log = receiver.stderr()
+                check("DiskFull" in log or "no space" in log.lower(), "no disk-full error")
+                check(show(receiver)["availability"] == "Absent", "partial marked downloaded")
+                check(tree(keep) == kept, "another game was touched")
+                filler.unlink()
+                result = receiver.ctl_json("download", GAME)
+                check(result["state"] == "finished", "no recovery after freeing space")
+                check(show(receiver)["availability"] == "Ready", "retry did not complete")
+                check(receiver.ctl("status").returncode == 0, "daemon not serving")
+                passed += 1
+            finally:
+                subprocess.run(["umount", "-l", str(mount)], check=False)
+    return Outcome(runs, passed, "named error, other games intact, retry succeeds")
+
+
+def dbus_abuse(runs: int) -> Outcome:
+    passed = 0
+    calls = 0
+    for _ in range(runs):
+        with cluster() as c:
+            peer = c.add("victim")
+            make_game(peer.game_dir, GAME, "1.0", payload(64 * MiB))
+            peer.start()
+
+            async def abuse() -> int:
+                bus = await MessageBus(bus_address=peer.bus.address).connect()
+                count = 0
+                bad: list[tuple[str, str, list[Any]]] = [
+                    ("GetGame", "s", ["x" * 4_000_000]),
+                    ("GetGame", "s", ["no-such-game"]),
+                    ("GetGame", "u", [1]),
+                    ("Install", "s", ["../../etc"]),
+                    ("SetGameDir", "s", ["\u0001weird\nname"]),
+                    ("GetLogs", "u", [2**32 - 1]),
+                    ("Download", "sb", [GAME, True]),
+                    ("ConnectPeer", "s", ["[::1]:notaport"]),
+                ]
+                for member, sig, body in bad * 5:
+                    reply = await call(bus, member, sig, body)
+                    count += 1
+                    if member != "GetLogs":
+                        check(reply.error_name is not None, f"{member} accepted {body!r:.40}")
+                first = await call(bus, "Install", "s", [GAME])
+                busy = await call(bus, "Install", "s", [GAME])
+                check(busy.error_name is not None and "Busy" in busy.error_name, "not Busy")
+                count += 2
+                await disconnect(bus)  # walk away mid-job
+                check(first.error_name is None, "install refused")
+                return count
+
+            calls += asyncio.run(asyncio.wait_for(abuse(), 120))
+            wait_for(lambda: idle(peer), 60, "the abandoned job")
+            check(show(peer)["installed"] is True, "the abandoned install did not finish")
+            check(peer.ctl("status").returncode == 0, "daemon not serving")
+            passed += 1
+    return Outcome(runs, passed, f"{calls} hostile calls, all named errors, still serving")
+
+
+def soak(seconds: float) -> Outcome:
+    cycles = 0
+    with cluster() as c:
+        source = c.add("source")
+        receiver = c.add("receiver")
+        make_game(source.game_dir, GAME, "1.0", payload(8 * MiB))
+        source.start()
+        receiver.start()
+        connect(receiver, source)
+        wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source")
+        assert receiver.proc is not None
+        pid = receiver.proc.pid
+        samples: list[tuple[int, int]] = []
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline or cycles < 3:
+            check(receiver.ctl_json("download", "--install", GAME)["state"] == "finished", "dl")
+            check(receiver.ctl_json("uninstall", GAME)["state"] == "finished", "uninstall")
+            check(receiver.ctl_json("remove", GAME)["state"] == "finished", "remove")
+            cycles += 1
+            samples.append((_rss_kib(pid), len(os.listdir(f"/proc/{pid}/fd"))))
+        warm = samples[min(2, len(samples) - 1)]
+        last = samples[-1]
+        fd_growth = last[1] - warm[1]
+        rss_growth = (last[0] - warm[0]) / max(warm[0], 1)
+        check(fd_growth <= 2, f"file descriptors grew by {fd_growth}")
+        check(rss_growth <= 0.15, f"RSS grew by {rss_growth:.0%}")
+    return Outcome(
+        cycles, cycles, f"RSS {warm[0] // 1024}->{last[0] // 1024} MiB, fds {warm[1]}->{last[1]}"
+    )
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def hostile_peer(runs: int) -> Outcome:
+    """A peer that lies in its file list and one that sends malformed frames."""
+    from tests.scenarios.hostile import run_hostile_peer
+
+    passed = 0
+    for run in range(runs):
+        with cluster() as c:
+            honest = [c.add(f"h{i}") for i in range(2)]
+            receiver = c.add("receiver")
+            root = make_game(honest[0].game_dir, GAME, "1.0", payload(16 * MiB, run))
+            shutil.copytree(root, honest[1].game_dir / GAME)
+            for peer in [*honest, receiver]:
+                peer.start()
+            for h in honest:
+                connect(receiver, h)
+            with run_hostile_peer(c.base / "hostile", receiver) as hostile:
+                wait_for(lambda: show(receiver)["sources"] == 3, 20, "three sources")
+                result = receiver.ctl_json("download", GAME)
+                check(result["state"] == "finished", f"download {result}")
+                check(downloads(receiver.game_dir / GAME) == downloads(root), "content differs")
+                check(not (c.base / "escape").exists(), "a path escaped")
+                hostile.flood(receiver)
+            check(receiver.ctl("status").returncode == 0, "receiver stopped serving")
+            log = receiver.stderr()
+            check("disagrees with the majority" in log or "ignoring" in log, "liar not demoted")
+            passed += 1
+    return Outcome(runs, passed, "liars ignored, malformed frames cut off, honest peers finish")
+
+
+SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
+    # name: (quick, full)
+    "fan-out": (lambda: fan_out(1, 4, 16 * MiB, 200), lambda: fan_out(2, 8, 64 * MiB, 200)),
+    "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
+    "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),
+    "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
+    "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
+    "dbus-abuse": (lambda: dbus_abuse(1), lambda: dbus_abuse(3)),
+    "soak": (lambda: soak(15), lambda: soak(600)),
+}
+
+
+def run(names: list[str], quick: bool) -> list[tuple[str, Outcome | str]]:
+    results: list[tuple[str, Outcome | str]] = []
+    for name in names:
+        quick_fn, full_fn = SCENARIOS[name]
+        started = time.monotonic()
+        try:
+            outcome: Outcome | str = (quick_fn if quick else full_fn)()
+        except Exception as exc:  # a scenario's failure is a row in the table
+            traceback.print_exc()
+            outcome = "FAILED: " + " ".join(str(exc).split())
+        print(f"  {name}: {outcome} ({time.monotonic() - started:.0f}s)", flush=True)
+        results.append((name, outcome))
+    return results
+
+
+def table(results: list[tuple[str, Outcome | str]]) -> str:
+    rows = [("scenario", "runs", "passed", "figure")]
+    for name, outcome in results:
+        if isinstance(outcome, Outcome):
+            rows.append((name, str(outcome.runs), str(outcome.passed), outcome.figure))
+        else:
+            rows.append((name, "-", "0", outcome))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = [
+        "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |" for r in rows
+    ]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the short CI subset")
+    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("scenarios need root (network namespaces, tc, tmpfs)", file=sys.stderr)
+        return 2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    results = run(args.only, args.quick)
+    print(table(results))
+    ok = all(isinstance(o, Outcome) and o.passed == o.runs for _, o in results)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
