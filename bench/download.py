@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dbus_fast.aio import MessageBus
 
+from lanspreadctl.client import unwrap
 from lanspreadd.archive.writer import Entry, write_rar5_volumes
 from lanspreadd.serve import HashCache
-from tests.support import Daemon, PrivateBus, call, disconnect, unwrap
+from tests.support import Daemon, PrivateBus, call, disconnect
 
 GAME = "sample-game"
 CLK_TCK = os.sysconf("SC_CLK_TCK")

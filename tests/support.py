@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from lanspreadd.archive.writer import Entry, write_rar4, write_rar5, write_rar5_volumes
@@ -212,16 +212,6 @@ async def call(
 
 def error_name(reply: Message) -> str | None:
     return reply.error_name if reply.message_type is MessageType.ERROR else None
-
-
-def unwrap(value: Any) -> Any:
-    if isinstance(value, Variant):
-        return unwrap(value.value)
-    if isinstance(value, dict):
-        return {k: unwrap(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [unwrap(v) for v in value]
-    return value
 
 
 def make_game(

@@ -15,6 +15,7 @@ import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
+from lanspreadctl.client import unwrap
 from lanspreadd.archive.writer import Entry, write_rar5
 from lanspreadd.catalog import CatalogGame, write_catalog
 from tests.introspection import contract, describe, live_interfaces
@@ -29,7 +30,6 @@ from tests.support import (
     make_game,
     run_ctl,
     tree,
-    unwrap,
 )
 
 T = TypeVar("T")

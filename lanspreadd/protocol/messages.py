@@ -170,8 +170,9 @@ class Delta(Message):
 
 
 @dataclass(frozen=True)
-class FileListRequest(Message):
-    TYPE = 6
+class GameRequest(Message):
+    """A request about one game at one version; the type says what is asked."""
+
     request_id: int
     game_id: str
     version: str
@@ -180,12 +181,17 @@ class FileListRequest(Message):
         return {"request_id": self.request_id, "game_id": self.game_id, "version": self.version}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FileListRequest:
+    def from_json(cls, data: dict[str, Any]) -> GameRequest:
         return cls(
             request_id=_field(data, "request_id", int),
             game_id=_field(data, "game_id", str)[:MAX_NAME],
             version=_field(data, "version", str)[:MAX_NAME],
         )
+
+
+@dataclass(frozen=True)
+class FileListRequest(GameRequest):
+    TYPE = 6
 
 
 @dataclass(frozen=True)
@@ -310,22 +316,8 @@ class Goodbye(Message):
 
 
 @dataclass(frozen=True)
-class StreamInstallRequest(Message):
+class StreamInstallRequest(GameRequest):
     TYPE = 12
-    request_id: int
-    game_id: str
-    version: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"request_id": self.request_id, "game_id": self.game_id, "version": self.version}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> StreamInstallRequest:
-        return cls(
-            request_id=_field(data, "request_id", int),
-            game_id=_field(data, "game_id", str)[:MAX_NAME],
-            version=_field(data, "version", str)[:MAX_NAME],
-        )
 
 
 @dataclass(frozen=True)
