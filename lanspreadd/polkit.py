@@ -12,6 +12,11 @@ from lanspreadd.errors import NotAuthorized
 log = logging.getLogger(__name__)
 
 ALLOW_USER_INTERACTION = 1
+UNAVAILABLE = {
+    "org.freedesktop.DBus.Error.ServiceUnknown",
+    "org.freedesktop.DBus.Error.NameHasNoOwner",
+    "org.freedesktop.DBus.Error.NoReply",
+}
 
 
 async def check_authorization(bus: MessageBus, sender: str, action: str) -> None:
@@ -35,7 +40,9 @@ async def check_authorization(bus: MessageBus, sender: str, action: str) -> None
     if reply is None or reply.message_type is MessageType.ERROR:
         detail = reply.body[0] if reply is not None and reply.body else "no reply"
         log.warning("polkit check of %s for %s failed: %s", action, sender, detail)
-        raise NotAuthorized(f"cannot authorise {action}: polkit is unavailable ({detail})")
+        if reply is not None and reply.error_name in UNAVAILABLE:
+            raise NotAuthorized(f"cannot authorise {action}: polkit is unavailable ({detail})")
+        raise NotAuthorized(f"cannot authorise {action}: polkit refused to check ({detail})")
     authorized, challenge, _details = reply.body[0]
     if not authorized:
         hint = " (authentication is required)" if challenge else ""
