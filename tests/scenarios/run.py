@@ -178,6 +178,41 @@ def fan_out(runs: int, receivers: int, size: int, rate_mbit: int) -> Outcome:
     return Outcome(runs, passed, f"{receivers} receivers: {mean:.2f}x the uplink bound")
 
 
+def fan_in(runs: int, size: int, rate_mbit: int) -> Outcome:
+    """One receiver, sources on links of `rate_mbit` each: 1 source, then 3 at once."""
+    rates: dict[int, list[float]] = {1: [], 3: []}
+    passed = 0
+    for run in range(runs):
+        for count in (1, 3):
+            with cluster(use_lan=True) as c:
+                sources = [c.add(f"s{i}") for i in range(count)]
+                receiver = c.add("receiver")
+                assert c.lan is not None
+                root = make_game(sources[0].game_dir, GAME, "1.0", payload(size, run))
+                for s in sources:
+                    assert s.netns is not None
+                    c.lan.shape(s.netns, f"{rate_mbit}mbit")
+                    if s is not sources[0]:
+                        shutil.copytree(root, s.game_dir / GAME)
+                for peer in [*sources, receiver]:
+                    peer.start()
+                wait_for(lambda n=count: show(receiver)["sources"] == n, 60, "the sources")
+                started = time.monotonic()
+                result = receiver.ctl_json("download", GAME)
+                elapsed = time.monotonic() - started
+                check(result["state"] == "finished", f"download {result}")
+                check(downloads(receiver.game_dir / GAME) == downloads(root), "content differs")
+                rates[count].append(size / elapsed / 1e6)
+        passed += 1
+    one = sum(rates[1]) / len(rates[1])
+    three = sum(rates[3]) / len(rates[3])
+    return Outcome(
+        runs,
+        passed,
+        f"{rate_mbit} Mbit/s links: 1 source {one:.1f} MB/s, 3 sources {three:.1f} MB/s",
+    )
+
+
 def churn(runs: int, size: int) -> Outcome:
     passed = 0
     completed = gone = 0
@@ -428,6 +463,7 @@ def hostile_peer(runs: int) -> Outcome:
 SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     # name: (quick, full)
     "fan-out": (lambda: fan_out(1, 4, 16 * MiB, 200), lambda: fan_out(2, 8, 64 * MiB, 200)),
+    "fan-in": (lambda: fan_in(1, 24 * MiB, 100), lambda: fan_in(2, 96 * MiB, 200)),
     "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
     "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
