@@ -44,6 +44,7 @@ from lanspreadd.protocol.messages import FileEntry
 log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 4 << 20
+GRANTS_KEPT = 2  # per peer and game: a download in progress and its successor
 HASH_READ = 1 << 20
 GREETING_TIMEOUT = 10.0
 
@@ -255,6 +256,17 @@ class DataServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     def issue(self, grant: Grant) -> bytes:
+        """A new token; older ones of the same peer for the same game lapse, so a
+        long party does not pile up grants."""
+        same = [
+            t
+            for t, g in self.grants.items()
+            if g.peer_id == grant.peer_id
+            and g.game_id == grant.game_id
+            and (g.provider is None) == (grant.provider is None)
+        ]
+        for token in same[: max(0, len(same) - (GRANTS_KEPT - 1))]:
+            del self.grants[token]
         token = secrets.token_bytes(32)
         self.grants[token] = grant
         return token

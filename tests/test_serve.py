@@ -1,0 +1,70 @@
+"""Serving rules that need no network: paths, listed files, hashes, limits, grants."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from lanspreadd.errors import InvalidArgument
+from lanspreadd.serve import (
+    GRANTS_KEPT,
+    DataServer,
+    Grant,
+    OutboundTransfers,
+    UploadLimiter,
+    check_relative_path,
+    hash_file,
+    servable_files,
+)
+
+
+@pytest.mark.parametrize(
+    "path", ["../x", "/etc/passwd", "a/../../b", "local/game.exe", ".lanspread.json", "a\\b", ""]
+)
+def test_paths_outside_a_download_are_refused(path: str) -> None:
+    with pytest.raises(InvalidArgument):
+        check_relative_path(path)
+
+
+def test_only_the_download_is_served(tmp_path: Path) -> None:
+    (tmp_path / "local").mkdir()
+    (tmp_path / "local" / "game.exe").write_bytes(b"x")
+    (tmp_path / ".lanspread.json").write_text("{}")
+    (tmp_path / "g.rar").write_bytes(b"rar")
+    (tmp_path / "extras").mkdir()
+    (tmp_path / "extras" / "manual.pdf").write_bytes(b"pdf")
+    (tmp_path / "link.rar").symlink_to(tmp_path / "g.rar")
+    (tmp_path / "version.ini").write_text("1.0")
+    assert servable_files(tmp_path) == [("extras/manual.pdf", 3), ("g.rar", 3), ("version.ini", 3)]
+
+
+def test_chunk_hashes(tmp_path: Path) -> None:
+    data = bytes(range(256)) * 5000
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    size = 512 * 1024
+    expected = [hashlib.sha256(data[i : i + size]).hexdigest() for i in range(0, len(data), size)]
+    assert hash_file(path, size) == expected
+    (tmp_path / "empty").write_bytes(b"")
+    assert hash_file(tmp_path / "empty", size) == [hashlib.sha256(b"").hexdigest()]
+
+
+def test_upload_limiter_spaces_out_chunks() -> None:
+    now = [100.0]
+    limiter = UploadLimiter(1000, clock=lambda: now[0])
+    assert limiter.delay_for(500) == 0.0
+    assert limiter.delay_for(500) == pytest.approx(0.5)
+    now[0] += 5
+    assert limiter.delay_for(100) == 0.0
+    assert UploadLimiter(0).delay_for(1 << 30) == 0.0
+
+
+def test_grants_do_not_pile_up(tmp_path: Path) -> None:
+    server = DataServer(lambda _g, _v: True, OutboundTransfers())
+    tokens = [server.issue(Grant("peer", "g", "1", tmp_path)) for _ in range(50)]
+    server.issue(Grant("other", "g", "1", tmp_path))
+    assert len(server.grants) == GRANTS_KEPT + 1
+    assert tokens[-1] in server.grants
+    assert tokens[0] not in server.grants
