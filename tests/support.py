@@ -160,22 +160,28 @@ def run_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
+async def bus_driver_call(bus: MessageBus, member: str, argument: str) -> Message:
+    """Call the bus itself (org.freedesktop.DBus) with one string argument."""
+    reply = await bus.call(
+        Message(
+            destination="org.freedesktop.DBus",
+            path="/org/freedesktop/DBus",
+            interface="org.freedesktop.DBus",
+            member=member,
+            signature="s",
+            body=[argument],
+        )
+    )
+    assert reply is not None
+    assert reply.message_type is not MessageType.ERROR, reply.body
+    return reply
+
+
 def name_has_owner(address: str, name: str) -> bool:
     async def check() -> bool:
         bus = await MessageBus(bus_address=address).connect()
         try:
-            reply = await bus.call(
-                Message(
-                    destination="org.freedesktop.DBus",
-                    path="/org/freedesktop/DBus",
-                    interface="org.freedesktop.DBus",
-                    member="NameHasOwner",
-                    signature="s",
-                    body=[name],
-                )
-            )
-            assert reply is not None
-            return bool(reply.body[0])
+            return bool((await bus_driver_call(bus, "NameHasOwner", name)).body[0])
         finally:
             await disconnect(bus)
 

@@ -24,6 +24,7 @@ from tests.support import (
     ERR,
     ROOT,
     Daemon,
+    bus_driver_call,
     call,
     disconnect,
     error_name,
@@ -71,18 +72,7 @@ def big_game(game_dir: Path, size: int = 256 << 20) -> Path:
 
 
 async def add_match(bus: MessageBus, rule: str) -> None:
-    reply = await bus.call(
-        Message(
-            destination="org.freedesktop.DBus",
-            path="/org/freedesktop/DBus",
-            interface="org.freedesktop.DBus",
-            member="AddMatch",
-            signature="s",
-            body=[rule],
-        )
-    )
-    assert reply is not None
-    assert reply.message_type is not MessageType.ERROR
+    await bus_driver_call(bus, "AddMatch", rule)
 
 
 def collect_signals(bus: MessageBus) -> list[Message]:

@@ -107,17 +107,24 @@ def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
         assert f"{peer.name} " in line
 
 
-def test_killed_source_mid_download_and_resume(make_peer: MakePeer) -> None:
-    slow = ("--upload-limit", str(16 * MiB))
-    first, second = make_peer("first", extra_args=slow), make_peer("second", extra_args=slow)
+def two_sources(make_peer: MakePeer, size: int, *args: str) -> tuple[Daemon, Daemon, Daemon, Path]:
+    """Two sources with the same game and a receiver connected to both."""
+    first, second = make_peer("first", extra_args=args), make_peer("second", extra_args=args)
     receiver = make_peer("receiver")
-    root = seed_game(first, game_entries(96 * MiB))
+    root = seed_game(first, game_entries(size))
     copy_game(root, second.game_dir)
     for peer in (first, second, receiver):
         peer.start()
     connect(receiver, first)
     connect(receiver, second)
     wait_for(lambda: sources_of(receiver) == 2, 10, "two sources")
+    return first, second, receiver, root
+
+
+def test_killed_source_mid_download(make_peer: MakePeer) -> None:
+    first, _second, receiver, root = two_sources(
+        make_peer, 96 * MiB, "--upload-limit", str(16 * MiB)
+    )
 
     job = receiver.ctl_json("download", "--no-wait", GAME)["job"]
     wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 30, "transfers")
@@ -215,16 +222,8 @@ def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) ->
 
 
 def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
-    first, second = make_peer("first"), make_peer("second")
-    receiver = make_peer("receiver")
-    root = seed_game(first, game_entries(160 * MiB))
+    first, _second, receiver, root = two_sources(make_peer, 160 * MiB)
     expected = downloads(root)
-    copy_game(root, second.game_dir)
-    for peer in (first, second, receiver):
-        peer.start()
-    connect(receiver, first)
-    connect(receiver, second)
-    wait_for(lambda: sources_of(receiver) == 2, 10, "two sources")
     receiver.ctl("download", "--no-wait", GAME)
     wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 30, "transfers")
     removed = first.ctl_json("remove", GAME)
