@@ -48,6 +48,7 @@ from lanspreadd.protocol.messages import (
     StreamInstallGrant,
     StreamInstallRequest,
 )
+from lanspreadd.redial import Dial, Redial
 from lanspreadd.serve import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
 from lanspreadd.stream_install import StreamReceiver
 from lanspreadd.supervisor import Policy, Service, Supervisor
@@ -114,6 +115,8 @@ class Controller:
         self.data_server = DataServer(self.is_servable, self.transfers, config.upload_limit)
         self.hashes = HashCache(config.state_dir / "hashes")
         self.peers = PeerManager(self.identity, config.name, config.listen, config.port, self)
+        self.redial = Redial()
+        self._redial_wake = asyncio.Event()
         self._async_work: dict[int, asyncio.Task[None]] = {}
 
     # ---- settings persisted across restarts -------------------------------------------
@@ -146,6 +149,7 @@ class Controller:
             Service("monitor", self._monitor_service, Policy.BEST_EFFORT),
             Service("rescan", queue.run, Policy.REQUIRED),
             Service("fallback-scan", self._fallback_scan, Policy.RESTART),
+            Service("redial", self._redial, Policy.RESTART),
         ]
         if self.config.mdns:
             services.append(Service("discovery", self._discovery, Policy.RESTART))
@@ -211,9 +215,8 @@ class Controller:
 
     async def _discovery(self) -> None:
         def found(peer_id: str, host: str, port: int) -> None:
-            if self.peers.is_connected_or_connecting(peer_id, host, port) or self._tg is None:
-                return
-            self._tg.create_task(self._connect_quietly(host, port, peer_id))
+            self.redial.seen(peer_id, host, port, time.monotonic())
+            self._redial_wake.set()
 
         await Discovery(
             self.identity.peer_id,
@@ -221,13 +224,29 @@ class Controller:
             self.config.port,
             list(self.config.mdns_interfaces),
             found,
+            self.redial.gone,
         ).run()
 
-    async def _connect_quietly(self, host: str, port: int, peer_id: str) -> None:
+    async def _redial(self) -> None:
+        """Dial every known peer that is not connected; the dials are owned here."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                now = time.monotonic()
+                for dial in self.redial.due(now, self.peers.peers.keys()):
+                    busy = self.peers.is_connected_or_connecting
+                    if not busy(dial.peer_id, dial.host, dial.port):
+                        tg.create_task(self._connect_quietly(dial))
+                self._redial_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._redial_wake.wait(), self.redial.next_wake(now))
+
+    async def _connect_quietly(self, dial: Dial) -> None:
         try:
-            await self.peers.connect(host, port, peer_id)
+            await self.peers.connect(dial.host, dial.port, dial.peer_id)
         except PeerError as exc:
-            log.info("discovered peer %s not reachable: %s", peer_id[:8], exc)
+            # Said once per outage; the retries that follow are only worth a debug line.
+            level = logging.INFO if dial.attempt == 0 else logging.DEBUG
+            log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
 
     def _is_game(self, name: str) -> bool:
         return name in self.catalog.games
@@ -574,6 +593,9 @@ class Controller:
     def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
         if peer is None:
             self.data_server.revoke_peer(peer_id)
+        elif reason == "connected":
+            # Incoming and manual peers are redialled too once the connection drops.
+            self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic())
         for obs in self.observers:
             obs.peer_changed(peer_id, peer)
         for game_id in self.catalog.games:

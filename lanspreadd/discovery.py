@@ -26,20 +26,29 @@ from lanspreadd.protocol import PROTOCOL_VERSION
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_lanspread._udp.local."
+SUFFIX = f".{SERVICE_TYPE}"
 RESOLVE_TIMEOUT_MS = 3000
 
 Found = Callable[[str, str, int], None]
+Lost = Callable[[str], None]
 
 
 class Discovery:
     def __init__(
-        self, peer_id: str, name: str, port: int, interfaces: list[str], on_found: Found
+        self,
+        peer_id: str,
+        name: str,
+        port: int,
+        interfaces: list[str],
+        on_found: Found,
+        on_lost: Lost,
     ) -> None:
         self.peer_id = peer_id
         self.name = name
         self.port = port
         self.interfaces = interfaces
         self.on_found = on_found
+        self.on_lost = on_lost
         self._resolving: set[str] = set()
 
     def _addresses(self) -> list[bytes]:
@@ -53,7 +62,7 @@ class Discovery:
         )
         info = AsyncServiceInfo(
             SERVICE_TYPE,
-            f"{self.peer_id}.{SERVICE_TYPE}",
+            f"{self.peer_id}{SUFFIX}",
             port=self.port,
             properties={"id": self.peer_id, "v": str(PROTOCOL_VERSION), "name": self.name},
             addresses=self._addresses(),
@@ -66,6 +75,8 @@ class Discovery:
         ) -> None:
             if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
                 queue.put_nowait(name)
+            elif state_change is ServiceStateChange.Removed and name.endswith(SUFFIX):
+                self.on_lost(name.removesuffix(SUFFIX))
 
         browser: AsyncServiceBrowser | None = None
         try:

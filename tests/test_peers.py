@@ -266,3 +266,24 @@ def test_connecting_to_itself_is_refused(make_peer: MakePeer, target: str) -> No
     result = peer.ctl("connect", f"127.0.0.1:{peer.port}")
     assert result.returncode == 1
     assert "connected to itself" in result.stderr
+
+
+@pytest.mark.parametrize("mdns", [False, True], ids=["manual", "mdns"])
+def test_a_peer_that_came_back_is_reconnected(make_peer: MakePeer, mdns: bool) -> None:
+    """A laptop that slept or a cable pulled for a while: the peers find each other again."""
+    a, b = make_peer("a", mdns=mdns), make_peer("b", mdns=mdns)
+    a.start()
+    b.start()
+    if mdns:
+        assert a.ctl("wait-peers", "1", "--timeout", "20").returncode == 0
+    else:
+        connect(a, b)
+    wait_for(lambda: len(b.ctl_json("peers")) == 1, 10, "b to see a")
+    assert b.proc is not None
+    b.proc.send_signal(signal.SIGSTOP)
+    try:
+        wait_for(lambda: len(a.ctl_json("peers")) == 0, 15, "a to notice b is silent")
+    finally:
+        b.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: [p["name"] for p in a.ctl_json("peers")] == ["b"], 20, "a to redial b")
+    wait_for(lambda: [p["name"] for p in b.ctl_json("peers")] == ["a"], 10, "b to see a again")
