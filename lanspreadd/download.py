@@ -23,7 +23,13 @@ from pathlib import Path
 
 from lanspreadd.bulk import SourceError, in_thread, open_data_channel, recv_exactly
 from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
-from lanspreadd.install import SPACE_MARGIN, VERSION_TMP, atomic_write, free_bytes
+from lanspreadd.install import (
+    RESUME_FILE,
+    SPACE_MARGIN,
+    VERSION_TMP,
+    atomic_write,
+    free_bytes,
+)
 from lanspreadd.library import LOCAL, VERSION_INI, parse_version_ini
 from lanspreadd.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.datachannel import (
@@ -39,7 +45,6 @@ from lanspreadd.serve import check_relative_path
 
 log = logging.getLogger(__name__)
 
-RESUME_FILE = ".lanspread-download.json"
 STREAMS_PER_SOURCE = 2
 MAX_CORRUPT = 2
 SAVE_INTERVAL = 2.0

@@ -28,6 +28,7 @@ INSTALLING = ".local.installing"
 BACKUP = ".local.backup"
 MARKER = ".lanspread_owned"
 VERSION_TMP = ".version.ini.tmp"
+RESUME_FILE = ".lanspread-download.json"  # the verified chunks of an unfinished download
 SPACE_MARGIN = 16 << 20
 
 Step = Callable[[str], None]
@@ -283,7 +284,7 @@ class GameFiles:
 
 def _delete_download(root: Path) -> None:
     """The sentinel goes first, so a crash midway leaves 'not downloaded'."""
-    for name in (VERSION_INI, VERSION_TMP):
+    for name in (VERSION_INI, VERSION_TMP, RESUME_FILE):
         with contextlib.suppress(FileNotFoundError):
             (root / name).unlink()
     _fsync_dir(root)

@@ -12,7 +12,15 @@ import pytest
 
 from lanspreadd.archive.writer import Entry, write_rar5
 from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
-from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles, read_intent, recover
+from lanspreadd.install import (
+    BACKUP,
+    INSTALLING,
+    INTENT,
+    RESUME_FILE,
+    GameFiles,
+    read_intent,
+    recover,
+)
 from tests.support import default_entries, make_game, tree
 
 BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
@@ -207,3 +215,14 @@ def test_install_into_full_disk_is_refused_cleanly(small_tmpfs: Path) -> None:
     assert (root / "g.rar").stat().st_size > 1 << 20
     assert not (root / "local").exists()
     assert_clean(root)
+
+
+def test_remove_download_of_an_unfinished_download_frees_its_resume_state(
+    tmp_path: Path,
+) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    (root / "version.ini").unlink()
+    (root / RESUME_FILE).write_text('{"verified": [[0, 0]]}')
+    (root / "notes.txt").write_text("the user's own file")
+    GameFiles(root).remove_download()
+    assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
