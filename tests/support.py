@@ -191,7 +191,7 @@ def name_has_owner(address: str, name: str) -> bool:
 async def disconnect(bus: MessageBus) -> None:
     """Disconnect and wait, so the socket is closed before the loop ends."""
     bus.disconnect()
-    await bus.wait_for_disconnect()
+    await bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
 
 async def call(

@@ -41,7 +41,7 @@ GAME_IFACE = "org.lanspread.Lanspread1.Game"
 
 
 def run(coro: Awaitable[T], timeout: float = 60) -> T:
-    return asyncio.run(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 async def connect(daemon: Daemon) -> MessageBus:

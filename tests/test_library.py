@@ -59,19 +59,22 @@ def test_state_model(tmp_path: Path, catalog: Catalog) -> None:
 
     make_game(games, "alpha", version="2.0")
     lib.rescan("alpha")
-    assert lib.states["alpha"].availability is Availability.READY
-    assert lib.states["alpha"].downloaded and not lib.states["alpha"].installed
+    after = lib.states["alpha"]
+    assert after.availability is Availability.READY
+    assert after.downloaded and not after.installed
 
     make_game(games, "beta", version="0.9")
     lib.rescan("beta")
-    assert lib.states["beta"].availability is Availability.OUTDATED
-    assert lib.states["beta"].local_version == "0.9"
+    outdated = lib.states["beta"]
+    assert outdated.availability is Availability.OUTDATED
+    assert outdated.local_version == "0.9"
 
     (games / "beta" / "version.ini").unlink()
     (games / "beta" / "local").mkdir()
     lib.rescan("beta")
-    assert lib.states["beta"].availability is Availability.LOCAL_ONLY
-    assert lib.states["beta"].installed and not lib.states["beta"].downloaded
+    local_only = lib.states["beta"]
+    assert local_only.availability is Availability.LOCAL_ONLY
+    assert local_only.installed and not local_only.downloaded
 
 
 def test_only_exact_root_version_ini_counts(tmp_path: Path, catalog: Catalog) -> None:

@@ -137,7 +137,7 @@ def show(peer: Daemon) -> dict[str, Any]:
 
 
 def idle(peer: Daemon) -> bool:
-    return show(peer)["operation"] == ""
+    return str(show(peer)["operation"]) == ""
 
 
 def consistent(root: Path) -> None:
@@ -161,12 +161,12 @@ def fan_out(runs: int, receivers: int, size: int, rate_mbit: int) -> Outcome:
             for peer in [source, *others]:
                 peer.start()
             for peer in others:
-                wait_for(lambda p=peer: show(p)["sources"] >= 1, 60, f"{peer.name} to see it")
+                wait_for(lambda: show(peer)["sources"] >= 1, 60, f"{peer.name} to see it")
             started = time.monotonic()
             for peer in others:
                 peer.ctl("download", "--no-wait", GAME)
             for peer in others:
-                wait_for(lambda p=peer: idle(p), 600, f"{peer.name}'s download")
+                wait_for(lambda: idle(peer), 600, f"{peer.name}'s download")
             elapsed = time.monotonic() - started
             for peer in others:
                 check(show(peer)["availability"] == "Ready", f"{peer.name} not Ready")
@@ -196,7 +196,7 @@ def fan_in(runs: int, size: int, rate_mbit: int) -> Outcome:
                         shutil.copytree(root, s.game_dir / GAME)
                 for peer in [*sources, receiver]:
                     peer.start()
-                wait_for(lambda n=count: show(receiver)["sources"] == n, 60, "the sources")
+                wait_for(lambda: show(receiver)["sources"] == count, 60, "the sources")
                 started = time.monotonic()
                 result = receiver.ctl_json("download", GAME)
                 elapsed = time.monotonic() - started
@@ -229,7 +229,7 @@ def churn(runs: int, size: int) -> Outcome:
             for r in receivers:
                 for s in sources:
                     connect(r, s)
-                wait_for(lambda r=r: show(r)["sources"] == 3, 20, "three sources")
+                wait_for(lambda: show(r)["sources"] == 3, 20, "three sources")
                 r.ctl("download", "--no-wait", GAME)
             time.sleep(1.0)
             sources[0].stop()  # leaves with Goodbye
@@ -240,7 +240,7 @@ def churn(runs: int, size: int) -> Outcome:
                 time.sleep(0.5)
                 sources[2].stop(signal.SIGKILL)  # every source gone
             for r in receivers:
-                wait_for(lambda r=r: idle(r), 120, f"{r.name} to settle (a hang?)")
+                wait_for(lambda: idle(r), 120, f"{r.name} to settle (a hang?)")
                 state = show(r)
                 game_root = r.game_dir / GAME
                 consistent(game_root)
