@@ -26,8 +26,6 @@ from lanspreadctl.client import (
     unwrap,
 )
 
-GAME_COLUMNS = ("Id", "Availability", "Installed", "LocalVersion", "CatalogVersion", "Name")
-
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -61,11 +59,14 @@ def game_table(games: list[dict[str, Any]]) -> str:
     rows = [["ID", "STATE", "INSTALLED", "LOCAL", "CATALOG", "NAME"]]
     for g in games:
         state = g["Availability"] + (f" ({g['Operation']})" if g["Operation"] else "")
+        if g.get("UpdateReady"):
+            state += " (update ready)"
+        installed = (g.get("InstalledVersion") or "yes") if g["Installed"] else "no"
         rows.append(
             [
                 g["Id"],
                 state,
-                "yes" if g["Installed"] else "no",
+                installed,
                 g["LocalVersion"] or "-",
                 g["CatalogVersion"],
                 g["Name"],

@@ -67,8 +67,10 @@ class GameView:
     size: int
     catalog_version: str
     local_version: str
+    installed_version: str
     downloaded: bool
     installed: bool
+    update_ready: bool
     availability: Availability
     operation: str
     job_id: int
@@ -286,8 +288,10 @@ class Controller:
             size=entry.size,
             catalog_version=entry.version,
             local_version=state.local_version,
+            installed_version=state.installed_version,
             downloaded=state.downloaded,
             installed=state.installed,
+            update_ready=state.update_ready,
             availability=state.availability,
             operation=str(job.kind) if job else "",
             job_id=job.id if job else 0,
@@ -472,7 +476,7 @@ class Controller:
             )
             try:
                 receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
-                await in_thread(sock, files.replace_local, receiver.fill, "stream-install")
+                await in_thread(sock, files.replace_local, receiver.fill, "stream-install", version)
             finally:
                 self._async_work.pop(job.id, None)
                 sock.close()

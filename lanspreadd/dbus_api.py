@@ -89,6 +89,8 @@ def game_dict(game: GameView) -> dict[str, Variant]:
         "Size": Variant("t", game.size),
         "CatalogVersion": Variant("s", game.catalog_version),
         "LocalVersion": Variant("s", game.local_version),
+        "InstalledVersion": Variant("s", game.installed_version),
+        "UpdateReady": Variant("b", game.update_ready),
         "Downloaded": Variant("b", game.downloaded),
         "Installed": Variant("b", game.installed),
         "Availability": Variant("s", str(game.availability)),
@@ -153,6 +155,14 @@ class GameInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LocalVersion(self) -> "s":
         return self.game.local_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def InstalledVersion(self) -> "s":
+        return self.game.installed_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def UpdateReady(self) -> "b":
+        return self.game.update_ready
 
     @dbus_property(access=PropertyAccess.READ)
     def Downloaded(self) -> "b":

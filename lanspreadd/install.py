@@ -21,7 +21,14 @@ from pathlib import Path
 
 from lanspreadd.archive.extract import LINKS_PREFIX, Extraction, Listing, list_archive
 from lanspreadd.errors import DiskFull, InvalidState, LanspreadError
-from lanspreadd.library import LOCAL, VERSION_INI, first_volumes, is_archive_name
+from lanspreadd.library import (
+    INSTALLED_VERSION,
+    LOCAL,
+    VERSION_INI,
+    first_volumes,
+    is_archive_name,
+    read_version_ini,
+)
 
 INTENT = ".lanspread.json"
 INSTALLING = ".local.installing"
@@ -169,7 +176,10 @@ class GameFiles:
         listings = [list_archive(a) for a in archives]
         total = sum(lst.total_bytes for lst in listings)
         self.check_space(total)
-        return self.replace_local(lambda staging: self._unpack(listings, staging, total))
+        return self.replace_local(
+            lambda staging: self._unpack(listings, staging, total),
+            version=read_version_ini(self.root) or "",
+        )
 
     def check_space(self, install_bytes: int) -> None:
         free = free_bytes(self.root)
@@ -178,8 +188,13 @@ class GameFiles:
                 f"{self.root.name} needs {install_bytes} bytes to install, only {free} are free"
             )
 
-    def replace_local(self, fill: Callable[[Path], None], op: str | None = None) -> bool:
+    def replace_local(
+        self, fill: Callable[[Path], None], op: str | None = None, version: str = ""
+    ) -> bool:
         """Have `fill` build a new tree in staging, then swap it in for local/.
+
+        `version` is recorded inside the new tree, so the library can tell which
+        version is installed even after the archives are gone.
 
         Returns True if an existing install was replaced. Any failure, or a crash
         at any point followed by recover(), leaves the old tree or the new one.
@@ -196,6 +211,8 @@ class GameFiles:
             _mark(staging)
             self.step("staging")
             fill(staging)
+            if version:
+                (staging / INSTALLED_VERSION).write_text(version + "\n", "utf-8")
             fsync_tree(staging)
             if update:
                 _mark(local)

@@ -13,6 +13,9 @@ from lanspreadd.catalog import Catalog, CatalogGame
 
 VERSION_INI = "version.ini"
 LOCAL = "local"
+# Inside local/: the version that tree was installed from. It is written into the staging
+# tree before promotion, so it can never disagree with the tree it describes.
+INSTALLED_VERSION = ".lanspread-version"
 VOLUME_RE = re.compile(r"^(?P<stem>.+)\.part(?P<num>\d+)\.rar$", re.IGNORECASE)
 MAX_VERSION_INI = 4096
 
@@ -33,6 +36,17 @@ class GameState:
     catalog_version: str
     archives: tuple[str, ...] = field(default=())
     archive_bytes: int = 0
+    installed_version: str = ""  # "" when installed by hand, or not installed
+
+    @property
+    def update_ready(self) -> bool:
+        """Downloaded archives are newer than the tree in local/: `update` would apply them."""
+        return (
+            self.installed
+            and self.downloaded
+            and bool(self.installed_version)
+            and self.installed_version != self.local_version
+        )
 
     @property
     def availability(self) -> Availability:
@@ -62,7 +76,10 @@ def parse_version_ini(text: str) -> str:
 
 def read_version_ini(game_root: Path) -> str | None:
     """Only an exact root-level regular `version.ini` counts as the download sentinel."""
-    path = game_root / VERSION_INI
+    return _read_version_file(game_root / VERSION_INI)
+
+
+def _read_version_file(path: Path) -> str | None:
     try:
         st = path.lstat()
     except OSError:
@@ -108,6 +125,7 @@ def scan_game(game_root: Path, entry: CatalogGame) -> GameState:
         pass
     local = game_root / LOCAL
     installed = local.is_dir() and not local.is_symlink()
+    installed_version = (_read_version_file(local / INSTALLED_VERSION) or "") if installed else ""
     return GameState(
         id=entry.id,
         downloaded=version is not None,
@@ -116,6 +134,7 @@ def scan_game(game_root: Path, entry: CatalogGame) -> GameState:
         catalog_version=entry.version,
         archives=tuple(sorted(archives)),
         archive_bytes=total,
+        installed_version=installed_version,
     )
 
 

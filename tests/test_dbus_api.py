@@ -155,13 +155,22 @@ def test_ctl_install_update_uninstall_remove(daemon: Daemon, game_dir: Path) -> 
     result = daemon.ctl_json("install", GAME)
     assert result["state"] == "finished"
     assert daemon.ctl("install", GAME).returncode == 1
+    assert daemon.ctl_json("show", GAME)["installed_version"] == "1.0"
     make_game(game_dir, GAME, "1.1")
     shown = daemon.ctl_json("show", GAME)
     assert shown["availability"] == "Outdated"
+    # New archives beside an older install: the player is told an update is waiting.
+    assert (shown["installed_version"], shown["update_ready"]) == ("1.0", True)
+    games = daemon.ctl("games").stdout
+    assert f"{GAME}   Outdated (update ready)  1.0" in games, games
     assert daemon.ctl_json("update", GAME)["state"] == "finished"
     assert (game_dir / GAME / "local" / "VERSION.txt").read_text() == "1.1"
-    assert daemon.ctl_json("uninstall", GAME)["state"] == "finished"
+    shown = daemon.ctl_json("show", GAME)
+    assert (shown["installed_version"], shown["update_ready"]) == ("1.1", False)
     assert daemon.ctl_json("remove", GAME)["state"] == "finished"
+    shown = daemon.ctl_json("show", GAME)
+    assert (shown["availability"], shown["installed_version"]) == ("LocalOnly", "1.1")
+    assert daemon.ctl_json("uninstall", GAME)["state"] == "finished"
     assert daemon.ctl_json("show", GAME)["availability"] == "Absent"
     runs = daemon.ctl_json("unpack-logs")
     assert [r["operation"] for r in runs] == ["update", "install"]

@@ -6,7 +6,13 @@ import pytest
 
 from lanspreadd.catalog import Catalog, CatalogGame, check_game_id, write_catalog
 from lanspreadd.errors import CatalogError, InvalidArgument
-from lanspreadd.library import Availability, Library, first_volumes, parse_version_ini
+from lanspreadd.library import (
+    INSTALLED_VERSION,
+    Availability,
+    Library,
+    first_volumes,
+    parse_version_ini,
+)
 from tests.support import make_game
 
 
@@ -106,3 +112,31 @@ def test_version_ini_formats() -> None:
 def test_first_volumes() -> None:
     names = ["a.part1.rar", "a.part2.rar", "b.rar", "c.part01.rar", "c.part02.rar", "x.txt"]
     assert first_volumes(names) == ["a.part1.rar", "b.rar", "c.part01.rar"]
+
+
+def test_installed_version_and_a_waiting_update(tmp_path: Path, catalog: Catalog) -> None:
+    games = tmp_path / "games"
+    root = make_game(games, "alpha", version="2.0")
+    lib = Library(games, catalog)
+    (root / "local").mkdir()
+    lib.rescan("alpha")
+    by_hand = lib.states["alpha"]
+    assert (by_hand.installed, by_hand.installed_version, by_hand.update_ready) == (True, "", False)
+
+    (root / "local" / INSTALLED_VERSION).write_text("1.0\n")
+    lib.rescan("alpha")
+    older = lib.states["alpha"]
+    assert (older.installed_version, older.update_ready) == ("1.0", True)
+
+    (root / "local" / INSTALLED_VERSION).write_text("2.0\n")
+    lib.rescan("alpha")
+    assert lib.states["alpha"].update_ready is False
+
+    (root / "version.ini").unlink()
+    lib.rescan("alpha")
+    local_only = lib.states["alpha"]
+    assert (local_only.availability, local_only.installed_version) == (
+        Availability.LOCAL_ONLY,
+        "2.0",
+    )
+    assert local_only.update_ready is False

@@ -23,6 +23,7 @@ from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.bulk import SourceError
 from lanspreadd.errors import ArchiveError, DiskFull
 from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles
+from lanspreadd.library import INSTALLED_VERSION
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.stream_install import StreamReceiver
@@ -226,7 +227,8 @@ def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sam
     wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] == 1, 10, "the source")
     assert receiver.ctl_json("stream-install", GAME)["state"] == "finished"
     got = receiver.game_dir / GAME
-    assert tree(got / "local") == expected
+    # The installed version is recorded, so a LocalOnly game can still show it.
+    assert tree(got / "local") == expected | {INSTALLED_VERSION: b"1.0\n"}
     assert_settled(got)
     shown = receiver.ctl_json("show", GAME)
     assert (shown["installed"], shown["downloaded"], shown["availability"]) == (
@@ -234,6 +236,7 @@ def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sam
         False,
         "LocalOnly",
     )
+    assert shown["installed_version"] == "1.0"
     # LocalOnly is never served: the source sees no game from the receiver.
     peers = source.ctl_json("peers")
     assert peers[0]["games"] == {}
