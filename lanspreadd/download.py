@@ -199,6 +199,7 @@ class Downloader:
     sentinel: bytes | None = None
     _fds: dict[int, int] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _settled: asyncio.Event = field(default_factory=asyncio.Event)
     _plan: DownloadPlan | None = None
     _fingerprint: str = ""
     received: Counter[str] = field(default_factory=Counter)
@@ -253,6 +254,7 @@ class Downloader:
                         tg.create_task(self._worker(source, plan))
                 tg.create_task(self._save_periodically())
                 await self._until_settled(plan)
+                self._settled.set()
                 self._changed.set()
         except BaseExceptionGroup as group:
             # Report the download's own outcome (PeersGone, CorruptData...), not the group.
@@ -294,8 +296,13 @@ class Downloader:
         plan = self._plan
         assert plan is not None
         while not plan.finished and plan.sources:
-            await asyncio.sleep(SAVE_INTERVAL)
-            await asyncio.to_thread(self._save_resume)
+            # Woken at once when the download settles: a sleeping saver held every
+            # finished download back by up to SAVE_INTERVAL.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), SAVE_INTERVAL)
+                return
+            # in_thread joins the thread even when cancelled: no save outlives the job.
+            await in_thread(None, self._save_resume)
 
     async def _worker(self, source: Source, plan: DownloadPlan) -> None:
         """One data connection to one source, taking chunks until none are left for it.
