@@ -39,6 +39,7 @@ from lanspreadd.identity import load_or_create
 from lanspreadd.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
 from lanspreadd.library import Availability, GameState, Library
 from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.memory import release_freed_memory
 from lanspreadd.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.peers import Peer, PeerError, PeerManager
@@ -514,6 +515,7 @@ class Controller:
             log.warning("%s of %s %s: %s", job.kind, job.game_id, job.state, job.error_message)
         self.ops.end(job)
         self._last_progress.pop(job.id, None)
+        release_freed_memory()
         state, _ = self.library.rescan(job.game_id)
         for obs in self.observers:
             obs.job_finished(job)
