@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -48,16 +49,20 @@ def recv_exactly(sock: socket.socket, view: memoryview) -> None:
         view = view[received:]
 
 
-async def in_thread(sock: socket.socket | None, func: Callable[..., T], *args: object) -> T:
-    """Run blocking socket work in a thread; on cancellation shut the socket down to
-    wake it, and wait for it before letting the cancellation through."""
+async def in_thread(
+    wake: socket.socket | threading.Event | None, func: Callable[..., T], *args: object
+) -> T:
+    """Run blocking work in a thread; on cancellation wake it (shut its socket down,
+    or set the event it polls) and wait for it before letting the cancellation through."""
     future = asyncio.ensure_future(asyncio.to_thread(func, *args))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:
-        if sock is not None:
+        if isinstance(wake, threading.Event):
+            wake.set()
+        elif wake is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                wake.shutdown(socket.SHUT_RDWR)
         with contextlib.suppress(Exception):
             await future
         raise

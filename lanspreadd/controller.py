@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -120,6 +121,10 @@ class Controller:
         self.peers = PeerManager(self.identity, config.name, config.listen, config.port, self)
         self.redial = Redial()
         self._redial_wake = asyncio.Event()
+        # Games whose chunk hashes are cached for the state and root they were checked
+        # at: only these are announced, so a peer's file list never waits on hashing.
+        self._prepared: dict[str, tuple[Path, GameState]] = {}
+        self._prepare_wake = asyncio.Event()
         self._async_work: dict[int, asyncio.Task[None]] = {}
 
     # ---- settings persisted across restarts -------------------------------------------
@@ -153,6 +158,7 @@ class Controller:
             Service("rescan", queue.run, Policy.REQUIRED),
             Service("fallback-scan", self._fallback_scan, Policy.RESTART),
             Service("redial", self._redial, Policy.RESTART),
+            Service("preparer", self._preparer, Policy.RESTART),
         ]
         if self.config.mdns:
             services.append(Service("discovery", self._discovery, Policy.RESTART))
@@ -264,6 +270,7 @@ class Controller:
             state, changed = self.library.rescan(game_id)
             if changed:
                 self._notify_game(game_id, state)
+        self._prepare_wake.set()
         self.peers.announce()
 
     def _notify_game(self, game_id: str, state: GameState | None) -> None:
@@ -434,6 +441,15 @@ class Controller:
             await downloader.run()
         finally:
             self._async_work.pop(job.id, None)
+        listed = downloader.committed
+        if listed is not None and listed.chunk_size == CHUNK_SIZE:
+            root = self.library.game_root(job.game_id)
+            try:
+                await in_thread(None, self.hashes.remember, job.game_id, root, listed.files)
+            except OSError as exc:
+                log.warning(
+                    "cannot keep the hashes of %s; it is hashed again: %s", job.game_id, exc
+                )
 
     async def _low_on_disk(self, job: Job) -> bool:
         """Too little room for the archives and the install side by side?"""
@@ -516,6 +532,7 @@ class Controller:
         self.ops.end(job)
         self._last_progress.pop(job.id, None)
         release_freed_memory()
+        self._prepare_wake.set()
         state, _ = self.library.rescan(job.game_id)
         for obs in self.observers:
             obs.job_finished(job)
@@ -571,12 +588,56 @@ class Controller:
 
     # ---- the peer-facing side (PeerHost) ------------------------------------------------
     def snapshot(self) -> dict[str, str]:
-        """Games we serve now: Ready at the catalog version, with no operation running."""
+        """Games we serve now: Ready at the catalog version, hashed, with no operation running."""
         return {
             game_id: state.local_version
             for game_id, state in self.library.states.items()
-            if state.availability is Availability.READY and game_id not in self.ops.jobs
+            if state.availability is Availability.READY
+            and game_id not in self.ops.jobs
+            and self._prepared.get(game_id) == (self.library.game_root(game_id), state)
         }
+
+    def _unprepared(self) -> list[tuple[str, Path, GameState]]:
+        found = []
+        for game_id, state in sorted(self.library.states.items()):
+            root = self.library.game_root(game_id)
+            if (
+                state.availability is Availability.READY
+                and game_id not in self.ops.jobs
+                and self._prepared.get(game_id) != (root, state)
+            ):
+                found.append((game_id, root, state))
+        return found
+
+    async def _preparer(self) -> None:
+        """Hash Ready games before announcing them, one at a time.
+
+        A first file-list request used to hash the whole game while the peer waited:
+        tens of GB take longer than the peer's request timeout, and every peer asking
+        at once hashed the same files in parallel.
+        """
+        while True:
+            self._prepare_wake.clear()
+            for game_id, root, state in self._unprepared():
+                if await self._prepare(game_id, root):
+                    self._prepared[game_id] = (root, state)
+                    self.peers.announce()
+            await self._prepare_wake.wait()
+
+    async def _prepare(self, game_id: str, root: Path) -> bool:
+        cancel = threading.Event()
+        try:
+            stale = await in_thread(None, self.hashes.stale_bytes, game_id, root)
+            if not stale:
+                return True
+            log.info("hashing %s before serving it: %d bytes", game_id, stale)
+            started = time.monotonic()
+            await in_thread(cancel, self.hashes.file_entries, game_id, root, cancel)
+        except (OSError, Cancelled) as exc:
+            log.info("cannot hash %s for serving yet: %s", game_id, exc)
+            return False
+        log.info("%s is ready to serve (hashed in %.1f s)", game_id, time.monotonic() - started)
+        return True
 
     def is_servable(self, game_id: str, version: str) -> bool:
         return self.snapshot().get(game_id) == version

@@ -200,6 +200,8 @@ class Downloader:
     _fds: dict[int, int] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
+    # The file list now on disk, every chunk verified: lets us serve without rehashing.
+    committed: FileList | None = None
     _plan: DownloadPlan | None = None
     _fingerprint: str = ""
     received: Counter[str] = field(default_factory=Counter)
@@ -267,6 +269,7 @@ class Downloader:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(self._save_resume)
         await asyncio.to_thread(self._commit, reference)
+        self.committed = reference
         log.info(
             "downloaded %s %s from %d source(s): %s",
             self.game_id,

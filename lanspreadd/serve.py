@@ -1,8 +1,9 @@
 """Serving games to peers: which files, their chunk hashes, and outbound transfers.
 
 Rules: only catalog games whose root `version.ini` equals the catalog version,
-never `local/` or our dot-files, never while an operation runs on the game, and
-no path may leave the game root. Transfers register before the eligibility
+never `local/` or our dot-files, never while an operation runs on the game, never
+before its chunk hashes are cached (the controller's preparer), and no path may
+leave the game root. Transfers register before the eligibility
 check, so a writer that cancels a game's transfers never misses one.
 """
 
@@ -16,14 +17,16 @@ import logging
 import os
 import secrets
 import stat
+import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
-from lanspreadd.errors import ArchiveError, InvalidArgument
+from lanspreadd.errors import ArchiveError, Cancelled, InvalidArgument
 from lanspreadd.install import atomic_write
 from lanspreadd.library import LOCAL
 from lanspreadd.protocol import stream
@@ -121,11 +124,15 @@ def servable_files(root: Path) -> list[tuple[str, int]]:
     return found
 
 
-def hash_file(path: Path, chunk_size: int = CHUNK_SIZE) -> list[str]:
+def hash_file(
+    path: Path, chunk_size: int = CHUNK_SIZE, cancel: threading.Event | None = None
+) -> list[str]:
     """SHA-256 of each chunk; an empty file has one (empty) chunk."""
     hashes: list[str] = []
     with path.open("rb") as fh:
         while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"hashing {path.name} was cancelled")
             h = hashlib.sha256()
             got = 0
             while got < chunk_size:
@@ -147,29 +154,71 @@ class HashCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        self._writing = threading.Lock()  # worker threads share one temporary name
 
-    def file_entries(self, game_id: str, root: Path) -> tuple[FileEntry, ...]:
-        cache_path = self.directory / f"{game_id}.json"
+    def _load(self, game_id: str) -> dict[str, Any]:
         try:
-            cached = json.loads(cache_path.read_text())
+            cached = json.loads((self.directory / f"{game_id}.json").read_text())
         except (OSError, ValueError):
-            cached = {}
+            return {}
+        return cached if isinstance(cached, dict) else {}
+
+    @staticmethod
+    def _key(path: Path) -> dict[str, int]:
+        st = path.stat()
+        return {"size": st.st_size, "mtime": st.st_mtime_ns, "chunk": CHUNK_SIZE}
+
+    @staticmethod
+    def _valid(item: object, key: dict[str, int]) -> bool:
+        return isinstance(item, dict) and all(item.get(k) == v for k, v in key.items())
+
+    def stale_bytes(self, game_id: str, root: Path) -> int:
+        """How much file_entries would have to read and hash now; 0 means none."""
+        cached = self._load(game_id)
+        return sum(
+            size
+            for rel, size in servable_files(root)
+            if not self._valid(cached.get(rel), self._key(root / rel))
+        )
+
+    def remember(self, game_id: str, root: Path, entries: tuple[FileEntry, ...]) -> None:
+        """Take the hashes of files we just downloaded and verified chunk by chunk, so
+        a receiver serves its new game at once instead of reading it all again."""
+        fresh = {
+            e.path: {
+                **self._key(root.joinpath(*check_relative_path(e.path).parts)),
+                "hashes": list(e.hashes),
+            }
+            for e in entries
+        }
+        self._save(game_id, fresh)
+
+    def file_entries(
+        self, game_id: str, root: Path, cancel: threading.Event | None = None
+    ) -> tuple[FileEntry, ...]:
+        cached = self._load(game_id)
         entries = []
         fresh: dict[str, dict[str, object]] = {}
         for rel, size in servable_files(root):
-            st = (root / rel).stat()
-            key = {"size": st.st_size, "mtime": st.st_mtime_ns, "chunk": CHUNK_SIZE}
+            key = self._key(root / rel)
             item = cached.get(rel)
-            if isinstance(item, dict) and all(item.get(k) == v for k, v in key.items()):
+            if isinstance(item, dict) and self._valid(item, key):
                 hashes = list(item["hashes"])
+                fresh[rel] = {**key, "hashes": hashes}
             else:
-                hashes = hash_file(root / rel)
-            fresh[rel] = {**key, "hashes": hashes}
+                hashes = hash_file(root / rel, cancel=cancel)
+                fresh[rel] = {**key, "hashes": hashes}
+                # Kept file by file: an interrupted pass over a big game resumes.
+                self._save(game_id, cached | fresh)
             entries.append(FileEntry(rel, size, tuple(hashes)))
         if fresh != cached:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache_path, json.dumps(fresh).encode())
+            self._save(game_id, fresh)
         return tuple(entries)
+
+    def _save(self, game_id: str, data: dict[str, Any]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._writing:
+            atomic_write(self.directory / f"{game_id}.json", json.dumps(data).encode())
 
 
 @dataclass

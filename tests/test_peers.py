@@ -84,8 +84,11 @@ def test_mdns_discovery_download_and_install(make_peer: MakePeer) -> None:
     shown = receiver.ctl_json("show", GAME)
     assert shown["availability"] == "Ready"
     assert shown["installed"] is True
-    # The receiver now serves the game itself.
+    # The receiver now serves the game itself, with the hashes it verified while
+    # downloading: it does not read the whole game again first.
     wait_for(lambda: source.ctl_json("peers")[0]["games"] == {GAME: "1.0"}, 10, "the new source")
+    assert "hashing sample-game" not in receiver.stderr()
+    assert "hashing sample-game before serving it" in source.stderr()
 
 
 def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
@@ -287,3 +290,28 @@ def test_a_peer_that_came_back_is_reconnected(make_peer: MakePeer, mdns: bool) -
         b.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: [p["name"] for p in a.ctl_json("peers")] == ["b"], 20, "a to redial b")
     wait_for(lambda: [p["name"] for p in b.ctl_json("peers")] == ["a"], 10, "b to see a again")
+
+
+def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
+    """Peers never wait on a file list while the source reads a big game for hashing."""
+    source, receiver = make_peer("source"), make_peer("receiver")
+    root = seed_game(source, game_entries(MiB))
+    with (root / "zz-extras.bin").open("wb") as fh:
+        fh.truncate(6 << 30)  # sparse, but hashing it still takes seconds; hashed last
+    cache = source.state_dir / "hashes" / f"{GAME}.json"
+    source.start()
+    receiver.start()
+    connect(receiver, source)
+    wait_for(lambda: "hashing sample-game before serving it" in source.stderr(), 10, "hashing")
+    assert sources_of(receiver) == 0
+    # Stopped mid-way, the daemon does not finish the pass first; what it hashed is kept.
+    assert source.stop() == 0
+    assert "sample-game is ready to serve" not in source.stderr()
+    partial = json.loads(cache.read_text())
+    assert f"{GAME}.rar" in partial
+    assert "zz-extras.bin" not in partial
+    source.start()
+    connect(receiver, source)
+    wait_for(lambda: sources_of(receiver) == 1, 120, "the hashed game")
+    assert "sample-game is ready to serve" in source.stderr()
+    assert "zz-extras.bin" in json.loads(cache.read_text())

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
-from lanspreadd.errors import InvalidArgument
+from lanspreadd.errors import Cancelled, InvalidArgument
+from lanspreadd.protocol.messages import FileEntry
 from lanspreadd.serve import (
     GRANTS_KEPT,
     DataServer,
     Grant,
+    HashCache,
     OutboundTransfers,
     UploadLimiter,
     check_relative_path,
@@ -68,3 +72,40 @@ def test_grants_do_not_pile_up(tmp_path: Path) -> None:
     assert len(server.grants) == GRANTS_KEPT + 1
     assert tokens[-1] in server.grants
     assert tokens[0] not in server.grants
+
+
+def test_hash_cache_knows_what_it_must_still_read(tmp_path: Path) -> None:
+    root = tmp_path / "game"
+    root.mkdir()
+    (root / "a.rar").write_bytes(b"a" * 1000)
+    (root / "version.ini").write_text("1.0")
+    cache = HashCache(tmp_path / "hashes")
+    assert cache.stale_bytes("g", root) == 1003
+    entries = cache.file_entries("g", root)
+    assert cache.stale_bytes("g", root) == 0
+    (root / "a.rar").write_bytes(b"b" * 1000)
+    os.utime(root / "a.rar", ns=(1, 1))
+    assert cache.stale_bytes("g", root) == 1000
+    assert cache.file_entries("g", root) != entries
+
+
+def test_remembered_hashes_are_served_without_reading(tmp_path: Path) -> None:
+    root = tmp_path / "game"
+    root.mkdir()
+    (root / "a.rar").write_bytes(b"a" * 1000)
+    verified = (FileEntry("a.rar", 1000, ("h" * 64,)),)
+    cache = HashCache(tmp_path / "hashes")
+    cache.remember("g", root, verified)
+    assert cache.stale_bytes("g", root) == 0
+    assert cache.file_entries("g", root) == verified
+
+
+def test_hashing_stops_when_cancelled(tmp_path: Path) -> None:
+    root = tmp_path / "game"
+    root.mkdir()
+    (root / "a.rar").write_bytes(b"a")
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        HashCache(tmp_path / "hashes").file_entries("g", root, cancel)
+    assert not (tmp_path / "hashes" / "g.json").exists()
