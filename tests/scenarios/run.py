@@ -525,6 +525,8 @@ def main() -> int:
         print("scenarios need root (network namespaces, tc, tmpfs)", file=sys.stderr)
         return 2
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
+    # Stopped from outside, unwind like Ctrl-C so every namespace and mount is removed.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     results = run(args.only, args.quick)
     print(table(results))
     ok = all(isinstance(o, Outcome) and o.passed == o.runs for _, o in results)
