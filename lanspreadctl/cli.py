@@ -61,6 +61,8 @@ def game_table(games: list[dict[str, Any]]) -> str:
         state = g["Availability"] + (f" ({g['Operation']})" if g["Operation"] else "")
         if g.get("UpdateReady"):
             state += " (update ready)"
+        elif g["Availability"] == "Ready" and not g["Operation"] and not g.get("Served", True):
+            state += " (hashing for peers)"
         installed = (g.get("InstalledVersion") or "yes") if g["Installed"] else "no"
         rows.append(
             [

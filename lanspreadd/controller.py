@@ -78,6 +78,7 @@ class GameView:
     job_id: int
     sources: int
     outbound_transfers: int
+    served: bool  # announced to peers right now
 
 
 class NotServable(LanspreadError):
@@ -307,6 +308,7 @@ class Controller:
                 1 for p in self.peers.peers.values() if p.games.get(game_id) == entry.version
             ),
             outbound_transfers=self.transfers.count(game_id),
+            served=self._serves(game_id, state),
         )
 
     def game(self, game_id: object) -> GameView:
@@ -592,10 +594,15 @@ class Controller:
         return {
             game_id: state.local_version
             for game_id, state in self.library.states.items()
-            if state.availability is Availability.READY
+            if self._serves(game_id, state)
+        }
+
+    def _serves(self, game_id: str, state: GameState) -> bool:
+        return (
+            state.availability is Availability.READY
             and game_id not in self.ops.jobs
             and self._prepared.get(game_id) == (self.library.game_root(game_id), state)
-        }
+        )
 
     def _unprepared(self) -> list[tuple[str, Path, GameState]]:
         found = []
@@ -622,6 +629,7 @@ class Controller:
                 if await self._prepare(game_id, root):
                     self._prepared[game_id] = (root, state)
                     self.peers.announce()
+                    self._notify_game(game_id, state)
             await self._prepare_wake.wait()
 
     async def _prepare(self, game_id: str, root: Path) -> bool:

@@ -98,6 +98,7 @@ def game_dict(game: GameView) -> dict[str, Variant]:
         "Job": Variant("o", job_path(game.job_id) if game.job_id else "/"),
         "Sources": Variant("u", game.sources),
         "OutboundTransfers": Variant("u", game.outbound_transfers),
+        "Served": Variant("b", game.served),
         "ObjectPath": Variant("o", game_path(game.id)),
     }
 
@@ -155,6 +156,10 @@ class GameInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def LocalVersion(self) -> "s":
         return self.game.local_version
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Served(self) -> "b":
+        return self.game.served
 
     @dbus_property(access=PropertyAccess.READ)
     def InstalledVersion(self) -> "s":

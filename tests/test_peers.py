@@ -304,6 +304,8 @@ def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
     connect(receiver, source)
     wait_for(lambda: "hashing sample-game before serving it" in source.stderr(), 10, "hashing")
     assert sources_of(receiver) == 0
+    assert source.ctl_json("show", GAME)["served"] is False
+    assert "Ready (hashing for peers)" in source.ctl("games").stdout
     # Stopped mid-way, the daemon does not finish the pass first; what it hashed is kept.
     assert source.stop() == 0
     assert "sample-game is ready to serve" not in source.stderr()
@@ -315,3 +317,4 @@ def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
     wait_for(lambda: sources_of(receiver) == 1, 120, "the hashed game")
     assert "sample-game is ready to serve" in source.stderr()
     assert "zz-extras.bin" in json.loads(cache.read_text())
+    assert source.ctl_json("show", GAME)["served"] is True
