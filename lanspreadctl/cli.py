@@ -63,6 +63,11 @@ def game_table(games: list[dict[str, Any]]) -> str:
             state += " (update ready)"
         elif g["Availability"] == "Ready" and not g["Operation"] and not g.get("Served", True):
             state += " (hashing for peers)"
+        elif g["Availability"] == "LocalOnly" and g.get("InstalledVersion", "") not in (
+            "",
+            g["CatalogVersion"],
+        ):
+            state += " (not the catalog version)"
         installed = (g.get("InstalledVersion") or "yes") if g["Installed"] else "no"
         rows.append(
             [

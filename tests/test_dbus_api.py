@@ -170,6 +170,7 @@ def test_ctl_install_update_uninstall_remove(daemon: Daemon, game_dir: Path) -> 
     assert daemon.ctl_json("remove", GAME)["state"] == "finished"
     shown = daemon.ctl_json("show", GAME)
     assert (shown["availability"], shown["installed_version"]) == ("LocalOnly", "1.1")
+    assert "LocalOnly (not the catalog version)  1.1" in daemon.ctl("games").stdout
     assert daemon.ctl_json("uninstall", GAME)["state"] == "finished"
     assert daemon.ctl_json("show", GAME)["availability"] == "Absent"
     runs = daemon.ctl_json("unpack-logs")
