@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import socket
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 STREAMS_PER_SOURCE = 2
 MAX_CORRUPT = 2
 SAVE_INTERVAL = 2.0
+RECRUIT_INTERVAL = 1.0  # how often a running download looks for new sources
+RECRUIT_RETRY = 30.0  # a peer whose file list did not fit is asked again after this
 MAX_VERSION_INI = 4096
 
 
@@ -255,7 +258,9 @@ class Downloader:
                     for _ in range(STREAMS_PER_SOURCE):
                         tg.create_task(self._worker(source, plan))
                 tg.create_task(self._save_periodically())
+                recruiter = tg.create_task(self._recruit(plan, tg))
                 await self._until_settled(plan)
+                recruiter.cancel()  # it may be waiting on a slow peer's file list
                 self._settled.set()
                 self._changed.set()
         except BaseExceptionGroup as group:
@@ -306,6 +311,47 @@ class Downloader:
                 return
             # in_thread joins the thread even when cancelled: no save outlives the job.
             await in_thread(None, self._save_resume)
+
+    async def _recruit(self, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
+        """Take peers that come to serve the game mid-download as sources too.
+
+        At a party most players download the same game at about the same time; each
+        one that finishes serves it at once, and the downloads still running should
+        pull from it rather than stay with the sources they started with.
+        """
+        asked: dict[tuple[str, float], float] = {}  # (peer, connected since) -> retry at
+        while not plan.finished:
+            now = time.monotonic()
+            for peer in self.candidates():
+                key = (peer.peer_id, peer.since)
+                if (
+                    peer.peer_id in plan.sources
+                    or plan.corrupt_count[peer.peer_id] >= MAX_CORRUPT
+                    or asked.get(key, 0.0) > now
+                ):
+                    continue
+                asked[key] = now + RECRUIT_RETRY
+                source = await self._enlist(peer)
+                if source is not None and not plan.finished:
+                    self.sources[peer.peer_id] = source
+                    plan.add_source(peer.peer_id)
+                    log.info("%s joins the download of %s as a source", peer.name, self.game_id)
+                    for _ in range(STREAMS_PER_SOURCE):
+                        tg.create_task(self._worker(source, plan))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), RECRUIT_INTERVAL)
+
+    async def _enlist(self, peer: Peer) -> Source | None:
+        try:
+            listing = await self.peers.request_file_list(peer.peer_id, self.game_id, self.version)
+            validate_file_list(listing, self.version)
+        except (PeerError, InvalidArgument) as exc:
+            log.info("%s cannot join the download of %s: %s", peer.name, self.game_id, exc)
+            return None
+        if fingerprint(listing) != self._fingerprint:
+            log.warning("%s lists other files for %s; not used", peer.name, self.game_id)
+            return None
+        return Source(peer.peer_id, peer.name, peer.host, peer.data_port, listing.token)
 
     async def _worker(self, source: Source, plan: DownloadPlan) -> None:
         """One data connection to one source, taking chunks until none are left for it.

@@ -318,3 +318,29 @@ def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
     assert "sample-game is ready to serve" in source.stderr()
     assert "zz-extras.bin" in json.loads(cache.read_text())
     assert source.ctl_json("show", GAME)["served"] is True
+
+
+def test_a_peer_that_gets_the_game_mid_download_joins_as_a_source(make_peer: MakePeer) -> None:
+    """The first finisher at a party serves the others still downloading."""
+    first = make_peer("first", extra_args=("--upload-limit", str(8 * MiB)))
+    late, receiver = make_peer("late"), make_peer("receiver")
+    root = seed_game(first, game_entries(64 * MiB))
+    for peer in (first, late, receiver):
+        peer.start()
+    connect(receiver, first)
+    connect(receiver, late)
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the first source")
+    receiver.ctl("download", "--no-wait", GAME)
+    wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 10, "transfers")
+    # The late peer gets the game (placed atomically, as a finished download would be).
+    staging = late.game_dir / ".incoming"
+    shutil.copytree(root, staging)
+    staging.rename(late.game_dir / GAME)
+    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 60, "the download")
+    assert receiver.ctl_json("show", GAME)["availability"] == "Ready"
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+    log = receiver.stderr()
+    assert "late joins the download of sample-game as a source" in log
+    summary = next(line for line in log.splitlines() if "downloaded sample-game 1.0" in line)
+    assert "from 2 source(s)" in summary
+    assert "late 0 MiB" not in summary
