@@ -320,26 +320,31 @@ class Downloader:
         pull from it rather than stay with the sources they started with.
         """
         asked: dict[tuple[str, float], float] = {}  # (peer, connected since) -> retry at
-        while not plan.finished:
-            now = time.monotonic()
-            for peer in self.candidates():
-                key = (peer.peer_id, peer.since)
-                if (
-                    peer.peer_id in plan.sources
-                    or plan.corrupt_count[peer.peer_id] >= MAX_CORRUPT
-                    or asked.get(key, 0.0) > now
-                ):
-                    continue
-                asked[key] = now + RECRUIT_RETRY
-                source = await self._enlist(peer)
-                if source is not None and not plan.finished:
-                    self.sources[peer.peer_id] = source
-                    plan.add_source(peer.peer_id)
-                    log.info("%s joins the download of %s as a source", peer.name, self.game_id)
-                    for _ in range(STREAMS_PER_SOURCE):
-                        tg.create_task(self._worker(source, plan))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), RECRUIT_INTERVAL)
+        async with asyncio.TaskGroup() as joining:  # a slow peer does not hold up others
+            while not plan.finished:
+                now = time.monotonic()
+                for peer in self.candidates():
+                    key = (peer.peer_id, peer.since)
+                    if (
+                        peer.peer_id in plan.sources
+                        or plan.corrupt_count[peer.peer_id] >= MAX_CORRUPT
+                        or asked.get(key, 0.0) > now
+                    ):
+                        continue
+                    asked[key] = now + RECRUIT_RETRY
+                    joining.create_task(self._join(peer, plan, tg))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._settled.wait(), RECRUIT_INTERVAL)
+
+    async def _join(self, peer: Peer, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
+        source = await self._enlist(peer)
+        if source is None or plan.finished or peer.peer_id in plan.sources:
+            return
+        self.sources[peer.peer_id] = source
+        plan.add_source(peer.peer_id)
+        log.info("%s joins the download of %s as a source", peer.name, self.game_id)
+        for _ in range(STREAMS_PER_SOURCE):
+            tg.create_task(self._worker(source, plan))
 
     async def _enlist(self, peer: Peer) -> Source | None:
         try:
