@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import resource
 import shutil
 import signal
@@ -473,10 +474,71 @@ def hostile_peer(runs: int) -> Outcome:
     return Outcome(runs, passed, "liars ignored, malformed frames cut off, honest peers finish")
 
 
+def served_by(peer: Daemon) -> dict[str, int]:
+    """MiB per source from the receiver's summary line of its last download."""
+    lines = [line for line in peer.stderr().splitlines() if f"downloaded {GAME} " in line]
+    check(bool(lines), f"{peer.name} logged no finished download")
+    _, _, listing = lines[-1].partition("source(s): ")
+    return {name: int(mib) for name, mib in re.findall(r"(\S+) (\d+) MiB", listing)}
+
+
+def swarm(runs: int, receivers: int, size: int, rate_mbit: int, stagger: float) -> Outcome:
+    """Receivers start one after another behind one shaped source; each that finishes
+    serves those still downloading, so later ones need the source less."""
+    passed = 0
+    shares: list[float] = []
+    ratios: list[float] = []
+    for run in range(runs):
+        with cluster(use_lan=True) as c:
+            source = c.add("source")
+            assert c.lan is not None
+            assert source.netns is not None
+            c.lan.shape(source.netns, f"{rate_mbit}mbit")
+            root = make_game(source.game_dir, GAME, "1.0", payload(size, run))
+            others = [c.add(f"r{i}") for i in range(receivers)]
+            for peer in [source, *others]:
+                peer.start()
+            for peer in others:
+                wait_for(lambda: len(peer.ctl_json("peers")) == receivers, 60, "the mesh")
+                wait_for(lambda: show(peer)["sources"] >= 1, 60, f"{peer.name} to see it")
+            started = time.monotonic()
+            for peer in others:
+                peer.ctl("download", "--no-wait", GAME)
+                time.sleep(stagger)
+            for peer in others:
+                wait_for(lambda: idle(peer), 600, f"{peer.name}'s download")
+            elapsed = time.monotonic() - started
+            from_source = from_receivers = 0
+            for peer in others:
+                check(show(peer)["availability"] == "Ready", f"{peer.name} not Ready")
+                check(downloads(peer.game_dir / GAME) == downloads(root), "content differs")
+                for name, mib in served_by(peer).items():
+                    if name == source.name:
+                        from_source += mib
+                    else:
+                        from_receivers += mib
+            check(from_receivers > 0, "no receiver served another")
+            shares.append(from_receivers / (from_source + from_receivers))
+            ratios.append(elapsed / (receivers * size * 8 / (rate_mbit * 1e6)))
+            passed += 1
+    share = sum(shares) / len(shares)
+    ratio = sum(ratios) / len(ratios)
+    return Outcome(
+        runs,
+        passed,
+        f"{receivers} staggered receivers: {share:.0%} of bytes from other receivers, "
+        f"{ratio:.2f}x the source-only bound",
+    )
+
+
 SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     # name: (quick, full)
     "fan-out": (lambda: fan_out(1, 4, 16 * MiB, 200), lambda: fan_out(2, 8, 64 * MiB, 200)),
     "fan-in": (lambda: fan_in(1, 24 * MiB, 100), lambda: fan_in(2, 96 * MiB, 200)),
+    "swarm": (
+        lambda: swarm(1, 3, 32 * MiB, 100, 1.0),
+        lambda: swarm(2, 6, 96 * MiB, 200, 2.0),
+    ),
     "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
     "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
