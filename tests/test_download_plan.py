@@ -1,9 +1,19 @@
-"""The download plan alone: which chunk goes to which source, and what a failure does."""
+"""A download's pure parts: the chunk plan, the majority file list and its checks."""
 
 from __future__ import annotations
 
-from lanspreadd.download import MAX_CORRUPT, Chunk, DownloadPlan
-from lanspreadd.protocol.messages import FileEntry
+import pytest
+
+from lanspreadd.download import (
+    MAX_CORRUPT,
+    Chunk,
+    DownloadPlan,
+    fingerprint,
+    majority,
+    validate_file_list,
+)
+from lanspreadd.errors import InvalidArgument
+from lanspreadd.protocol.messages import FileEntry, FileList
 
 SIZE = 10  # bytes per chunk, to keep the arithmetic visible
 
@@ -126,3 +136,33 @@ def test_a_late_completion_after_a_requeue_is_not_counted_twice() -> None:
     p.completed(chunk, "b")
     assert p.bytes_done == 10
     assert p.finished
+
+
+def listing(*files: tuple[str, int]) -> FileList:
+    entries = tuple(FileEntry(path, size, ("h" * 64,)) for path, size in files)
+    return FileList(1, "g", "1.0", SIZE, entries, b"t" * 32)
+
+
+def test_the_majority_file_list_wins_and_ties_are_stable() -> None:
+    honest = listing(("g.rar", 9), ("version.ini", 4))
+    liar = listing(("g.rar", 99), ("version.ini", 4))
+    chosen, agreeing = majority({"a": honest, "b": liar, "c": honest})
+    assert chosen == fingerprint(honest)
+    assert agreeing == ["a", "c"]
+    tie = majority({"a": honest, "b": liar})
+    assert tie == majority({"b": liar, "a": honest}), "the same choice whatever the order"
+
+
+@pytest.mark.parametrize(
+    ("files", "problem"),
+    [
+        ((("g.rar", 9),), "version.ini"),
+        ((("g.rar", 9), ("version.ini", 1 << 20)), "version.ini"),
+        ((("g.rar", 9), ("g.rar", 9), ("version.ini", 4)), "twice"),
+        ((("../escape", 9), ("version.ini", 4)), "escape"),
+        ((("local/game.exe", 9), ("version.ini", 4)), "local"),
+    ],
+)
+def test_unusable_file_lists_are_refused(files: tuple[tuple[str, int], ...], problem: str) -> None:
+    with pytest.raises(InvalidArgument, match=problem):
+        validate_file_list(listing(*files), "1.0")
