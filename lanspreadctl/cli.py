@@ -94,7 +94,9 @@ class ProgressBar:
         self.enabled = stream.isatty()
         self.last = 0.0
 
-    def show(self, done: int, total: int, rate: float, force: bool = False) -> None:
+    def show(
+        self, done: int, total: int, rate: float, force: bool = False, sources: int = 0
+    ) -> None:
         now = time.monotonic()
         if not self.enabled or (not force and now - self.last < 0.1):
             return
@@ -105,7 +107,9 @@ class ProgressBar:
         bar = "#" * filled + "-" * (width - filled)
         self.stream.write(
             f"\r{self.label} [{bar}] {frac * 100:5.1f}% "
-            f"{human_bytes(done)}/{human_bytes(total)} {human_bytes(rate)}/s   "
+            f"{human_bytes(done)}/{human_bytes(total)} {human_bytes(rate)}/s"
+            + (f" from {sources} peer{'s' if sources != 1 else ''}" if sources else "")
+            + "   "
         )
         self.stream.flush()
 
@@ -126,7 +130,12 @@ async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
             return
         if msg.member == "PropertiesChanged" and msg.body and msg.body[0] == JOB_IFACE:
             props.update(unwrap(msg.body[1]))
-            bar.show(props.get("BytesDone", 0), props.get("BytesTotal", 0), props.get("Rate", 0))
+            bar.show(
+                props.get("BytesDone", 0),
+                props.get("BytesTotal", 0),
+                props.get("Rate", 0),
+                sources=len(props.get("Sources", {})),
+            )
         elif msg.member == "Completed" and not done.done():
             done.set_result(None)
 

@@ -435,6 +435,7 @@ class Controller:
         downloader = Downloader(
             self.library.game_root(job.game_id), job.game_id, entry.version, self.peers, progress
         )
+        job.sources = downloader.received  # live: the Job object shows who contributes
         # Cancel() cancels this job task itself while it downloads; the job catches that.
         task = asyncio.current_task()
         assert task is not None

@@ -257,6 +257,7 @@ class JobInterface(ServiceInterface):
             "Rate": float(j.rate),
             "ErrorName": j.error_name,
             "ErrorMessage": j.error_message,
+            "Sources": dict(j.sources),
         }
 
     @dbus_property(access=PropertyAccess.READ)
@@ -294,6 +295,10 @@ class JobInterface(ServiceInterface):
     @dbus_property(access=PropertyAccess.READ)
     def ErrorName(self) -> "s":
         return self.job.error_name
+
+    @dbus_property(access=PropertyAccess.READ)
+    def Sources(self) -> "a{st}":
+        return dict(self.job.sources)
 
     @dbus_property(access=PropertyAccess.READ)
     def ErrorMessage(self) -> "s":

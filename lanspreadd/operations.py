@@ -47,6 +47,7 @@ class Job:
     started: float = field(default_factory=time.monotonic)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     install_after: bool = False
+    sources: dict[str, int] = field(default_factory=dict)  # bytes received per peer name
     _samples: list[tuple[float, int]] = field(default_factory=list)
 
     def update(self, done: int, total: int, now: float) -> None:

@@ -102,7 +102,12 @@ def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
     for peer in sources:
         connect(receiver, peer)
     wait_for(lambda: sources_of(receiver) == 3, 10, "three sources")
-    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    result = receiver.ctl_json("download", GAME)
+    assert result["state"] == "finished"
+    # The Job object says how much came from whom.
+    assert sorted(result["sources"]) == ["src0", "src1", "src2"]
+    assert all(n > 0 for n in result["sources"].values())
+    assert sum(result["sources"].values()) == result["bytes_total"]
     assert downloads(receiver.game_dir / GAME) == downloads(root)
     line = next(line for line in receiver.stderr().splitlines() if "downloaded sample-game" in line)
     assert "from 3 source(s)" in line
