@@ -326,7 +326,7 @@ class Controller:
         if self._tg is None or self._stopping.is_set():
             raise InvalidState("the daemon is shutting down")
         if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and game.sources == 0:
-            raise NoSources(f"no connected peer has {game.id} version {game.catalog_version}")
+            raise self._no_sources(game.id, game.catalog_version)
         job = self.ops.begin(game.id, kind)
         job.install_after = install
         log.info("%s of %s started (job %d)", kind, game.id, job.id)
@@ -338,6 +338,20 @@ class Controller:
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
         return job
+
+    def _no_sources(self, game_id: str, version: str) -> NoSources:
+        """Say why nobody can send the game, so the player knows what to do about it."""
+        peers = list(self.peers.peers.values())
+        if not peers:
+            why = "no peer is connected (see lanspreadctl peers, or connect HOST)"
+        else:
+            served = sorted({p.games[game_id] for p in peers if game_id in p.games})
+            why = f"{len(peers)} peer(s) connected"
+            if served:
+                why += f", serving only version {', '.join(served)} (catalogs differ?)"
+            else:
+                why += ", none serves it yet (a peer that has it may still be hashing it)"
+        return NoSources(f"no connected peer has {game_id} version {version}: {why}")
 
     @staticmethod
     def _check_precondition(kind: OpKind, game: GameView) -> None:
@@ -476,7 +490,7 @@ class Controller:
         version = self.catalog.games[job.game_id].version
         sources = [p for p in self.peers.peers.values() if p.games.get(job.game_id) == version]
         if not sources:
-            raise NoSources(f"no connected peer has {job.game_id} version {version}")
+            raise self._no_sources(job.game_id, version)
         errors = []
         for source in sources:
             try:

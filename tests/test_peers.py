@@ -218,8 +218,12 @@ def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) ->
     (local_only.game_dir / GAME / "local").mkdir(parents=True)
     for peer in (good, outdated, local_only, receiver):
         peer.start()
-    for peer in (good, outdated, local_only):
-        connect(receiver, peer)
+    connect(receiver, outdated)
+    connect(receiver, local_only)
+    refused = receiver.ctl("download", GAME)
+    assert refused.returncode == 1
+    assert "2 peer(s) connected, none serves it yet" in refused.stderr
+    connect(receiver, good)
     wait_for(lambda: sources_of(receiver) == 1, 10, "the one good source")
     games = {p["name"]: p["games"] for p in receiver.ctl_json("peers")}
     assert games == {"good": {GAME: "1.0"}, "outdated": {}, "localonly": {}}
@@ -262,6 +266,7 @@ def test_download_errors_are_named(make_peer: MakePeer) -> None:
     result = lonely.ctl("--json", "download", GAME)
     assert result.returncode == 1
     assert "NoSources" in result.stdout
+    assert "no peer is connected" in lonely.ctl("download", GAME).stderr
     bad = lonely.ctl("connect", "127.0.0.1:1")
     assert bad.returncode == 1
     assert "no lanspread peer answered" in bad.stderr
