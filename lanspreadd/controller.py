@@ -244,7 +244,8 @@ class Controller:
                 now = time.monotonic()
                 for dial in self.redial.due(now, self.peers.peers.keys()):
                     busy = self.peers.is_connected_or_connecting
-                    if not busy(dial.peer_id, dial.host, dial.port):
+                    # A daemon saying goodbye must not dial the peers it just left.
+                    if not self._stopping.is_set() and not busy(dial.peer_id, dial.host, dial.port):
                         tg.create_task(self._connect_quietly(dial))
                 self._redial_wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -685,7 +686,7 @@ class Controller:
             self.data_server.revoke_peer(peer_id)
         elif reason == "connected":
             # Incoming and manual peers are redialled too once the connection drops.
-            self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic())
+            self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic(), connected=True)
         for obs in self.observers:
             obs.peer_changed(peer_id, peer)
         for game_id in self.catalog.games:

@@ -43,18 +43,23 @@ class Redial:
     def __len__(self) -> int:
         return len(self._known)
 
-    def seen(self, peer_id: str, host: str, port: int, now: float) -> None:
-        """A peer announced itself: dial it at once unless it is connected.
+    def seen(self, peer_id: str, host: str, port: int, now: float, connected: bool = False) -> None:
+        """A peer announced itself (or just connected): dial it at once unless connected.
 
         An announcement of a peer we cannot reach usually means it restarted, so the
-        backoff starts over.
+        backoff starts over. A peer that connected is marked so at once: if it drops
+        before the next `due`, it still gets the grace to withdraw.
         """
         known = self._known.get(peer_id)
         if known is None or (known.host, known.port) != (host, port):
-            self._known[peer_id] = _Known(host, port, next_at=now)
+            known = self._known[peer_id] = _Known(host, port, next_at=now)
         elif not known.connected:
             known.next_at = now
             known.delay = 0.0
+        if connected:
+            known.connected = True
+            known.delay = 0.0
+            known.attempts = 0
 
     def gone(self, peer_id: str) -> None:
         """The peer withdrew its announcement: stop dialling it."""

@@ -86,3 +86,12 @@ def test_next_wake_is_bounded_by_a_second_and_by_the_next_dial() -> None:
     assert redial.next_wake(0) == 0.0
     redial.due(0, frozenset())
     assert redial.next_wake(1.5) == 0.5
+
+
+def test_a_peer_that_drops_right_after_connecting_still_gets_the_grace() -> None:
+    """It connected and left between two looks at the schedule (a daemon shutting down)."""
+    redial = Redial(first_delay=2, max_delay=60)
+    redial.seen(A, "10.0.0.2", 7777, now=0, connected=True)
+    assert dialled(redial, 0.5) == []
+    assert dialled(redial, 2.0) == []
+    assert dialled(redial, 2.5) == [A]
