@@ -51,6 +51,7 @@ MAX_CORRUPT = 2
 SAVE_INTERVAL = 2.0
 RECRUIT_INTERVAL = 1.0  # how often a running download looks for new sources
 RECRUIT_RETRY = 30.0  # a peer whose file list did not fit is asked again after this
+SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
 MAX_VERSION_INI = 4096
 
 
@@ -284,8 +285,20 @@ class Downloader:
         )
 
     async def _until_settled(self, plan: DownloadPlan) -> None:
+        alone_since: float | None = None
         while not plan.finished:
-            if not plan.sources:
+            if plan.sources:
+                alone_since = None
+            elif alone_since is None:
+                # A switch that reboots or a cable re-plugged drops every peer for a few
+                # seconds; they are redialled and rejoin through the recruiter.
+                alone_since = time.monotonic()
+                log.info(
+                    "every source of %s left; waiting %.0f s for one to come back",
+                    self.game_id,
+                    SOURCES_GRACE,
+                )
+            elif time.monotonic() - alone_since > SOURCES_GRACE:
                 raise PeersGone(
                     f"every source of {self.game_id} left; "
                     f"{plan.bytes_done} of {plan.total_bytes} bytes are kept for a resume"
@@ -303,7 +316,7 @@ class Downloader:
     async def _save_periodically(self) -> None:
         plan = self._plan
         assert plan is not None
-        while not plan.finished and plan.sources:
+        while not plan.finished:
             # Woken at once when the download settles: a sleeping saver held every
             # finished download back by up to SAVE_INTERVAL.
             with contextlib.suppress(TimeoutError):
