@@ -145,15 +145,21 @@ def test_killed_source_mid_download(make_peer: MakePeer) -> None:
     assert downloads(receiver.game_dir / GAME) == downloads(root)
 
 
-def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> None:
-    source = make_peer("source", extra_args=("--upload-limit", str(16 * MiB)))
+def one_slow_source(make_peer: MakePeer, size: int, rate: int) -> tuple[Daemon, Daemon, Path]:
+    """A source sending `rate` bytes/s and a receiver that has started downloading."""
+    source = make_peer("source", extra_args=("--upload-limit", str(rate)))
     receiver = make_peer("receiver")
-    root = seed_game(source, game_entries(96 * MiB))
+    root = seed_game(source, game_entries(size))
     source.start()
     receiver.start()
     connect(receiver, source)
     wait_for(lambda: sources_of(receiver) == 1, 10, "the source")
     receiver.ctl("download", "--no-wait", GAME)
+    return source, receiver, root
+
+
+def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> None:
+    source, receiver, root = one_slow_source(make_peer, 96 * MiB, 16 * MiB)
     resume = receiver.game_dir / GAME / ".lanspread-download.json"
     wait_for(
         lambda: resume.exists() and len(json.loads(resume.read_text())["verified"]) > 2,
@@ -364,14 +370,7 @@ def test_a_download_survives_its_only_source_dropping_out_for_a_while(
     make_peer: MakePeer,
 ) -> None:
     """A switch that reboots: the source is gone for seconds, then back; no peers-gone."""
-    source = make_peer("source", extra_args=("--upload-limit", str(8 * MiB)))
-    receiver = make_peer("receiver")
-    root = seed_game(source, game_entries(48 * MiB))
-    source.start()
-    receiver.start()
-    connect(receiver, source)
-    wait_for(lambda: sources_of(receiver) == 1, 10, "the source")
-    receiver.ctl("download", "--no-wait", GAME)
+    source, receiver, root = one_slow_source(make_peer, 48 * MiB, 8 * MiB)
     wait_for(lambda: source.ctl_json("show", GAME)["outbound_transfers"] > 0, 10, "transfers")
     assert source.proc is not None
     source.proc.send_signal(signal.SIGSTOP)

@@ -147,18 +147,25 @@ def consistent(root: Path) -> None:
         check(not (root / name).exists(), f"{root}/{name} left behind")
 
 
+def shaped_source(
+    c: Cluster, rate_mbit: int, size: int, seed: int, receivers: int
+) -> tuple[Daemon, Path, list[Daemon]]:
+    """A source whose uplink is shaped, holding a game, and unshaped receivers."""
+    source = c.add("source")
+    assert c.lan is not None
+    assert source.netns is not None
+    c.lan.shape(source.netns, f"{rate_mbit}mbit")
+    root = make_game(source.game_dir, GAME, "1.0", payload(size, seed))
+    return source, root, [c.add(f"r{i}") for i in range(receivers)]
+
+
 # ---- scenarios ---------------------------------------------------------------------------
 def fan_out(runs: int, receivers: int, size: int, rate_mbit: int) -> Outcome:
     passed = 0
     figures = []
     for _ in range(runs):
         with cluster(use_lan=True) as c:
-            source = c.add("source")
-            assert c.lan is not None
-            assert source.netns is not None
-            c.lan.shape(source.netns, f"{rate_mbit}mbit")
-            root = make_game(source.game_dir, GAME, "1.0", payload(size))
-            others = [c.add(f"r{i}") for i in range(receivers)]
+            source, root, others = shaped_source(c, rate_mbit, size, 0, receivers)
             for peer in [source, *others]:
                 peer.start()
             for peer in others:
@@ -490,12 +497,7 @@ def swarm(runs: int, receivers: int, size: int, rate_mbit: int, stagger: float) 
     ratios: list[float] = []
     for run in range(runs):
         with cluster(use_lan=True) as c:
-            source = c.add("source")
-            assert c.lan is not None
-            assert source.netns is not None
-            c.lan.shape(source.netns, f"{rate_mbit}mbit")
-            root = make_game(source.game_dir, GAME, "1.0", payload(size, run))
-            others = [c.add(f"r{i}") for i in range(receivers)]
+            source, root, others = shaped_source(c, rate_mbit, size, run, receivers)
             for peer in [source, *others]:
                 peer.start()
             for peer in others:
