@@ -613,24 +613,22 @@ class Controller:
             if self._serves(game_id, state)
         }
 
-    def _serves(self, game_id: str, state: GameState) -> bool:
-        return (
-            state.availability is Availability.READY
-            and game_id not in self.ops.jobs
-            and self._prepared.get(game_id) == (self.library.game_root(game_id), state)
-        )
+    def _may_serve(self, game_id: str, state: GameState) -> bool:
+        """Ready at the catalog version with no operation on it: only hashing is missing."""
+        return state.availability is Availability.READY and game_id not in self.ops.jobs
 
-    def _unprepared(self) -> list[tuple[str, Path, GameState]]:
-        found = []
-        for game_id, state in sorted(self.library.states.items()):
-            root = self.library.game_root(game_id)
-            if (
-                state.availability is Availability.READY
-                and game_id not in self.ops.jobs
-                and self._prepared.get(game_id) != (root, state)
-            ):
-                found.append((game_id, root, state))
-        return found
+    def _hashed(self, game_id: str, state: GameState) -> bool:
+        return self._prepared.get(game_id) == (self.library.game_root(game_id), state)
+
+    def _serves(self, game_id: str, state: GameState) -> bool:
+        return self._may_serve(game_id, state) and self._hashed(game_id, state)
+
+    def _unprepared(self) -> list[tuple[str, GameState]]:
+        return [
+            (game_id, state)
+            for game_id, state in sorted(self.library.states.items())
+            if self._may_serve(game_id, state) and not self._hashed(game_id, state)
+        ]
 
     async def _preparer(self) -> None:
         """Hash Ready games before announcing them, one at a time.
@@ -641,7 +639,8 @@ class Controller:
         """
         while True:
             self._prepare_wake.clear()
-            for game_id, root, state in self._unprepared():
+            for game_id, state in self._unprepared():
+                root = self.library.game_root(game_id)
                 if await self._prepare(game_id, root):
                     self._prepared[game_id] = (root, state)
                     self.peers.announce()
