@@ -25,6 +25,7 @@ from lanspreadctl.client import (
     ClientError,
     unwrap,
 )
+from lanspreadctl.terminal import escape, escape_lines
 
 
 def human_bytes(n: float) -> str:
@@ -52,7 +53,7 @@ class Output:
         if self.as_json:
             print(json.dumps(data, sort_keys=True), file=self.stream, flush=True)
         elif text:
-            print(text, file=self.stream, flush=True)
+            print(escape_lines(text), file=self.stream, flush=True)
 
 
 def game_table(games: list[dict[str, Any]]) -> str:
@@ -69,16 +70,9 @@ def game_table(games: list[dict[str, Any]]) -> str:
         ):
             state += " (not the catalog version)"
         installed = (g.get("InstalledVersion") or "yes") if g["Installed"] else "no"
-        rows.append(
-            [
-                g["Id"],
-                state,
-                installed,
-                g["LocalVersion"] or "-",
-                g["CatalogVersion"],
-                g["Name"],
-            ]
-        )
+        local_version = g["LocalVersion"] or "-"
+        cells = [g["Id"], state, installed, local_version, g["CatalogVersion"], g["Name"]]
+        rows.append([escape(str(c)) for c in cells])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -89,7 +83,7 @@ class ProgressBar:
     """A one-line bar on a terminal; silent elsewhere."""
 
     def __init__(self, label: str, stream: TextIO = sys.stderr) -> None:
-        self.label = label
+        self.label = escape(label)
         self.stream = stream
         self.enabled = stream.isatty()
         self.last = 0.0
@@ -149,7 +143,7 @@ async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
     state = props["State"]
     text = f"{label}: {state}"
     if props["ErrorMessage"]:
-        text += f": {props['ErrorMessage']}"
+        text += f": {escape(props['ErrorMessage'])}"
     out.emit(snake(props) | {"job": path}, text)
     return EXIT_OK if state == "finished" else EXIT_FAILED
 
@@ -165,6 +159,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
         counts[g["Availability"]] = counts.get(g["Availability"], 0) + 1
     installed = sum(1 for g in games if g["Installed"])
     busy = [g["Id"] for g in games if g["Operation"]]
+    refusals: dict[str, int] = props.get("Refusals", {})
     data = snake(props) | {
         "games": len(games),
         "installed": installed,
@@ -173,12 +168,14 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
     }
     text = "\n".join(
         [
-            f"lanspreadd {props['Version']} ({props['Name']}): {props['Status']}",
-            f"game dir:   {props['GameDir']} ({human_bytes(props['FreeSpace'])} free)",
+            f"lanspreadd {props['Version']} ({escape(props['Name'])}): " + escape(props["Status"]),
+            f"game dir:   {escape(props['GameDir'])} ({human_bytes(props['FreeSpace'])} free)",
             f"catalog:    {props['Catalog']} ({len(games)} games)",
             f"games:      {installed} installed, "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
             f"operations: {', '.join(busy) if busy else 'none'}",
+            "refused:    "
+            + (", ".join(f"{n} {cause}" for cause, n in sorted(refusals.items())) or "nothing"),
         ]
     )
     out.emit(data, text)
@@ -193,7 +190,7 @@ async def cmd_games(client: Client, args: argparse.Namespace, out: Output) -> in
 
 async def cmd_show(client: Client, args: argparse.Namespace, out: Output) -> int:
     game = await client.manager("GetGame", "s", args.game)
-    text = "\n".join(f"{k}: {v}" for k, v in game.items())
+    text = "\n".join(f"{k}: {escape(str(v))}" for k, v in game.items())
     out.emit(snake(game), text)
     return EXIT_OK
 
@@ -222,7 +219,8 @@ def peer_table(peers: list[dict[str, Any]]) -> str:
     rows = [["ID", "NAME", "ADDRESS", "DIRECTION", "GAMES"]]
     for p in peers:
         games = ", ".join(f"{g} {v}" for g, v in sorted(p["Games"].items())) or "-"
-        rows.append([p["Id"][:12], p["Name"], p["Address"], p["Direction"], games])
+        cells = [p["Id"][:12], p["Name"], p["Address"], p["Direction"], games]
+        rows.append([escape(c) for c in cells])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
@@ -288,11 +286,11 @@ async def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int
         )
     watermark, lines = await client.manager("GetLogs", "u", args.lines)
     for line in lines:
-        out.emit({"line": line}, line)
+        out.emit({"line": line}, escape(line))
     while args.follow:
         seq, level, text = await queue.get()
         if seq > watermark:
-            out.emit({"seq": seq, "level": level, "line": text}, text)
+            out.emit({"seq": seq, "level": level, "line": text}, escape(text))
     return EXIT_OK
 
 
@@ -301,7 +299,7 @@ async def cmd_unpack_logs(client: Client, args: argparse.Namespace, out: Output)
     parts = []
     for run in runs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run["Finished"]))
-        result = "ok" if run["Success"] else f"FAILED: {run['Error']}"
+        result = "ok" if run["Success"] else f"FAILED: {escape(run['Error'])}"
         parts.append(f"== {when} {run['Operation']} {run['GameId']}: {result}\n{run['Output']}")
     out.emit([snake(r) for r in runs], "\n".join(parts) or "no unpack runs yet")
     return EXIT_OK
@@ -405,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = ""
         if exc.code == EXIT_DENIED:
             hint = " (ask an administrator, or run with the rights polkit requires)"
-        print(f"lanspreadctl: {exc}{hint}", file=sys.stderr)
+        print(f"lanspreadctl: {escape(str(exc))}{hint}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return EXIT_FAILED

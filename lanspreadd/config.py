@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lanspreadd.errors import ConfigError
+from lanspreadd.protocol.text import first_unprintable
 
 DEFAULT_CONFIG = Path("/etc/lanspread/lanspreadd.toml")
 DEFAULT_PORT = 41800
@@ -34,6 +35,10 @@ class Config:
     listen: str = "0.0.0.0"  # noqa: S104 - peers on the LAN must reach us
     mdns_interfaces: tuple[str, ...] = ()
     upload_limit: int = 0
+    # Concurrent bulk data connections: a receiver opens two per game it fetches from
+    # us; anything beyond these is refused before it holds a descriptor for long.
+    data_connections_per_address: int = 32
+    data_connections: int = 512
     # download --install streams the installed tree instead when the disk cannot hold
     # both the archives and the install (about twice the catalog size).
     stream_install_when_low_disk: bool = True
@@ -70,6 +75,8 @@ _TYPES: dict[str, type] = {
     "listen": str,
     "mdns_interfaces": tuple,
     "upload_limit": int,
+    "data_connections_per_address": int,
+    "data_connections": int,
     "stream_install_when_low_disk": bool,
 }
 
@@ -100,12 +107,16 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"polkit {config.polkit!r} is not one of auto, on, off")
     if config.upload_limit < 0:
         raise ConfigError("upload_limit must not be negative")
+    if config.data_connections_per_address < 1 or config.data_connections < 1:
+        raise ConfigError("data_connections_per_address and data_connections must be positive")
     if config.log_max_bytes < 4096:
         raise ConfigError("log_max_bytes must be at least 4096")
     if config.fallback_scan_interval <= 0:
         raise ConfigError("fallback_scan_interval must be positive")
     if not config.name or len(config.name) > 63:
         raise ConfigError("name must be 1-63 characters")
+    if first_unprintable(config.name) is not None:
+        raise ConfigError(f"name {config.name!r} holds an unprintable character: peers refuse it")
     return config
 
 
@@ -142,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--upload-limit", type=int, metavar="BYTES_PER_S", help="cap what peers download from us"
     )
+    p.add_argument(
+        "--data-connections-per-address",
+        type=int,
+        metavar="N",
+        help="cap concurrent data connections from one address (default 32)",
+    )
     p.add_argument("--listen", help="address for the QUIC and data ports (default all)")
     p.add_argument(
         "--mdns-interface",
@@ -170,6 +187,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         "polkit",
         "listen",
         "upload_limit",
+        "data_connections_per_address",
     ):
         value = getattr(args, key)
         if value is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from lanspreadd.admission import ConnectionCaps
 from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.bulk import in_thread, open_data_channel
 from lanspreadd.catalog import Catalog, check_game_id
@@ -51,6 +52,7 @@ from lanspreadd.protocol.messages import (
     StreamInstallRequest,
 )
 from lanspreadd.redial import Dial, Redial
+from lanspreadd.refusals import RefusalTally
 from lanspreadd.serve import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
 from lanspreadd.stream_install import StreamReceiver
 from lanspreadd.supervisor import Policy, Service, Supervisor
@@ -117,9 +119,19 @@ class Controller:
         self.failure: str | None = None
         self.identity = load_or_create(config.state_dir / "identity", config.name)
         self.transfers = OutboundTransfers(self._transfers_changed)
-        self.data_server = DataServer(self.is_servable, self.transfers, config.upload_limit)
+        self._refusals_pending = asyncio.Event()
+        self.refusals = RefusalTally(on_pending=self._refusals_pending.set)
+        self.data_server = DataServer(
+            self.is_servable,
+            self.transfers,
+            self.refusals,
+            ConnectionCaps(config.data_connections_per_address, config.data_connections),
+            config.upload_limit,
+        )
         self.hashes = HashCache(config.state_dir / "hashes")
-        self.peers = PeerManager(self.identity, config.name, config.listen, config.port, self)
+        self.peers = PeerManager(
+            self.identity, config.name, config.listen, config.port, self, self.refusals
+        )
         self.redial = Redial()
         self._redial_wake = asyncio.Event()
         # Games whose chunk hashes are cached for the state and root they were checked
@@ -160,6 +172,7 @@ class Controller:
             Service("fallback-scan", self._fallback_scan, Policy.RESTART),
             Service("redial", self._redial, Policy.RESTART),
             Service("preparer", self._preparer, Policy.RESTART),
+            Service("refusal-report", self._report_refusals, Policy.RESTART),
         ]
         if self.config.mdns:
             services.append(Service("discovery", self._discovery, Policy.RESTART))
@@ -215,6 +228,17 @@ class Controller:
         while True:
             await asyncio.sleep(self.config.fallback_scan_interval)
             self.rescan(None)
+
+    async def _report_refusals(self) -> None:
+        """Log the tally's summary lines when due; asleep while nothing is refused."""
+        while True:
+            due = self.refusals.report_due()
+            if due is None:
+                self._refusals_pending.clear()
+                await self._refusals_pending.wait()
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self.refusals.flush()
 
     async def _data_channel(self) -> None:
         await self.data_server.start(self.config.listen, self.config.port)

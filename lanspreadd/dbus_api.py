@@ -29,6 +29,7 @@ from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 from lanspreadd import __version__
 from lanspreadd.controller import Controller, GameView
 from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
+from lanspreadd.escape import escape_unsafe
 from lanspreadd.logs import LogLine
 from lanspreadd.operations import Job, OpKind
 from lanspreadd.peers import Peer
@@ -78,7 +79,7 @@ def dbus_errors() -> Iterator[None]:
     try:
         yield
     except LanspreadError as exc:
-        raise DBusError(exc.dbus_name, str(exc)) from exc
+        raise DBusError(exc.dbus_name, escape_unsafe(str(exc))) from exc
 
 
 def game_dict(game: GameView) -> dict[str, Variant]:
@@ -354,6 +355,11 @@ class ManagerInterface(ServiceInterface):
     def Port(self) -> "u":
         return self.ctl.config.port
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Refusals(self) -> "a{st}":
+        """What was refused since start, by cause (hostile or overloaded peers)."""
+        return dict(self.ctl.refusals.totals)
+
     @method()
     def ListPeers(self) -> "aa{sv}":
         return [peer_dict(p) for p in sorted(self.ctl.peers.peers.values(), key=lambda p: p.name)]
@@ -445,8 +451,8 @@ class ManagerInterface(ServiceInterface):
                     "Finished": Variant("d", item["finished"]),
                     "Success": Variant("b", item["success"]),
                     "Backends": Variant("as", item["backends"]),
-                    "Error": Variant("s", item["error"]),
-                    "Output": Variant("s", item["output"]),
+                    "Error": Variant("s", escape_unsafe(item["error"])),
+                    "Output": Variant("s", escape_unsafe(item["output"])),
                 }
             )
         return result
@@ -584,7 +590,7 @@ class DBusApi:
                 self.bus.unexport(job_path(old.job.id), old)
 
     def runtime_failed(self, component: str, error: str) -> None:
-        self.manager.RuntimeFailed(component, error)
+        self.manager.RuntimeFailed(component, escape_unsafe(error))
 
     def _log_line(self, line: LogLine) -> None:
         loop = self._loop

@@ -22,6 +22,8 @@ from zeroconf import (  # type: ignore[attr-defined]
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from lanspreadd.protocol import PROTOCOL_VERSION
+from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.text import MAX_NAME, check_peer_id, check_text, printable
 
 log = logging.getLogger(__name__)
 
@@ -101,22 +103,32 @@ class Discovery:
             if not await info.async_request(azc.zeroconf, RESOLVE_TIMEOUT_MS):
                 return
             props = {
-                k.decode(): (v or b"").decode("utf-8", "replace")
+                k.decode("utf-8", "replace"): (v or b"").decode("utf-8", "replace")
                 for k, v in info.properties.items()
             }
             peer_id = props.get("id", "")
-            if not peer_id or peer_id == self.peer_id:
+            if peer_id == self.peer_id:
                 return
-            if props.get("v") != str(PROTOCOL_VERSION):
+            try:
+                check_peer_id(peer_id, "id")
+                peer_name = check_text(props.get("name", ""), "name", MAX_NAME)
+                version = check_text(props.get("v", ""), "v", MAX_NAME)
+            except RemoteProtocolError as exc:
+                log.debug("ignoring the mDNS record %s: %s", printable(name), exc)
+                return
+            if version != str(PROTOCOL_VERSION):
                 log.warning(
                     "ignoring peer %s: it speaks protocol %s, we speak %d",
-                    props.get("name", peer_id),
-                    props.get("v"),
+                    peer_name or peer_id,
+                    version,
                     PROTOCOL_VERSION,
                 )
                 return
             addresses = info.parsed_addresses(IPVersion.V4Only)
             if addresses and info.port:
                 self.on_found(peer_id, addresses[0], info.port)
+        except Exception:
+            # One malformed record must not restart discovery for everyone else.
+            log.warning("resolving the mDNS record %s failed", printable(name), exc_info=True)
         finally:
             self._resolving.discard(name)

@@ -3,6 +3,7 @@ and the persistent history of unpack runs."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from lanspreadd.escape import escape_unsafe
 from lanspreadd.install import atomic_write
 
 # sd-daemon(3) priorities, read by journald from a `<N>` line prefix.
@@ -41,7 +43,7 @@ class JournalFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{priority_of(record.levelno)}>"
-        text = super().format(record)
+        text = escape_unsafe(super().format(record))
         return "\n".join(prefix + line for line in text.splitlines() or [""])
 
 
@@ -98,12 +100,12 @@ class LogSink(logging.Handler):
         self._fh = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = path.open("a", encoding="utf-8")
+            self._fh = path.open("a", encoding="utf-8", errors="backslashreplace")
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            text = self.format(record)
+            text = escape_unsafe(self.format(record))
         except Exception:  # a broken record must not kill the daemon
             self.handleError(record)
             return
@@ -116,7 +118,10 @@ class LogSink(logging.Handler):
                 if self._fh.tell() > self.max_bytes:
                     self._trim()
         for listener in list(self.listeners):
-            listener(line)
+            try:
+                listener(line)
+            except Exception:  # a failing reader must not fail the code that logged
+                self.handleError(record)
 
     def _trim(self) -> None:
         """Keep the newest half, cut at a line boundary; called with the lock held."""
@@ -128,7 +133,7 @@ class LogSink(logging.Handler):
         newline = keep.find(b"\n")
         keep = keep[newline + 1 :] if newline >= 0 else b""
         atomic_write(self.path, keep, durable=False)  # any thread may log: no fsync
-        self._fh = self.path.open("a", encoding="utf-8")
+        self._fh = self.path.open("a", encoding="utf-8", errors="backslashreplace")
 
     def history(self, max_lines: int) -> tuple[int, list[str]]:
         """Return the watermark (last seq written) and up to max_lines newest lines."""
@@ -150,6 +155,8 @@ def setup_logging(level: str, log_file: Path | None) -> LogSink:
     root = logging.getLogger()
     root.handlers.clear()
     root.setLevel(level.upper())
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(errors="backslashreplace")
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(JournalFormatter("%(name)s: %(message)s"))
     root.addHandler(stderr)

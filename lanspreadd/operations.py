@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from lanspreadd.errors import Busy
+from lanspreadd.escape import escape_unsafe
 
 RATE_WINDOW = 2.0
 
@@ -67,7 +68,7 @@ class Job:
             return False
         self.state = state
         self.error_name = error_name
-        self.error_message = message
+        self.error_message = escape_unsafe(message)
         self.rate = 0.0
         return True
 

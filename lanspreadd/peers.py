@@ -33,6 +33,7 @@ from lanspreadd.protocol.messages import (
     StreamInstallRequest,
 )
 from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, Received, Role
+from lanspreadd.refusals import RefusalTally
 from lanspreadd.transport import PeerConnection, quic_configuration
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,17 @@ class PeerHost(Protocol):
 
 
 class PeerManager:
-    def __init__(self, identity: Identity, name: str, host: str, port: int, owner: PeerHost):
+    def __init__(
+        self,
+        identity: Identity,
+        name: str,
+        host: str,
+        port: int,
+        owner: PeerHost,
+        refusals: RefusalTally,
+    ):
         self.identity = identity
+        self.refusals = refusals
         self.local = LocalPeer(identity.peer_id, name, port, identity.cert_der, identity.sign)
         self.host = host
         self.port = port
@@ -141,6 +151,9 @@ class PeerManager:
     async def _own(self, conn: PeerConnection) -> None:
         try:
             await conn.run_timer()
+        except Exception:
+            log.exception("a peer connection's timer failed")
+            conn.close()
         finally:
             self._connections.discard(conn)
 
@@ -192,12 +205,19 @@ class PeerManager:
     # ---- session events -----------------------------------------------------------------
     def _on_events(self, conn: PeerConnection, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, Established):
-                self._on_established(conn, event)
-            elif isinstance(event, Received):
-                self._on_message(conn, event.message)
-            elif isinstance(event, Closed):
-                self._on_closed(conn, event)
+            try:
+                if isinstance(event, Established):
+                    self._on_established(conn, event)
+                elif isinstance(event, Received):
+                    self._on_message(conn, event.message)
+                elif isinstance(event, Closed):
+                    self._on_closed(conn, event)
+            except Exception:
+                # Our bug, triggered by one peer: that peer loses its connection,
+                # the server and every other peer carry on.
+                log.exception("handling %s from a peer failed", type(event).__name__)
+                if not conn.session.closed:
+                    conn.say_goodbye("internal error")
 
     def _peer_of(self, conn: PeerConnection) -> Peer | None:
         peer = self.peers.get(conn.session.peer.peer_id) if conn.session.peer else None
@@ -262,6 +282,14 @@ class PeerManager:
                 reply = await self.owner.stream_grant(peer.peer_id, request)
         except LanspreadError as exc:
             reply = ErrorReply(request.request_id, exc.name, str(exc))
+        except Exception as exc:
+            # One request failed (out of descriptors, a file that vanished, our bug):
+            # the asking peer gets a named answer; the server keeps serving.
+            self.refusals.note(
+                f"request-failed-{type(exc).__name__}",
+                f"answering {peer.name}'s {type(request).__name__}: {exc}",
+            )
+            reply = ErrorReply(request.request_id, "InternalError", f"could not answer: {exc}")
         if not peer.connection.session.closed:
             peer.connection.send_message(reply)
 

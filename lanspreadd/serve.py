@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from lanspreadd.admission import ConnectionCaps
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
 from lanspreadd.errors import ArchiveError, Cancelled, InvalidArgument
 from lanspreadd.install import atomic_write
@@ -43,6 +44,7 @@ from lanspreadd.protocol.datachannel import (
 )
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import FileEntry
+from lanspreadd.refusals import RefusalTally
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ CHUNK_SIZE = 4 << 20
 GRANTS_KEPT = 2  # per peer and game: a download in progress and its successor
 HASH_READ = 1 << 20
 GREETING_TIMEOUT = 10.0
+IDLE_TIMEOUT = 30.0  # an authorised connection that asks for nothing this long is closed
 
 
 class FrameProducer:
@@ -295,10 +298,16 @@ class DataServer:
         self,
         is_servable: Callable[[str, str], bool],
         transfers: OutboundTransfers,
+        refusals: RefusalTally,
+        caps: ConnectionCaps,
         upload_limit: int = 0,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
+        self.idle_timeout = idle_timeout
         self.is_servable = is_servable
         self.transfers = transfers
+        self.refusals = refusals
+        self.caps = caps
         self.limiter = UploadLimiter(upload_limit)
         self.grants: dict[bytes, Grant] = {}
         self.server: asyncio.Server | None = None
@@ -339,6 +348,13 @@ class DataServer:
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        address = str(peer[0]) if peer else "?"
+        refused = self.caps.admit(address)
+        if refused is not None:
+            self.refusals.note(f"data-{refused}", f"a data connection from {address}")
+            writer.transport.abort()  # no goodbye: the descriptor is what we protect
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -348,7 +364,7 @@ class DataServer:
             token = decode_greeting(greeting)
             grant = self.grants.get(token)
             if grant is None:
-                log.info("refused a data connection with an unknown token")
+                self.refusals.note("data-unknown-token", f"a data connection from {address}")
                 return
             self.transfers.register(grant.game_id, task)
             if grant.provider is not None:
@@ -357,15 +373,23 @@ class DataServer:
                 return
             while True:
                 try:
-                    raw = await reader.readexactly(REQUEST.size)
+                    request = reader.readexactly(REQUEST.size)
+                    raw = await asyncio.wait_for(request, self.idle_timeout)
                 except asyncio.IncompleteReadError:
+                    return
+                except TimeoutError:
+                    self.refusals.note("data-idle", f"a data connection from {address}")
                     return
                 await self._serve_chunk(grant, decode_request(raw), writer)
         except (RemoteProtocolError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
             log.debug("data connection closed: %s", exc)
         except asyncio.CancelledError:
             log.debug("data connection for %s cancelled", grant.game_id if grant else "?")
+        except Exception as exc:
+            # Our bug, met by one connection: it ends, the server keeps accepting.
+            self.refusals.note(f"data-failed-{type(exc).__name__}", f"serving {address}: {exc}")
         finally:
+            self.caps.release(address)
             if grant is not None:
                 self.transfers.unregister(grant.game_id, task)
             self._connections.discard(task)

@@ -28,6 +28,7 @@ from lanspreadd.identity import PEER_ID_LEN, Identity
 from lanspreadd.protocol import ALPN
 from lanspreadd.protocol.messages import Message
 from lanspreadd.protocol.session import Event, LocalPeer, Role, Session
+from lanspreadd.protocol.text import MAX_TEXT, printable
 
 IDLE_TIMEOUT = 30.0
 
@@ -95,10 +96,12 @@ class PeerConnection(QuicConnectionProtocol):
         elif isinstance(event, ConnectionTerminated):
             # A clean close carries our peer's goodbye or refusal reason, which may
             # overtake the Goodbye frame itself.
-            if event.error_code == 0 and event.reason_phrase:
-                reason = f"peer said goodbye: {event.reason_phrase}"
+            # The phrase is the peer's own words, unchecked by the session: escaped.
+            phrase = printable(event.reason_phrase, MAX_TEXT)
+            if event.error_code == 0 and phrase:
+                reason = f"peer said goodbye: {phrase}"
             else:
-                reason = event.reason_phrase or f"connection closed (code {event.error_code})"
+                reason = phrase or f"connection closed (code {event.error_code})"
             events = self.session.transport_closed(reason)
             self.closed.set()
             if events:

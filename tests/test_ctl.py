@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lanspreadd.archive.writer import Entry
+from lanspreadd.catalog import CatalogGame, write_catalog
 from lanspreadd.errors import Busy
 from lanspreadd.operations import Job, JobState, OperationTable, OpKind
 from tests.support import Daemon, make_game
@@ -109,3 +110,41 @@ def test_operation_table_is_one_per_game() -> None:
     table.end(job)
     assert table.active() == {"h"}
     table.end(other)
+
+
+TERMINAL_ATTACKS = "\x1b]0;owned\x07\x1b[2J\u202eexe.gnp\nfake-game  Ready  yes"
+
+
+def _raw_controls(text: str) -> list[str]:
+    """Characters a terminal would act on rather than show (newlines aside)."""
+    return [ch for ch in text if ch != "\n" and not ch.isprintable()]
+
+
+def test_human_output_escapes_what_a_terminal_would_act_on(daemon: Daemon, tmp_path: Path) -> None:
+    """Names and error texts may come from other machines: printed raw they re-title
+    or clear the terminal, reverse text (U+202E) or forge table rows. Human output
+    escapes them; --json stays exact."""
+    catalog = tmp_path / "game.db"
+    write_catalog(catalog, [CatalogGame("odd", TERMINAL_ATTACKS, TERMINAL_ATTACKS, 1, "1.0")])
+    daemon.extra_args = ("--catalog", str(catalog))
+    daemon.start()
+
+    games = daemon.ctl("games")
+    assert games.returncode == 0
+    assert _raw_controls(games.stdout) == []
+    assert len(games.stdout.strip().splitlines()) == 2  # header + one row, no forged one
+    assert "\\x1b]0;owned\\x07" in games.stdout and "\\u202e" in games.stdout
+
+    shown = daemon.ctl("show", "odd")
+    assert _raw_controls(shown.stdout) == []
+    assert "fake-game" in shown.stdout
+    assert not any(line.startswith("fake-game") for line in shown.stdout.splitlines())
+
+    exact = daemon.ctl_json("show", "odd")
+    assert exact["name"] == TERMINAL_ATTACKS
+
+    # An error that quotes what it was given.
+    refused = daemon.ctl("connect", "\x1b]0;owned\x07:99999")
+    assert refused.returncode != 0
+    assert _raw_controls(refused.stderr) == []
+    assert "owned" in refused.stderr

@@ -105,3 +105,27 @@ def test_unreadable_unpack_log_is_ignored(tmp_path: Path) -> None:
     path = tmp_path / "unpack-logs.json"
     path.write_text("{not json")
     assert UnpackLogs(path).runs == []
+
+
+def test_any_string_reaches_every_sink_escaped(tmp_path: Path) -> None:
+    """A lone surrogate made the strict UTF-8 log file raise inside a peer handler
+    and stopped the daemon; a NUL is no valid D-Bus string for the LogLine signal."""
+    sink = LogSink(tmp_path / "lanspread.log")
+    seen: list[LogLine] = []
+    sink.listeners.append(seen.append)
+
+    def failing_listener(line: LogLine) -> None:
+        raise RuntimeError("a reader went away")
+
+    sink.listeners.append(failing_listener)
+    hostile = "x\ud800 \x00 \x1b]0;owned\x07 done"
+    _logger(sink, "anything").info("peer %s left", hostile)
+    expected = "peer x\\ud800 \\x00 \\x1b]0;owned\\x07 done left"
+    assert seen[0].text.endswith(expected)
+    seen[0].text.encode("utf-8")  # valid UTF-8 for D-Bus
+    _seq, lines = sink.history(10)
+    assert lines[-1].endswith(expected)
+    fmt = JournalFormatter("%(message)s")
+    record = logging.LogRecord("x", logging.INFO, "f", 1, hostile, None, None)
+    fmt.format(record).encode("utf-8")
+    sink.close()

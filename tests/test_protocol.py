@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -299,3 +301,81 @@ def test_fuzz_hostile_frames_never_crash_a_session(
     assert server.state in (State.IDLE, State.CLOSED)
     if server.state is State.CLOSED:
         assert server.close_reason
+
+
+HOSTILE_STRINGS = [
+    ("x\ud800", "U+D800"),  # a lone surrogate: valid JSON, not UTF-8
+    ("x\x00y", "U+0000"),  # not a valid D-Bus string
+    ("\x1b]0;pwned\x07", "U+001B"),  # sets a terminal's title
+    ("evil\u202egnp.exe", "U+202E"),  # a bidi override
+    ("row\nfake row", "U+000A"),  # a forged line in a table
+    ("\x9b2J", "U+009B"),  # a C1 control sequence introducer
+]
+
+
+@pytest.mark.parametrize(("value", "named"), HOSTILE_STRINGS)
+def test_hello_with_an_unprintable_name_is_refused_by_name(
+    identities: tuple[Identity, Identity, Identity], value: str, named: str
+) -> None:
+    a, b, _ = identities
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    hello = Hello(PROTOCOL_VERSION, a.peer_id, "alpha", 1, a.cert_der, b"x" * 32)
+    frame = hello.to_json() | {"name": value}
+    payload = json.dumps(frame).encode()
+    events = server.receive(HEADER.pack(len(payload), Hello.TYPE) + payload, 0.0)
+    assert server.state is State.CLOSED
+    assert [type(e) for e in events] == [Closed]
+    assert "'name'" in server.close_reason and named in server.close_reason  # type: ignore[operator]
+    # The refusal itself is printable: it is logged and may be shown to a user.
+    assert server.close_reason.isprintable()  # type: ignore[union-attr]
+
+
+def _frame(kind: int, obj: object) -> bytes:
+    payload = json.dumps(obj).encode()
+    return HEADER.pack(len(payload), kind) + payload
+
+
+@pytest.mark.parametrize(("value", "named"), HOSTILE_STRINGS)
+@pytest.mark.parametrize(
+    ("kind", "template"),
+    [
+        (Snapshot.TYPE, lambda v: {"games": {"g": v}}),
+        (Snapshot.TYPE, lambda v: {"games": {v: "1.0"}}),
+        (Delta.TYPE, lambda v: {"changed": {}, "removed": [v]}),
+        (FileListRequest.TYPE, lambda v: {"request_id": 1, "game_id": v, "version": "1"}),
+        (8, lambda v: {"request_id": 1, "code": "NotServable", "message": v}),  # ErrorReply
+        (11, lambda v: {"reason": v}),  # Goodbye
+        (3, lambda v: {"reason": v}),  # Refuse
+    ],
+)
+def test_every_peer_string_is_checked_at_the_boundary(
+    kind: int, template: Any, value: str, named: str
+) -> None:
+    with pytest.raises(RemoteProtocolError, match=re.escape(named)):
+        FrameDecoder().feed(_frame(kind, template(value)))
+
+
+def test_names_and_ids_are_bounded_and_peer_ids_are_hex(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    a, _, _ = identities
+    hello = Hello(PROTOCOL_VERSION, a.peer_id, "alpha", 1, a.cert_der, b"x" * 32).to_json()
+    with pytest.raises(RemoteProtocolError, match="longer than 64"):
+        FrameDecoder().feed(_frame(Hello.TYPE, hello | {"name": "n" * 65}))
+    for bad_id in ("A" * 32, a.peer_id + "0", "x" * 32, ""):
+        with pytest.raises(RemoteProtocolError, match="not a peer id"):
+            FrameDecoder().feed(_frame(Hello.TYPE, hello | {"peer_id": bad_id}))
+    # Names in other scripts and with spaces are fine.
+    ok = FrameDecoder().feed(_frame(Hello.TYPE, hello | {"name": "Zoë's PC 🎮 ゲーム"}))
+    assert isinstance(ok[0], Hello) and ok[0].name == "Zoë's PC 🎮 ゲーム"
+
+
+def test_our_own_error_texts_are_sent_printable() -> None:
+    """A daemon relays unar's output or a file name in an error: peers must not
+    refuse it, so the sender escapes what the receiver would refuse."""
+    from lanspreadd.protocol.messages import ErrorReply
+
+    reply = ErrorReply(3, "ArchiveError", "unar said:\n\x1b[31mbad\x1b[0m \ud800")
+    (decoded,) = FrameDecoder().feed(encode(reply))
+    assert isinstance(decoded, ErrorReply)
+    assert decoded.message.isprintable() and "unar said:" in decoded.message

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import os
 import threading
@@ -9,8 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from lanspreadd.admission import ConnectionCaps
 from lanspreadd.errors import Cancelled, InvalidArgument
+from lanspreadd.protocol.datachannel import (
+    OK,
+    REPLY,
+    ChunkRequest,
+    decode_reply_header,
+    encode_greeting,
+    encode_request,
+)
 from lanspreadd.protocol.messages import FileEntry
+from lanspreadd.refusals import RefusalTally
 from lanspreadd.serve import (
     GRANTS_KEPT,
     DataServer,
@@ -66,7 +78,9 @@ def test_upload_limiter_spaces_out_chunks() -> None:
 
 
 def test_grants_do_not_pile_up(tmp_path: Path) -> None:
-    server = DataServer(lambda _g, _v: True, OutboundTransfers())
+    server = DataServer(
+        lambda _g, _v: True, OutboundTransfers(), RefusalTally(), ConnectionCaps(4, 8)
+    )
     tokens = [server.issue(Grant("peer", "g", "1", tmp_path)) for _ in range(50)]
     server.issue(Grant("other", "g", "1", tmp_path))
     assert len(server.grants) == GRANTS_KEPT + 1
@@ -109,3 +123,54 @@ def test_hashing_stops_when_cancelled(tmp_path: Path) -> None:
     with pytest.raises(Cancelled):
         HashCache(tmp_path / "hashes").file_entries("g", root, cancel)
     assert not (tmp_path / "hashes" / "g.json").exists()
+
+
+def test_data_connections_are_capped_and_idle_ones_closed(tmp_path: Path) -> None:
+    """A host that opens connection after connection gets refused ones, counted in
+    one log line; an authorised connection that asks for nothing is closed; the
+    freed slots serve an honest receiver."""
+    root = tmp_path / "game"
+    root.mkdir()
+    (root / "a.rar").write_bytes(b"A" * 1000)
+    lines: list[str] = []
+    tally = RefusalTally(emit=lines.append)
+    server = DataServer(
+        lambda _g, _v: True,
+        OutboundTransfers(),
+        tally,
+        ConnectionCaps(per_address=4, total=100),
+        idle_timeout=0.5,
+    )
+    token = server.issue(Grant("peer", "g", "1", root, (FileEntry("a.rar", 1000, ("h" * 64,)),)))
+
+    async def scenario() -> None:
+        await server.start("127.0.0.1", 0)
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(12)]
+        # The first four hold slots; the other eight are closed at once, unread.
+        closed = 0
+        for reader, _writer in conns[4:]:
+            with contextlib.suppress(ConnectionResetError):
+                await asyncio.wait_for(reader.read(1), 5)
+            closed += 1
+        assert closed == 8
+        assert tally.totals["data-too-many-from-address"] == 8
+        assert len(lines) == 1, lines  # one line, not one per refusal
+        # An authorised connection that goes quiet is closed after the idle timeout.
+        reader, writer = conns[0]
+        writer.write(encode_greeting(token))
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(1), 10) == b""
+        assert tally.totals["data-idle"] == 1
+        # The slot it held serves an honest receiver.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_greeting(token) + encode_request(ChunkRequest(0, 0, 1000)))
+        header = await asyncio.wait_for(reader.readexactly(REPLY.size), 10)
+        assert decode_reply_header(header, 1000) == (OK, 1000)
+        assert await reader.readexactly(1000) == b"A" * 1000
+        for _r, w in [*conns, (reader, writer)]:
+            w.close()
+        await server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.text import MAX_NAME, MAX_TEXT, check_peer_id, check_text, printable
 
-MAX_NAME = 64
 MAX_GAMES = 10_000
 MAX_FILES = 10_000
 MAX_CHUNKS_PER_FILE = 1 << 20
-MAX_TEXT = 1024
+MAX_PATH = 4096
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def _field(data: dict[str, Any], key: str, kind: type) -> Any:
@@ -26,13 +28,19 @@ def _field(data: dict[str, Any], key: str, kind: type) -> Any:
         raise RemoteProtocolError(f"field {key!r} must be {kind.__name__}")
     if isinstance(value, int) and not 0 <= value < 1 << 63:
         raise RemoteProtocolError(f"field {key!r} is out of range")
-    if isinstance(value, str) and len(value) > MAX_TEXT:
-        raise RemoteProtocolError(f"field {key!r} is too long")
     return value
+
+
+def _str(data: dict[str, Any], key: str, limit: int = MAX_TEXT) -> str:
+    """A string field: bounded and printable (see `text`), else refused."""
+    value: str = _field(data, key, str)
+    return check_text(value, key, limit)
 
 
 def _b64(data: dict[str, Any], key: str, limit: int) -> bytes:
     text = _field(data, key, str)
+    if len(text) > 2 * limit:
+        raise RemoteProtocolError(f"field {key!r} is too long")
     try:
         raw = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
@@ -47,13 +55,15 @@ def _versions(data: dict[str, Any], key: str) -> dict[str, str]:
     if len(games) > MAX_GAMES:
         raise RemoteProtocolError(f"field {key!r} lists too many games")
     for game_id, version in games.items():
-        if not isinstance(version, str) or len(game_id) > MAX_NAME or len(version) > MAX_NAME:
+        if not isinstance(version, str):
             raise RemoteProtocolError(f"field {key!r} has a bad entry")
+        check_text(game_id, f"{key} id", MAX_NAME)
+        check_text(version, f"{key} version", MAX_NAME)
     return dict(games)
 
 
 def _text(value: str) -> str:
-    return value[:MAX_TEXT]
+    return printable(value, MAX_TEXT)
 
 
 class Message:
@@ -99,8 +109,8 @@ class Hello(Message):
             raise RemoteProtocolError("challenge is too short")
         return cls(
             version=_field(data, "version", int),
-            peer_id=_field(data, "peer_id", str)[:MAX_NAME],
-            name=_field(data, "name", str)[:MAX_NAME],
+            peer_id=check_peer_id(_field(data, "peer_id", str)),
+            name=_str(data, "name", MAX_NAME),
             data_port=port,
             cert=_b64(data, "cert", 4096),
             challenge=challenge,
@@ -130,7 +140,7 @@ class Refuse(Message):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Refuse:
-        return cls(reason=_field(data, "reason", str))
+        return cls(reason=_str(data, "reason"))
 
 
 @dataclass(frozen=True)
@@ -162,10 +172,10 @@ class Delta(Message):
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Delta:
         removed = _field(data, "removed", list)
-        if len(removed) > MAX_GAMES or not all(
-            isinstance(g, str) and len(g) <= MAX_NAME for g in removed
-        ):
+        if len(removed) > MAX_GAMES or not all(isinstance(g, str) for g in removed):
             raise RemoteProtocolError("field 'removed' has a bad entry")
+        for game_id in removed:
+            check_text(game_id, "removed", MAX_NAME)
         return cls(changed=_versions(data, "changed"), removed=tuple(removed))
 
 
@@ -184,8 +194,8 @@ class GameRequest(Message):
     def from_json(cls, data: dict[str, Any]) -> GameRequest:
         return cls(
             request_id=_field(data, "request_id", int),
-            game_id=_field(data, "game_id", str)[:MAX_NAME],
-            version=_field(data, "version", str)[:MAX_NAME],
+            game_id=_str(data, "game_id", MAX_NAME),
+            version=_str(data, "version", MAX_NAME),
         )
 
 
@@ -243,14 +253,14 @@ class FileList(Message):
             expected = max(1, -(-size // chunk_size))
             if len(hashes) != expected or len(hashes) > MAX_CHUNKS_PER_FILE:
                 raise RemoteProtocolError("a file's chunk hashes do not match its size")
-            if not all(isinstance(h, str) and len(h) == 64 for h in hashes):
+            if not all(isinstance(h, str) and SHA256_HEX.fullmatch(h) for h in hashes):
                 raise RemoteProtocolError("chunk hashes must be SHA-256 hex digests")
-            files.append(FileEntry(_field(item, "path", str), size, tuple(hashes)))
+            files.append(FileEntry(_str(item, "path", MAX_PATH), size, tuple(hashes)))
         token = _b64(data, "token", 64)
         return cls(
             request_id=_field(data, "request_id", int),
-            game_id=_field(data, "game_id", str)[:MAX_NAME],
-            version=_field(data, "version", str)[:MAX_NAME],
+            game_id=_str(data, "game_id", MAX_NAME),
+            version=_str(data, "version", MAX_NAME),
             chunk_size=chunk_size,
             files=tuple(files),
             token=token,
@@ -271,8 +281,8 @@ class ErrorReply(Message):
     def from_json(cls, data: dict[str, Any]) -> ErrorReply:
         return cls(
             request_id=_field(data, "request_id", int),
-            code=_field(data, "code", str)[:MAX_NAME],
-            message=_field(data, "message", str),
+            code=_str(data, "code", MAX_NAME),
+            message=_str(data, "message"),
         )
 
 
@@ -312,7 +322,7 @@ class Goodbye(Message):
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Goodbye:
-        return cls(reason=_field(data, "reason", str))
+        return cls(reason=_str(data, "reason"))
 
 
 @dataclass(frozen=True)

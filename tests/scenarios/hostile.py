@@ -26,6 +26,7 @@ from lanspreadd.protocol.messages import (
     StreamInstallGrant,
     StreamInstallRequest,
 )
+from lanspreadd.refusals import RefusalTally
 from tests.support import Daemon, free_port
 
 GAME = "sample-game"
@@ -51,7 +52,12 @@ class LyingHost:
 
 async def serve(state: Path, target: str) -> None:
     manager = PeerManager(
-        load_or_create(state, "hostile"), "hostile", "127.0.0.1", free_port(), LyingHost()
+        load_or_create(state, "hostile"),
+        "hostile",
+        "127.0.0.1",
+        free_port(),
+        LyingHost(),
+        RefusalTally(),
     )
     async with asyncio.TaskGroup() as tg:
         tg.create_task(manager.run())
