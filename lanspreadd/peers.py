@@ -296,6 +296,10 @@ class PeerManager:
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         peer = self._peer_of(conn)
         if peer is None:
+            if not event.by_peer and conn.session.peer is None:
+                # We refused it before it was a peer: a bad Hello or proof, a
+                # wrong version. Counted, and logged once a minute at most.
+                self.refusals.note("peer-handshake", f"{conn.remote_host}: {event.reason}")
             return
         del self.peers[peer.peer_id]
         for request_id, (peer_id, future) in list(self._pending.items()):

@@ -1,13 +1,21 @@
-"""A hostile lanspread peer: a real PeerManager whose host lies, plus raw bad frames.
+"""Hostile lanspread peers, each a separate process as it would be on the LAN.
 
-It announces the game at the catalog version, answers file-list requests with a
-path that climbs out of the game (`..`) and sizes no honest peer agrees with,
-and on request sends an oversized frame and malformed JSON on its session.
+- `lie` (the default): a real PeerManager whose host lies. It announces the game
+  at the catalog version, answers file-list requests with a path that climbs out
+  of the game (`..`) and sizes no honest peer agrees with, and on request sends
+  an oversized frame and malformed JSON on its session.
+- `name NAME`: says Hello with a name no sink can take raw (a lone surrogate, a
+  NUL, terminal escapes), then falls silent; prints how the target answered.
+- `data-flood HOST PORT COUNT`: opens COUNT TCP connections to a data port as
+  fast as it can, holds them until its stdin closes, and prints how many the
+  target accepted and how many it closed at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lanspreadd.identity import load_or_create
-from lanspreadd.peers import Peer, PeerManager
+from lanspreadd.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.codec import HEADER
 from lanspreadd.protocol.messages import (
     FileEntry,
@@ -50,15 +58,60 @@ class LyingHost:
         return StreamInstallGrant(request.request_id, 1 << 40, b"t" * 32)
 
 
+def hostile_manager(state: Path, name: str) -> PeerManager:
+    identity = load_or_create(state, "hostile")
+    return PeerManager(identity, name, "127.0.0.1", free_port(), LyingHost(), RefusalTally())
+
+
+async def say_hello_as(state: Path, target: str, name: str) -> str:
+    """Connect under `name`, which the protocol must refuse, and report the answer."""
+    manager = hostile_manager(state, name)
+    async with asyncio.TaskGroup() as tg:
+        run = tg.create_task(manager.run())
+        await manager.ready.wait()
+        host, port = target.rsplit(":", 1)
+        try:
+            await manager.connect(host, int(port))
+            outcome = "connected"
+        except PeerError as exc:
+            outcome = f"refused: {exc}"
+        run.cancel()
+    return outcome
+
+
+def data_flood(host: str, port: int, count: int) -> None:
+    """Open `count` connections at once and hold them; report what the target did."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 64)), hard))
+    held: list[socket.socket] = []
+    for _ in range(count):
+        sock = socket.socket()
+        sock.settimeout(5)
+        try:
+            sock.connect((host, port))
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    # A refused connection is closed by the target without a word: it reads EOF or reset.
+    time.sleep(1)
+    closed = 0
+    for sock in held:
+        sock.setblocking(False)
+        try:
+            closed += sock.recv(1) == b""
+        except BlockingIOError:
+            pass
+        except OSError:
+            closed += 1
+    print(f"opened {len(held)} closed {closed}", flush=True)
+    sys.stdin.read()
+    for sock in held:
+        sock.close()
+
+
 async def serve(state: Path, target: str) -> None:
-    manager = PeerManager(
-        load_or_create(state, "hostile"),
-        "hostile",
-        "127.0.0.1",
-        free_port(),
-        LyingHost(),
-        RefusalTally(),
-    )
+    manager = hostile_manager(state, "hostile")
     async with asyncio.TaskGroup() as tg:
         tg.create_task(manager.run())
         await manager.ready.wait()
@@ -119,5 +172,16 @@ def run_hostile_peer(state: Path, target: Daemon) -> Iterator[HostilePeer]:
                 stream.close()
 
 
+def main(argv: list[str]) -> None:
+    mode, args = (argv[0], argv[1:]) if argv[0] in ("lie", "name", "data-flood") else ("lie", argv)
+    if mode == "lie":
+        asyncio.run(serve(Path(args[0]), args[1]))
+    elif mode == "name":
+        name = args[2].encode().decode("unicode_escape")  # passed escaped: argv takes no NUL
+        print(asyncio.run(say_hello_as(Path(args[0]), args[1], name)), flush=True)
+    else:
+        data_flood(args[0], int(args[1]), int(args[2]))
+
+
 if __name__ == "__main__":
-    asyncio.run(serve(Path(sys.argv[1]), sys.argv[2]))
+    main(sys.argv[1:])

@@ -481,6 +481,78 @@ def hostile_peer(runs: int) -> Outcome:
     return Outcome(runs, passed, "liars ignored, malformed frames cut off, honest peers finish")
 
 
+# Hello names no sink can take raw, passed escaped (argv carries no NUL): a lone
+# surrogate (crashed the log file), a NUL (broke ListPeers), terminal escapes, a
+# bidi override.
+HOSTILE_NAMES = ("x\\ud800", "x\\x00y", "\\x1b]0;owned\\x07\\x1b[2J", "evil\\u202etxt.exe")
+
+
+def _raw_controls(text: str) -> list[str]:
+    return [ch for ch in text if ch != "\n" and not ch.isprintable()]
+
+
+def hostile_lan(runs: int, connections: int) -> Outcome:
+    """Attacks from a hostile host on the LAN: Hello names no sink can take raw, then a
+    flood of data connections held open. The victim must stay up, list its peers
+    cleanly and go on serving an honest receiver while the flood is held."""
+    passed = 0
+    refused = 0
+    for run in range(runs):
+        with cluster(use_lan=True) as c:
+            victim = c.add("victim")
+            receiver = c.add("receiver")
+            root = make_game(victim.game_dir, GAME, "1.0", payload(16 * MiB, run))
+            victim.start()
+            receiver.start()
+            assert c.lan is not None
+            ns, _address = c.lan.add_host(len(c.peers))
+            target = f"{victim.listen}:{victim.port}"
+            hostile = [sys.executable, "-m", "tests.scenarios.hostile"]
+            for name in HOSTILE_NAMES:
+                answer = subprocess.run(
+                    ["ip", "netns", "exec", ns, *hostile, "name", str(c.base / "h"), target, name],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                )
+                check(answer.stdout.startswith("refused"), f"hello as {name}: {answer}")
+            peers = victim.ctl("peers")
+            check(peers.returncode == 0, f"peers failed: {peers.stderr}")
+            check(not _raw_controls(peers.stdout + victim.ctl("logs").stdout), "raw controls")
+            flood_args = ["data-flood", victim.listen, str(victim.port), str(connections)]
+            flood = subprocess.Popen(
+                ["ip", "netns", "exec", ns, *hostile, *flood_args],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert flood.stdout is not None
+                held = flood.stdout.readline().split()
+                check(held[:1] == ["opened"], f"flood: {held}")
+                wait_for(lambda: show(receiver)["sources"] == 1, 30, "the victim as a source")
+                result = receiver.ctl_json("download", GAME)
+                check(result["state"] == "finished", f"download during the flood: {result}")
+                check(downloads(receiver.game_dir / GAME) == downloads(root), "content differs")
+            finally:
+                if flood.stdin is not None:
+                    flood.stdin.close()
+                flood.wait(30)
+                if flood.stdout is not None:
+                    flood.stdout.close()
+            status = victim.ctl_json("status")
+            counts = status["refusals"]
+            check(counts.get("peer-handshake", 0) >= len(HOSTILE_NAMES), f"refusals {counts}")
+            check(counts.get("data-too-many-from-address", 0) > 0, f"refusals {counts}")
+            log = victim.stderr()
+            check(log.count("refused (data-too-many-from-address)") <= 2, "a log line per refusal")
+            refused += sum(counts.values())
+            passed += 1
+    return Outcome(
+        runs, passed, f"{refused} hostile attempts refused, honest download finished, still up"
+    )
+
+
 def served_by(peer: Daemon) -> dict[str, int]:
     """MiB per source from the receiver's summary line of its last download."""
     lines = [line for line in peer.stderr().splitlines() if f"downloaded {GAME} " in line]
@@ -543,6 +615,7 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     ),
     "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
     "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),
+    "hostile-lan": (lambda: hostile_lan(1, 2000), lambda: hostile_lan(3, 2000)),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
     "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
     "dbus-abuse": (lambda: dbus_abuse(1), lambda: dbus_abuse(3)),
