@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import pwd
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +61,32 @@ def make_peer(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.proc.kill()
             daemon.proc.wait(10)
         bus.stop()
+
+
+@pytest.fixture
+def service_user() -> Iterator[str]:
+    """The `lanspread` system user the packaged unit runs as (created if missing)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to switch users")
+    created = False
+    try:
+        pwd.getpwnam("lanspread")
+    except KeyError:
+        subprocess.run(
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "lanspread",
+            ],
+            check=True,
+        )
+        created = True
+    yield "lanspread"
+    if created:
+        subprocess.run(["userdel", "lanspread"], check=False)
 
 
 @pytest.fixture

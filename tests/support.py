@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
@@ -55,9 +59,88 @@ class PrivateBus:
             self.proc.stdout.close()
 
 
+SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC
+ "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Properties"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"""
+
+
+class SystemBus:
+    """A real dbus-daemon configured like the system bus (deny by default, its default
+    limits) plus our policy file, in a directory every user may reach."""
+
+    def __init__(self, policy: Path) -> None:
+        self.base = Path(tempfile.mkdtemp(prefix="lanspread-sysbus-"))
+        self.base.chmod(0o755)
+        socket_path = self.base / "system_bus_socket"
+        config = self.base / "system.conf"
+        config.write_text(SYSTEM_BUS_CONFIG.format(socket=socket_path, policy=policy))
+        self.address = f"unix:path={socket_path}"
+        # A file, not a pipe: dbus-daemon logs every refusal and blocks once a pipe is full.
+        self.log = self.base / "dbus-daemon.log"
+        with self.log.open("w") as log:
+            self.proc = subprocess.Popen(
+                [tool("dbus-daemon"), f"--config-file={config}", "--nofork", "--nopidfile"],
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + 10
+        while not socket_path.exists():
+            assert self.proc.poll() is None, self.log.read_text()
+            assert time.monotonic() < deadline, "the bus did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+def as_user(user: str, *cmd: str, keep_read_search: bool = False) -> list[str]:
+    """Run `cmd` as `user`; `keep_read_search` lets it read the checkout wherever it is
+    (D-Bus policy still sees only the uid)."""
+    caps = (
+        ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        if keep_read_search
+        else []
+    )
+    gid = pwd.getpwnam(user).pw_gid
+    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *caps, *cmd]
+
+
 @dataclass
 class Daemon:
-    bus: PrivateBus
+    bus: PrivateBus | SystemBus
     game_dir: Path
     state_dir: Path
     extra_args: Sequence[str] = ()
@@ -68,14 +151,19 @@ class Daemon:
     listen: str = "127.0.0.1"
     mdns: bool = False
     netns: str | None = None
+    user: str | None = None
 
     def start(self, wait: bool = True) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "lanspreadd.toml").touch()
+        if self.user is not None:
+            for directory in (self.state_dir, self.game_dir):
+                shutil.chown(directory, self.user, self.user)
         with (self.state_dir / "stderr.log").open("a") as log:
             self.proc = subprocess.Popen(
                 [
                     *(["ip", "netns", "exec", self.netns] if self.netns else []),
+                    *(as_user(self.user, keep_read_search=True) if self.user else []),
                     sys.executable,
                     "-m",
                     "lanspreadd",

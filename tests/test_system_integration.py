@@ -9,61 +9,21 @@ work and changes are refused.
 from __future__ import annotations
 
 import os
-import pwd
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.support import free_port
+from tests.support import SystemBus, as_user, free_port, tool
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lanspreadd.service"
 POLICY = ROOT / "dbus" / "org.lanspread.Lanspread1.conf"
 ACTIVATION = ROOT / "dbus" / "org.lanspread.Lanspread1.service"
 BUS_NAME = "org.lanspread.Lanspread1"
-
-SYSTEM_BUS_CONFIG = """<!DOCTYPE busconfig PUBLIC
- "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus"
-           send_interface="org.freedesktop.DBus.Properties"/>
-  </policy>
-  <include>{policy}</include>
-</busconfig>
-"""
-
-
-def tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.skip(f"{name} is not installed")
-    return path
 
 
 def test_unit_hardening_exposure_is_at_most_2() -> None:
@@ -125,53 +85,9 @@ def test_policy_grants_nothing_but_owning_and_calling() -> None:
     ]
 
 
-@pytest.fixture
-def service_user() -> Iterator[str]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to switch users")
-    created = False
-    try:
-        pwd.getpwnam("lanspread")
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "lanspread",
-            ],
-            check=True,
-        )
-        created = True
-    yield "lanspread"
-    if created:
-        subprocess.run(["userdel", "lanspread"], check=False)
-
-
-def as_user(user: str, *cmd: str, keep_read_search: bool = False) -> list[str]:
-    caps = (
-        ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-        if keep_read_search
-        else []
-    )
-    gid = pwd.getpwnam(user).pw_gid
-    return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *caps, *cmd]
-
-
 def test_system_bus_policy_as_non_root(service_user: str) -> None:
-    base = Path(tempfile.mkdtemp(prefix="lanspread-sysbus-"))
-    base.chmod(0o755)
-    socket_path = base / "system_bus_socket"
-    config = base / "system.conf"
-    config.write_text(SYSTEM_BUS_CONFIG.format(socket=socket_path, policy=POLICY))
-    address = f"unix:path={socket_path}"
-    bus = subprocess.Popen(
-        [tool("dbus-daemon"), f"--config-file={config}", "--nofork", "--nopidfile"],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    bus = SystemBus(POLICY)
+    base, address = bus.base, bus.address
     state = base / "state"
     games = base / "games"
     for directory in (state, games):
@@ -179,10 +95,6 @@ def test_system_bus_policy_as_non_root(service_user: str) -> None:
         shutil.chown(directory, service_user, service_user)
     daemon: subprocess.Popen[str] | None = None
     try:
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert time.monotonic() < deadline, "the bus did not start"
-            time.sleep(0.05)
         request_name = [
             tool("dbus-send"),
             f"--bus={address}",
@@ -271,8 +183,4 @@ def test_system_bus_policy_as_non_root(service_user: str) -> None:
             daemon.wait(30)
             if daemon.stderr:
                 daemon.stderr.close()
-        bus.terminate()
-        bus.wait(10)
-        if bus.stderr:
-            bus.stderr.close()
-        shutil.rmtree(base, ignore_errors=True)
+        bus.stop()
