@@ -14,7 +14,6 @@ from dataclasses import asdict
 from typing import Any
 
 from dbus_fast import (
-    BusType,
     DBusError,
     Message,
     MessageType,
@@ -27,6 +26,7 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from lanspreadd import __version__
+from lanspreadd.busconnect import connect_bus
 from lanspreadd.controller import Controller, GameView
 from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
 from lanspreadd.escape import escape_unsafe
@@ -486,13 +486,7 @@ class DBusApi:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def connect(self) -> None:
-        if self.bus_spec == "system":
-            bus = MessageBus(bus_type=BusType.SYSTEM)
-        elif self.bus_spec == "session":
-            bus = MessageBus(bus_type=BusType.SESSION)
-        else:
-            bus = MessageBus(bus_address=self.bus_spec)
-        await bus.connect()
+        bus = await connect_bus(self.bus_spec)
         bus.add_message_handler(self._remember_caller)
         self.bus = bus
         self._loop = asyncio.get_running_loop()
