@@ -48,9 +48,16 @@ class ArchiveError(LanspreadError):
 
 
 class UnsafeArchive(ArchiveError):
-    """A member would land outside the install directory (`..`, absolute, links out)."""
+    """A member would land outside the install directory (`..`, absolute, links out),
+    or is not a file, directory or link (FIFOs, devices, sockets, hard links)."""
 
     name = "UnsafeArchive"
+
+
+class UnpackStalled(ArchiveError):
+    """An unpack tool wrote nothing for a minute and was stopped (a hung or stuck tool)."""
+
+    name = "UnpackStalled"
 
 
 class DiskFull(LanspreadError):

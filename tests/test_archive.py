@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import stat
+import subprocess
+import sys
 import threading
+import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
@@ -18,9 +24,22 @@ from lanspreadd.archive.extract import (
     list_archive,
     safe_member_path,
 )
+from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.archive.writer import Entry, write_rar4, write_rar5, write_rar5_volumes
-from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnsafeArchive
+from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
+from tests.crafted_rar import (
+    REDIR_HARD_LINK,
+    Raw,
+    directory,
+    fifo,
+    setuid_file,
+    symlink,
+    write_raw_rar4,
+    write_raw_rar5,
+)
 from tests.support import SAMPLES
+
+REPO = Path(__file__).resolve().parents[1]
 
 ENTRIES = [
     Entry("dir/"),
@@ -129,6 +148,23 @@ def test_large_rar5_entries_avoid_unar() -> None:
     assert choose_backend(_listing(LARGE_ENTRY, stored=True, volumes=3)) == "rarfile"
     with pytest.raises(ArchiveError, match="2 GiB"):
         choose_backend(_listing(LARGE_ENTRY, stored=False, volumes=3))
+
+
+def test_sizes_declared_by_directories_and_links_do_not_choose_the_backend(
+    tmp_path: Path,
+) -> None:
+    """A directory claiming 2 GiB (plus a link, so rarfile cannot take it) chose bsdtar."""
+    archive = tmp_path / "crafted.rar"
+    write_raw_rar5(
+        archive,
+        [
+            directory("big/", declared_size=LARGE_ENTRY),
+            Raw("run", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
+            symlink("link", "run"),
+        ],
+    )
+    assert archive.stat().st_size < 300
+    assert choose_backend(list_archive(archive)) == "unar"
 
 
 @pytest.mark.parametrize(
@@ -266,3 +302,282 @@ def test_unpack_tool_dies_with_the_daemon(tmp_path: Path) -> None:
     while any(Path(f"/proc/{pid}").exists() for pid in tools):
         assert time.monotonic() < deadline, "the unpack tool outlived the daemon"
         time.sleep(0.05)
+
+
+SPECIAL_MEMBERS = [
+    (write_raw_rar5, fifo("game/pipe"), "a FIFO"),
+    (write_raw_rar4, fifo("game/pipe"), "a FIFO"),
+    (write_raw_rar5, Raw("game/tty", stat.S_IFCHR | 0o666), "a character device"),
+    (write_raw_rar4, Raw("game/disk", stat.S_IFBLK | 0o660), "a block device"),
+    (write_raw_rar5, Raw("game/sock", stat.S_IFSOCK | 0o755), "a socket"),
+    (write_raw_rar5, Raw("game/a", stat.S_IFREG, redir=(REDIR_HARD_LINK, "/etc/shadow")), "a hard"),
+    # A RAR5 link mode with no link record, and a BeOS host's link, which rarfile
+    # reads as files but bsdtar creates as links: their targets would go unchecked.
+    (write_raw_rar5, Raw("game/l", stat.S_IFLNK | 0o777, b"/etc/shadow"), "a link whose"),
+    (write_raw_rar4, Raw("game/l", stat.S_IFLNK | 0o777, b"/etc", host=5), "a link whose"),
+]
+
+
+@pytest.mark.parametrize(("writer", "member", "kind"), SPECIAL_MEMBERS)
+def test_special_members_are_refused_by_name_before_unpacking(
+    tmp_path: Path, writer: object, member: Raw, kind: str
+) -> None:
+    archive = tmp_path / "game.rar"
+    writer(archive, [Raw("game/ok.txt", stat.S_IFREG | 0o644, b"fine"), member])  # type: ignore[operator]
+    with pytest.raises(UnsafeArchive) as refused:
+        list_archive(archive)
+    assert f"{member.name!r} is {kind}" in str(refused.value)
+    assert "game.rar" in str(refused.value)
+
+
+def test_hard_links_are_refused_by_name(tmp_path: Path) -> None:
+    shutil.copy(SAMPLES / "rar5-hlink.rar", tmp_path)
+    with pytest.raises(UnsafeArchive, match=r"'stest2\.txt' is a hard link"):
+        list_archive(tmp_path / "rar5-hlink.rar")
+
+
+def test_special_files_found_after_unpacking_are_refused_not_opened(tmp_path: Path) -> None:
+    """Should a tool read an archive differently from rarfile, the tree check still holds."""
+    archive = tmp_path / "game.rar"
+    write_rar5(archive, [Entry("ok.txt", b"fine")])
+    (tmp_path / "out").mkdir()
+    os.mkfifo(tmp_path / "out" / "planted")
+    with pytest.raises(UnsafeArchive, match="'planted' a FIFO"):
+        extract(archive, tmp_path / "out")
+
+
+HOSTILE_MODES = [
+    setuid_file("bin/run", b"#!/bin/sh\n"),
+    Raw("bin/sgid", stat.S_IFREG | stat.S_ISGID | 0o750, b"x"),
+    Raw("data/owned.txt", stat.S_IFREG | 0o600, b"not yours", owner=(4242, 4343)),
+    Raw("data/readonly.txt", stat.S_IFREG | 0o444, b"ro"),
+    directory("shared/", 0o1777),
+    directory("locked/", 0o555),
+    Raw("locked/inside.txt", stat.S_IFREG | 0o644, b"in"),
+]
+NORMALISED = {
+    "bin": 0o755,
+    "bin/run": 0o755,
+    "bin/sgid": 0o755,
+    "data": 0o755,
+    "data/owned.txt": 0o644,
+    "data/readonly.txt": 0o644,
+    "shared": 0o755,
+    "locked": 0o755,
+    "locked/inside.txt": 0o644,
+}
+
+
+def modes_and_owners(root: Path) -> tuple[dict[str, int], set[tuple[int, int]]]:
+    modes = {}
+    owners = set()
+    for path in root.rglob("*"):
+        st = path.lstat()
+        modes[str(path.relative_to(root))] = stat.S_IMODE(st.st_mode)
+        owners.add((st.st_uid, st.st_gid))
+    return modes, owners
+
+
+@pytest.mark.parametrize("backend", ["rarfile", "unar", "bsdtar"])
+@pytest.mark.parametrize("writer", [write_raw_rar4, write_raw_rar5])
+def test_owner_and_set_id_bits_are_never_restored(
+    tmp_path: Path, backend: str, writer: object
+) -> None:
+    """bsdtar as root restored owners, set-id and sticky bits; unar the sticky bit."""
+    archive = tmp_path / "game.rar"
+    writer(archive, HOSTILE_MODES)  # type: ignore[operator]
+    out = tmp_path / "out"
+    assert extract(archive, out, backend) == backend
+    modes, owners = modes_and_owners(out)
+    assert modes == NORMALISED
+    assert owners == {(os.geteuid(), out.stat().st_gid)}
+    assert (out / "data" / "owned.txt").read_bytes() == b"not yours"
+
+
+@pytest.mark.parametrize("backend", ["rarfile", "unar", "bsdtar"])
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("rar5-owner.rar", {"owner1.txt": 0o644, "owner2.txt": 0o644}),
+        # Read-only Unix modes would keep a later uninstall out of ro_dir; the Windows
+        # read-only attribute shares its bit with the Unix execute bit.
+        ("rar5-readonly-unix.rar", {"ro_dir": 0o755, "ro_dir/ro_file.txt": 0o644}),
+        ("rar3-readonly-unix.rar", {"ro_dir": 0o755, "ro_dir/ro_file.txt": 0o644}),
+        ("rar5-readonly-win.rar", {"ro_dir": 0o755, "ro_dir/ro_file.txt": 0o644}),
+    ],
+)
+def test_samples_install_with_our_owner_and_plain_modes(
+    tmp_path: Path, backend: str, sample: str, expected: dict[str, int]
+) -> None:
+    shutil.copy(SAMPLES / sample, tmp_path)
+    out = tmp_path / "out"
+    extract(tmp_path / sample, out, backend)
+    modes, owners = modes_and_owners(out)
+    assert modes == expected
+    assert owners == {(os.geteuid(), out.stat().st_gid)}
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie nobody reaped yet."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return fields[0] not in ("Z", "X")
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True, check=False)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _running_tool(parent: int, name: str, deadline: float) -> int:
+    """The pid of `name` started by `parent`, once it is exec'd."""
+    while True:
+        for pid in _children(parent):
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == name:
+                    return pid
+            except FileNotFoundError:
+                pass
+        assert time.monotonic() < deadline, f"{name} never ran under {parent}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def stuck_unar(tmp_path: Path) -> Iterator[tuple[Listing, Path]]:
+    """A real compressed sample whose first member's path in the destination is a FIFO
+    that nobody reads: unar blocks opening it, as a tool stuck on I/O would."""
+    shutil.copy(SAMPLES / "rar5-solid.rar", tmp_path)
+    listing = list_archive(tmp_path / "rar5-solid.rar")
+    assert choose_backend(listing) == "unar"
+    dest = tmp_path / "out"
+    dest.mkdir()
+    os.mkfifo(dest / "stest1.txt")
+    yield listing, dest
+    # Let a tool that is still blocked go on, should the code under test have hung.
+    fd = os.open(dest / "stest1.txt", os.O_RDONLY | os.O_NONBLOCK)
+    os.close(fd)
+
+
+def _in_thread(work: object) -> tuple[threading.Event, list[BaseException]]:
+    done = threading.Event()
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()  # type: ignore[operator]
+        except BaseException as exc:
+            raised.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return done, raised
+
+
+def test_a_stuck_unpack_tool_is_stopped_with_a_named_error(
+    stuck_unar: tuple[Listing, Path],
+) -> None:
+    listing, dest = stuck_unar
+    extraction = Extraction(listing, dest, lambda _n: None, threading.Event(), stall_timeout=1.0)
+    started = time.monotonic()
+    done, raised = _in_thread(extraction.run)
+    assert done.wait(30), "the stuck tool was never stopped"
+    assert isinstance(raised[0], UnpackStalled), raised
+    assert "unar wrote nothing for 1 s while unpacking rar5-solid.rar" in str(raised[0])
+    assert 1.0 <= time.monotonic() - started < 30
+    assert not [pid for pid in _children(os.getpid()) if _alive(pid)]
+
+
+def test_cancel_stops_a_running_tool_within_5_s(stuck_unar: tuple[Listing, Path]) -> None:
+    listing, dest = stuck_unar
+    cancel = threading.Event()
+    running = threading.Event()
+    extraction = Extraction(listing, dest, lambda _n: running.set(), cancel)
+    done, raised = _in_thread(extraction.run)
+    assert running.wait(30)
+    tool = _running_tool(os.getpid(), "unar", time.monotonic() + 30)
+    cancel.set()
+    cancelled = time.monotonic()
+    assert done.wait(30)
+    assert time.monotonic() - cancelled < 5
+    assert isinstance(raised[0], Cancelled), raised
+    assert not _alive(tool)
+
+
+CAPSET_DENIED = """
+import sys, threading
+from pathlib import Path
+from tests.seccomp import deny_capset
+from lanspreadd.archive.extract import Extraction, list_archive
+from lanspreadd.archive.provider import RarStreamProvider
+deny_capset()
+archive, dest = Path(sys.argv[1]), Path(sys.argv[2])
+def progress(done):
+    print("progress", done, flush=True)
+print(Extraction(list_archive(archive), dest, progress, threading.Event()).run(), flush=True)
+for entry, pieces in RarStreamProvider([archive]).entries():
+    print(entry.path, len(b"".join(pieces)), flush=True)
+"""
+
+
+def _capset_denied(archive: Path, dest: Path) -> subprocess.Popen[str]:
+    """A daemon stand-in under the unit's ~@privileged filter: capset(2) fails."""
+    return subprocess.Popen(
+        [sys.executable, "-c", CAPSET_DENIED, str(archive), str(dest)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.parametrize("sample", ["rar3-solid.rar", "rar5-solid.rar"])
+def test_compressed_archives_unpack_and_stream_where_capset_is_refused(
+    tmp_path: Path, sample: str
+) -> None:
+    """Under the unit, `setpriv --pdeathsig` failed: exit 127, 'activate capabilities'."""
+    shutil.copy(SAMPLES / sample, tmp_path)
+    (tmp_path / "out").mkdir()
+    child = _capset_denied(tmp_path / sample, tmp_path / "out")
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == 0, err
+    lines = [line for line in out.splitlines() if not line.startswith("progress")]
+    assert lines == ["unar", "stest1.txt 2048", "stest2.txt 2048"]
+    assert_matches_listing(tmp_path / sample, tmp_path / "out")
+
+
+def test_unpack_tool_dies_with_a_killed_daemon_without_capabilities(
+    stuck_unar: tuple[Listing, Path],
+) -> None:
+    listing, dest = stuck_unar
+    child = _capset_denied(listing.archive, dest)
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().startswith("progress"), "unar never started"
+        tool = _running_tool(child.pid, "unar", time.monotonic() + 30)
+        child.send_signal(signal.SIGKILL)
+        child.wait(30)
+    finally:
+        child.kill()
+        child.communicate()
+    deadline = time.monotonic() + 10
+    while _alive(tool):
+        assert time.monotonic() < deadline, "the unpack tool outlived the daemon"
+        time.sleep(0.05)
+
+
+def test_stream_source_reports_the_tools_own_failure(tmp_path: Path) -> None:
+    """A failing unar read as 'the archive ended early' on the source."""
+    shutil.copy(SAMPLES / "rar5-solid.rar", tmp_path)
+    archive = tmp_path / "rar5-solid.rar"
+    provider = RarStreamProvider([archive])
+    archive.write_bytes(b"\0" * archive.stat().st_size)  # the archive changed after listing
+    with pytest.raises(ArchiveError, match=r"unar failed on rar5-solid\.rar \(exit 1\): \S"):
+        drain(provider)
+
+
+def drain(provider: RarStreamProvider) -> None:
+    for _entry, pieces in provider.entries():
+        b"".join(pieces)

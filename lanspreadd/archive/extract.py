@@ -1,11 +1,16 @@
 """Unpack RAR archives safely with the best back-end for each archive.
 
 Back-ends: rarfile reads stored members itself (any RAR version, multi-volume
-included); compressed archives go to `unar`, or to `bsdtar` for RAR5 entries of
+included); compressed archives go to `unar`, or to `bsdtar` for RAR5 files of
 2 GiB or more, which unar 1.10 mis-handles. Two tool bugs are worked around
 here: unar treats sibling archives whose names differ only by a number as one
 volume set, so it only ever sees private links with neutral names; rarfile 4.5
 passes `--` to bsdtar, which bsdtar rejects, so bsdtar is run directly.
+
+Only regular files, directories and links pointing inside the game are
+installed: other member kinds are refused from the listing, before any tool
+runs, and the unpacked tree is checked again and normalised (the daemon's
+owner, 0644/0755 files, 0755 directories), whatever a back-end restored.
 """
 
 from __future__ import annotations
@@ -14,7 +19,9 @@ import contextlib
 import errno
 import os
 import shutil
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,7 +32,7 @@ from typing import Any
 
 import rarfile
 
-from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnsafeArchive
+from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
 from lanspreadd.library import VOLUME_RE
 
 RAR_STORED = 0x30
@@ -33,6 +40,23 @@ LARGE_ENTRY = 2 << 30
 CHUNK = 1 << 20
 LINKS_PREFIX = ".lanspread-links-"
 OUTPUT_LIMIT = 256 * 1024
+UNPACK_STALL_TIMEOUT = 60.0  # an unpack tool that writes nothing for this long is stuck
+TOOL_POLL = 0.2  # how often a running tool is checked for cancel, progress and stalls
+FILE_MODE = 0o644
+EXEC_MODE = 0o755
+DIR_MODE = 0o755
+# Hosts whose attributes are a Unix st_mode: libarchive reads MacOS and BeOS ones so too.
+UNIX_MODE_HOSTS = (rarfile.RAR_OS_UNIX, rarfile.RAR_OS_MACOS, rarfile.RAR_OS_BEOS)
+SPECIAL_KINDS = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+REDIRECTION_KINDS = {
+    rarfile.RAR5_XREDIR_HARD_LINK: "a hard link",
+    rarfile.RAR5_XREDIR_FILE_COPY: "a copy of another member",
+}
 
 Progress = Callable[[int], None]
 
@@ -67,7 +91,8 @@ class Listing:
 
     @property
     def has_large_entry(self) -> bool:
-        return any(m.size >= LARGE_ENTRY for m in self.members)
+        """A regular file of 2 GiB or more; what a directory or link declares is no data."""
+        return any(m.size >= LARGE_ENTRY for m in self.members if not m.is_dir and not m.is_link)
 
 
 def safe_member_path(name: str) -> PurePosixPath:
@@ -138,18 +163,20 @@ def list_archive(archive: Path) -> Listing:
                         f"{archive.name}: archive member {info.filename!r} links outside "
                         f"the game: {target!r}"
                     )
-            redir = getattr(info, "file_redir", None)
-            if redir and not is_link:
+            is_dir = bool(info.is_dir())
+            kind = _refused_kind(info, is_dir, is_link)
+            if kind:
                 raise UnsafeArchive(
-                    f"{archive.name}: archive member {info.filename!r} is a hard link or copy"
+                    f"{archive.name}: archive member {info.filename!r} is {kind}; only files, "
+                    "directories and links inside the game are installed"
                 )
             members.append(
                 Member(
                     path=path,
                     size=int(info.file_size or 0),
-                    is_dir=bool(info.is_dir()),
+                    is_dir=is_dir,
                     is_link=is_link,
-                    mode=int(getattr(info, "mode", 0) or 0),
+                    mode=_permissions(info, is_dir),
                     crc=int(info.CRC or 0),
                     stored=info.compress_type == RAR_STORED,
                 )
@@ -158,6 +185,36 @@ def list_archive(archive: Path) -> Listing:
             raise ArchiveError(f"{archive.name} holds no files: it is empty or truncated")
         rar5 = isinstance(rf._file_parser, rarfile.RAR5Parser)
     return Listing(archive, tuple(members), rar5, volume_set(archive))
+
+
+def _refused_kind(info: Any, is_dir: bool, is_link: bool) -> str | None:
+    """What a member is when it is not a file, directory or link we can check, else None.
+
+    Tools create what the header's mode says (bsdtar even makes device nodes), so the
+    mode's file type must agree with what rarfile reads the member as.
+    """
+    redir = getattr(info, "file_redir", None)
+    if redir and not is_link:
+        return REDIRECTION_KINDS.get(redir[0], f"a redirection of unknown type {redir[0]}")
+    if info.host_os not in UNIX_MODE_HOSTS:
+        return None
+    kind = stat.S_IFMT(int(info.mode or 0))
+    if kind in SPECIAL_KINDS:
+        return SPECIAL_KINDS[kind]
+    if kind == stat.S_IFLNK and not is_link:
+        return "a link whose target cannot be checked"
+    expected = stat.S_IFLNK if is_link else stat.S_IFDIR if is_dir else stat.S_IFREG
+    if kind not in (0, expected):
+        return "of one type by its mode and another by its flags"
+    return None
+
+
+def _permissions(info: Any, is_dir: bool) -> int:
+    """Permission bits only: set-id and sticky bits are never installed; non-Unix
+    hosts store DOS attributes here, whose read-only bit is no execute bit."""
+    if info.host_os in UNIX_MODE_HOSTS and info.mode:
+        return int(info.mode) & 0o777
+    return DIR_MODE if is_dir else FILE_MODE
 
 
 def _link_target(rf: Any, info: Any) -> str:
@@ -184,13 +241,24 @@ def choose_backend(listing: Listing) -> str:
 
 
 class Extraction:
-    """One archive unpacked into `dest`; `cancel` may be set from another thread."""
+    """One archive unpacked into `dest`; `cancel` may be set from another thread.
 
-    def __init__(self, listing: Listing, dest: Path, progress: Progress, cancel: threading.Event):
+    An unpack tool that writes nothing for `stall_timeout` seconds is killed.
+    """
+
+    def __init__(
+        self,
+        listing: Listing,
+        dest: Path,
+        progress: Progress,
+        cancel: threading.Event,
+        stall_timeout: float = UNPACK_STALL_TIMEOUT,
+    ):
         self.listing = listing
         self.dest = dest
         self.progress = progress
         self.cancel = cancel
+        self.stall_timeout = stall_timeout
         self.output: list[str] = []
 
     def log(self, line: str) -> None:
@@ -204,7 +272,7 @@ class Extraction:
                 self._native()
             else:
                 self._tool(backend)
-            self._verify_tree()
+            self._check_tree()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 name = self.listing.archive.name
@@ -245,7 +313,17 @@ class Extraction:
                 archive = neutral_links(self.listing, links)
                 cmd = ["unar", "-f", "-D", "-o", str(self.dest), str(archive)]
             elif backend == "bsdtar":
-                cmd = ["bsdtar", "-x", "-f", str(self.listing.archive), "-C", str(self.dest)]
+                # As root, bsdtar restores owners and set-id bits unless told not to.
+                cmd = [
+                    "bsdtar",
+                    "-x",
+                    "--no-same-owner",
+                    "--no-same-permissions",
+                    "-f",
+                    str(self.listing.archive),
+                    "-C",
+                    str(self.dest),
+                ]
             else:
                 raise ArchiveError(f"unknown unpack back-end {backend!r}")
             self._run_tool(cmd)
@@ -260,11 +338,7 @@ class Extraction:
                 dies_with_daemon(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out
             )
             try:
-                while proc.poll() is None:
-                    if self.cancel.is_set():
-                        raise Cancelled("unpack cancelled")
-                    self.progress(_tree_bytes(self.dest))
-                    time.sleep(0.2)
+                self._watch(proc, cmd[0], out)
             finally:
                 if proc.poll() is None:
                     proc.kill()
@@ -282,9 +356,33 @@ class Extraction:
                 f"(exit {proc.returncode}): {' / '.join(tail)}"
             )
 
-    def _verify_tree(self) -> None:
-        """Every member must exist with its size and exec bit; no link may point outside."""
-        root = self.dest.resolve()
+    def _watch(self, proc: subprocess.Popen[bytes], tool: str, out: Any) -> None:
+        """Wait for the tool in this thread (the one that started it: see
+        `dies_with_daemon`), reporting progress; stop it on cancel or when stuck."""
+        activity = -1
+        since = time.monotonic()
+        while True:
+            try:
+                proc.wait(TOOL_POLL)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            if self.cancel.is_set():
+                raise Cancelled("unpack cancelled")
+            done = _tree_bytes(self.dest)
+            self.progress(done)
+            now = time.monotonic()
+            written = done + os.fstat(out.fileno()).st_size
+            if written != activity:
+                activity, since = written, now
+            elif now - since >= self.stall_timeout:
+                raise UnpackStalled(
+                    f"{tool} wrote nothing for {self.stall_timeout:g} s while unpacking "
+                    f"{self.listing.archive.name} and was stopped"
+                )
+
+    def _check_tree(self) -> None:
+        """Every member exists with its size; then the whole tree is normalised."""
         for member in self.listing.members:
             target = self._target(member)
             if member.is_link:
@@ -300,15 +398,50 @@ class Extraction:
                     f"{self.listing.archive.name}: member {member.path} unpacked to "
                     f"{st.st_size} bytes, expected {member.size}"
                 )
-            if not member.is_dir and member.mode & 0o111 and not st.st_mode & 0o100:
-                # Not every back-end restores Unix modes (unar ignores them in RAR5).
-                target.chmod((st.st_mode | 0o755) & 0o7777)
-        for dirpath, dirnames, filenames in os.walk(self.dest):
-            for name in dirnames + filenames:
-                path = Path(dirpath) / name
-                if path.is_symlink() and not path.resolve().is_relative_to(root):
-                    path.unlink()
-                    raise UnsafeArchive(f"unpacked link {name!r} points outside the game")
+        self._normalise_tree()
+
+    def _normalise_tree(self) -> None:
+        """Only files, directories and links pointing inside; the daemon's owner; files
+        0644 or 0755 by the listing's execute bit (unar ignores RAR5 modes), directories
+        0755. Whatever a back-end restored, set-id and sticky bits and owners are gone."""
+        name = self.listing.archive.name
+        root = self.dest.resolve()
+        owner = (os.geteuid(), os.lstat(self.dest).st_gid)
+        members = {str(m.path): m for m in self.listing.members}
+
+        def fail(exc: OSError) -> None:
+            raise exc
+
+        # Top-down, so a directory is made 0755 before the walk tries to list it.
+        for dirpath, dirnames, filenames in os.walk(self.dest, onerror=fail):
+            for entry in dirnames + filenames:
+                path = os.path.join(dirpath, entry)
+                rel = os.path.relpath(path, self.dest)
+                st = os.lstat(path)
+                if stat.S_ISLNK(st.st_mode):
+                    if not Path(path).resolve().is_relative_to(root):
+                        os.unlink(path)
+                        raise UnsafeArchive(f"unpacked link {rel!r} points outside the game")
+                    want = None
+                elif stat.S_ISDIR(st.st_mode):
+                    want = DIR_MODE
+                elif stat.S_ISREG(st.st_mode):
+                    if st.st_nlink != 1:
+                        # chmod would reach whatever file it shares its inode with.
+                        raise UnsafeArchive(f"{name}: unpacking made {rel!r} a hard link")
+                    member = members.get(rel)
+                    executable = member.mode & 0o111 if member else st.st_mode & 0o100
+                    want = EXEC_MODE if executable else FILE_MODE
+                else:
+                    kind = SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+                    raise UnsafeArchive(
+                        f"{name}: unpacking made {rel!r} {kind}; only files, directories "
+                        "and links inside the game are installed"
+                    )
+                if (st.st_uid, st.st_gid) != owner:
+                    os.lchown(path, *owner)
+                if want is not None and stat.S_IMODE(st.st_mode) != want:
+                    os.chmod(path, want)
 
 
 def neutral_links(listing: Listing, links: Path) -> Path:
@@ -327,12 +460,32 @@ def neutral_links(listing: Listing, links: Path) -> Path:
     return links / names[0]
 
 
+# Run in the tool's own process, then exec'd away: set PR_SET_PDEATHSIG (no capability
+# needed), make sure the daemon did not die before that, and become the tool.
+# `setpriv --pdeathsig` also calls capset(2), which the unit's
+# SystemCallFilter=~@privileged refuses (exit 127); preexec_fn is unsafe with threads.
+_PDEATHSIG_EXEC = """\
+import ctypes, os, sys
+if ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0):
+    sys.exit("prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
+if os.getppid() != int(sys.argv[1]):
+    sys.exit("lanspreadd is gone")
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
 def dies_with_daemon(cmd: list[str]) -> list[str]:
     """If the daemon is killed, its unpack tool must die too: a survivor would keep
-    writing into a staging directory that recovery is removing."""
-    if shutil.which("setpriv"):
-        return ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
-    return cmd
+    writing into a staging directory that recovery is removing.
+
+    PR_SET_PDEATHSIG fires when the *thread* that started the tool exits, not only the
+    process. `Extraction` waits for its tool in the thread that started it. The stream
+    provider starts unar from an asyncio executor thread and may read on in others;
+    executor threads live until the loop shuts down, when the tool must die anyway.
+    """
+    if not sys.executable:
+        return cmd
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG_EXEC, str(os.getpid()), *cmd]
 
 
 def _tree_bytes(root: Path) -> int:

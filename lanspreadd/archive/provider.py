@@ -4,11 +4,15 @@ A provider yields an installed tree as (entry, byte pieces) in one pass. The RAR
 provider decompresses each root archive exactly once, in order: stored members
 are read by rarfile directly; compressed ones, solid and multi-volume included,
 come from one `unar -o -` run whose output is cut at the listed member sizes.
+A unar that writes nothing for the stall timeout is killed; one that fails is
+reported with its exit status and its own words.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import shutil
 import subprocess
 import tempfile
@@ -22,13 +26,14 @@ import rarfile
 
 from lanspreadd.archive.extract import (
     LINKS_PREFIX,
+    UNPACK_STALL_TIMEOUT,
     Listing,
     Member,
     dies_with_daemon,
     list_archive,
     neutral_links,
 )
-from lanspreadd.errors import ArchiveError
+from lanspreadd.errors import ArchiveError, UnpackStalled
 
 PIECE = 1 << 20
 
@@ -69,8 +74,53 @@ def _checked(entry: TreeEntry, pieces: Iterator[bytes], archive: str) -> Iterato
         raise ArchiveError(f"{archive}: {entry.path} failed its CRC check on this source")
 
 
+class _ToolOutput:
+    """A tool's stdout, read with a stall timeout. Its end is only an end if the tool
+    succeeded: otherwise the tool's exit status and last words are the error."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], errors: IO[bytes], archive: str, stall_timeout: float
+    ) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.fd = proc.stdout.fileno()
+        self.errors = errors
+        self.archive = archive
+        self.stall_timeout = stall_timeout
+        self.poll = select.poll()
+        self.poll.register(self.fd, select.POLLIN)
+
+    def read(self, size: int) -> bytes:
+        if not self.poll.poll(self.stall_timeout * 1000):
+            self.proc.kill()
+            raise self._stalled()
+        data = os.read(self.fd, size)
+        if not data:
+            self._check_exit()
+        return data
+
+    def _check_exit(self) -> None:
+        try:
+            code = self.proc.wait(self.stall_timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise self._stalled() from None
+        if code != 0:
+            self.errors.seek(0)
+            text = self.errors.read()[-4096:].decode("utf-8", "replace")
+            tail = " / ".join(text.strip().splitlines()[-3:])
+            raise ArchiveError(f"unar failed on {self.archive} (exit {code}): {tail}")
+
+    def _stalled(self) -> UnpackStalled:
+        return UnpackStalled(
+            f"unar wrote nothing for {self.stall_timeout:g} s while unpacking {self.archive} "
+            "and was stopped"
+        )
+
+
 class RarStreamProvider:
-    def __init__(self, archives: list[Path]) -> None:
+    def __init__(self, archives: list[Path], stall_timeout: float = UNPACK_STALL_TIMEOUT) -> None:
+        self.stall_timeout = stall_timeout
         self.listings = [list_archive(a) for a in archives]
         for listing in self.listings:
             if any(m.is_link for m in listing.members):
@@ -101,23 +151,24 @@ class RarStreamProvider:
             raise ArchiveError("the unpack tool 'unar' is not installed")
         links = Path(tempfile.mkdtemp(prefix=LINKS_PREFIX, dir=listing.archive.parent))
         proc: subprocess.Popen[bytes] | None = None
+        name = listing.archive.name
         try:
-            first = neutral_links(listing, links)
-            proc = subprocess.Popen(
-                dies_with_daemon(["unar", "-q", "-o", "-", str(first)]),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-            )
-            assert proc.stdout is not None
-            for member in listing.members:
-                entry = _entry(member)
-                pieces = iter(()) if member.is_dir else _pieces(proc.stdout, member.size)
-                yield entry, _checked(entry, pieces, listing.archive.name)
-            if proc.stdout.read(1):
-                raise ArchiveError(f"{listing.archive.name}: unar produced more than listed")
-            if proc.wait() != 0:
-                raise ArchiveError(f"unar failed on {listing.archive.name}")
+            with tempfile.TemporaryFile() as errors:
+                first = neutral_links(listing, links)
+                proc = subprocess.Popen(
+                    dies_with_daemon(["unar", "-q", "-o", "-", str(first)]),
+                    bufsize=0,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=errors,
+                )
+                output = _ToolOutput(proc, errors, name, self.stall_timeout)
+                for member in listing.members:
+                    entry = _entry(member)
+                    pieces = iter(()) if member.is_dir else _pieces(output, member.size)
+                    yield entry, _checked(entry, pieces, name)
+                if output.read(1):
+                    raise ArchiveError(f"{name}: unar produced more than listed")
         finally:
             if proc is not None:
                 with contextlib.suppress(OSError):
@@ -128,7 +179,7 @@ class RarStreamProvider:
             shutil.rmtree(links, ignore_errors=True)
 
 
-def _pieces(src: IO[bytes] | Any, size: int) -> Iterator[bytes]:
+def _pieces(src: IO[bytes] | _ToolOutput | Any, size: int) -> Iterator[bytes]:
     remaining = size
     while remaining:
         piece = src.read(min(PIECE, remaining))
