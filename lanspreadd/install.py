@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -73,15 +74,19 @@ def atomic_write(path: Path, data: bytes, durable: bool = True) -> None:
 
 def fsync_tree(root: Path) -> None:
     """Make a staged tree durable before it is promoted. Only our files: a global
-    sync() would flush every process's writes and can stall the host for seconds."""
+    sync() would flush every process's writes and can stall the host for seconds.
+
+    Only regular files are opened: opening a FIFO blocks until a writer comes, and
+    the tree came from an archive. O_NONBLOCK|O_NOFOLLOW cover a swap after lstat."""
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
             path = os.path.join(dirpath, name)
-            if os.path.islink(path):
+            if not stat.S_ISREG(os.lstat(path).st_mode):
                 continue
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
             try:
-                os.fsync(fd)
+                if stat.S_ISREG(os.fstat(fd).st_mode):
+                    os.fsync(fd)
             finally:
                 os.close(fd)
         _fsync_dir(Path(dirpath))

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
+from lanspreadd.archive.extract import LARGE_ENTRY
 from lanspreadd.archive.writer import Entry, write_rar5
 from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
 from lanspreadd.install import (
@@ -18,9 +21,11 @@ from lanspreadd.install import (
     INTENT,
     RESUME_FILE,
     GameFiles,
+    fsync_tree,
     read_intent,
     recover,
 )
+from tests.crafted_rar import directory, fifo, setuid_file, symlink, write_raw_rar5
 from tests.support import default_entries, make_game, tree
 
 BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
@@ -226,3 +231,67 @@ def test_remove_download_of_an_unfinished_download_frees_its_resume_state(
     (root / "notes.txt").write_text("the user's own file")
     GameFiles(root).remove_download()
     assert sorted(p.name for p in root.iterdir()) == ["notes.txt"]
+
+
+def test_fsync_tree_skips_fifos_and_other_special_files(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until a writer comes: the job hung, cancel and SIGTERM too."""
+    staged = tmp_path / "staged"
+    (staged / "sub").mkdir(parents=True)
+    (staged / "sub" / "file.bin").write_bytes(b"data")
+    os.mkfifo(staged / "sub" / "pipe")
+    os.symlink("file.bin", staged / "sub" / "link")
+    done = threading.Event()
+
+    def sync() -> None:
+        fsync_tree(staged)
+        done.set()
+
+    threading.Thread(target=sync, daemon=True).start()
+    try:
+        assert done.wait(30), "fsync_tree blocked on a FIFO"
+    finally:
+        if not done.is_set():  # let the blocked open return
+            os.close(os.open(staged / "sub" / "pipe", os.O_WRONLY))
+
+
+def crafted_game(root: Path, with_fifo: bool) -> None:
+    """The attack found by hand: 2 GiB declared by a directory plus a link chose bsdtar,
+    which as root installed a setuid binary; a FIFO hung the install."""
+    for old in root.glob("*.rar"):
+        old.unlink()
+    members = [
+        directory("big/", declared_size=LARGE_ENTRY),
+        setuid_file("bin/su-game", b"#!/bin/sh\nid\n"),
+        symlink("start", "bin/su-game"),
+    ]
+    if with_fifo:
+        members.append(fifo("bin/pipe"))
+    write_raw_rar5(root / "g.rar", members)
+
+
+def test_crafted_archive_with_a_fifo_is_refused_and_the_install_kept(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    before = tree(root / "local")
+    crafted_game(root, with_fifo=True)
+    with pytest.raises(UnsafeArchive, match="'bin/pipe' is a FIFO"):
+        GameFiles(root).install()
+    assert tree(root / "local") == before
+    assert_clean(root)
+
+
+def test_crafted_archive_installs_without_set_id_bits(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    crafted_game(root, with_fifo=False)
+    files = GameFiles(root)
+    files.install()
+    assert files.backends == ["unar"]
+    local = root / "local"
+    assert stat.S_IMODE((local / "bin" / "su-game").stat().st_mode) == 0o755
+    assert os.readlink(local / "start") == "bin/su-game"
+    assert (local / "big").is_dir()
+    for path in [local, *local.rglob("*")]:
+        st = path.lstat()
+        assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), path
+        assert st.st_uid == os.geteuid(), path
+    assert_clean(root)
