@@ -24,7 +24,7 @@ async def serve(controller: Controller, api: DBusApi, notifier: Notifier) -> int
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, controller.stop)
     loop.add_signal_handler(signal.SIGINT, controller.stop)
-    loop.add_signal_handler(signal.SIGHUP, _reload, controller)
+    loop.add_signal_handler(signal.SIGHUP, _reload, controller, notifier)
     ready = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(controller.run(ready))
@@ -50,11 +50,21 @@ async def serve(controller: Controller, api: DBusApi, notifier: Notifier) -> int
     return EXIT_FAILED if controller.failure else 0
 
 
-def _reload(controller: Controller) -> None:
+def _reload(controller: Controller, notifier: Notifier) -> None:
+    """SIGHUP (what `systemctl reload` sends): re-read the catalog, then say READY again.
+
+    Before start-up is announced there is no reload for systemd to wait on.
+    """
+    announce = notifier.ready_sent
+    if announce:
+        notifier.reloading()
     try:
         controller.reload_catalog()
     except LanspreadError as exc:
         log.error("catalog reload failed, keeping the old catalog: %s", exc)
+    finally:
+        if announce:
+            notifier.ready(controller.status)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,10 @@
-"""sd_notify: READY, STATUS, WATCHDOG and STOPPING for a Type=notify unit."""
+"""sd_notify: READY, RELOADING, STATUS, WATCHDOG and STOPPING for a Type=notify-reload unit."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import sdnotify
 
@@ -12,6 +13,7 @@ class Notifier:
     def __init__(self) -> None:
         self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
         self._sd = sdnotify.SystemdNotifier() if self.enabled else None
+        self.ready_sent = False
 
     def send(self, state: str) -> None:
         if self._sd is not None:
@@ -19,6 +21,16 @@ class Notifier:
 
     def ready(self, status: str) -> None:
         self.send(f"READY=1\nSTATUS={status}\nMAINPID={os.getpid()}")
+        self.ready_sent = True
+
+    def reloading(self) -> None:
+        """Tell systemd a reload began; its clock lets systemd match it to the SIGHUP it sent.
+
+        Type=notify-reload makes `systemctl reload` wait for READY=1 after this, so the
+        catalog is re-read by the time the command returns.
+        """
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the catalog")
 
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")

@@ -45,6 +45,25 @@ def test_ready_watchdog_status_and_stopping(daemon: Daemon, tmp_path: Path) -> N
     assert "lanspreadd stopped" in daemon.stderr()
 
 
+def test_sighup_reload_is_announced_and_done_before_ready(daemon: Daemon, tmp_path: Path) -> None:
+    """What Type=notify-reload needs: RELOADING=1 stamped after the signal, READY=1 when done."""
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(path))
+        daemon.env = {"NOTIFY_SOCKET": str(path)}
+        daemon.start(wait=False)
+        receive_until(sock, "READY=1")
+        assert daemon.proc is not None
+        signalled = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        daemon.proc.send_signal(signal.SIGHUP)
+        messages = receive_until(sock, "READY=1")
+        reloading = next(m for m in messages if "RELOADING=1" in m)
+        stamp = int(reloading.split("MONOTONIC_USEC=")[1].split("\n")[0])
+        assert stamp >= signalled
+        assert messages.index(reloading) < next(i for i, m in enumerate(messages) if "READY=1" in m)
+        assert "catalog reloaded" in daemon.stderr()
+
+
 def lanspreadd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lanspreadd", *args],
