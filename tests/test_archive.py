@@ -24,7 +24,7 @@ from lanspreadd.archive.extract import (
     list_archive,
     safe_member_path,
 )
-from lanspreadd.archive.provider import RarStreamProvider
+from lanspreadd.archive.provider import RarStreamProvider, TreeEntry
 from lanspreadd.archive.writer import Entry, write_rar4, write_rar5, write_rar5_volumes
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
 from tests.crafted_rar import (
@@ -575,9 +575,31 @@ def test_stream_source_reports_the_tools_own_failure(tmp_path: Path) -> None:
     provider = RarStreamProvider([archive])
     archive.write_bytes(b"\0" * archive.stat().st_size)  # the archive changed after listing
     with pytest.raises(ArchiveError, match=r"unar failed on rar5-solid\.rar \(exit 1\): \S"):
-        drain(provider)
+        drain(provider.entries())
 
 
-def drain(provider: RarStreamProvider) -> None:
-    for _entry, pieces in provider.entries():
+def drain(entries: Iterator[tuple[TreeEntry, Iterator[bytes]]]) -> None:
+    for _entry, pieces in entries:
         b"".join(pieces)
+
+
+def test_stream_source_stops_a_stuck_unar(tmp_path: Path) -> None:
+    """A stopped unar stands in for a hung one: the source's reader must not wait forever."""
+    shutil.copy(SAMPLES / "rar5-solid.rar", tmp_path)
+    children = Path(f"/proc/self/task/{threading.get_native_id()}/children")
+    for _attempt in range(10):
+        provider = RarStreamProvider([tmp_path / "rar5-solid.rar"], stall_timeout=1.0)
+        entries = provider.entries()
+        next(entries)  # unar has been started by this thread
+        (tool,) = (int(pid) for pid in children.read_text().split())
+        os.kill(tool, signal.SIGSTOP)
+        if _alive(tool):
+            break
+        entries.close()  # it finished before it could be stopped: try again
+    else:
+        pytest.fail("unar always finished before it could be stopped")
+    started = time.monotonic()
+    with pytest.raises(UnpackStalled, match="unar wrote nothing for 1 s"):
+        drain(entries)
+    assert time.monotonic() - started < 30
+    assert not _alive(tool)

@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +26,10 @@ from lanspreadd.install import (
     read_intent,
     recover,
 )
-from tests.crafted_rar import directory, fifo, setuid_file, symlink, write_raw_rar5
-from tests.support import default_entries, make_game, tree
+from tests.crafted_rar import Raw, directory, fifo, setuid_file, symlink, write_raw_rar5
+from tests.support import Daemon, default_entries, make_game, tree
 
+CATALOG_GAME = "sample-game"  # in the daemon's embedded catalog
 BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
 
 CHILD = """
@@ -295,3 +297,71 @@ def test_crafted_archive_installs_without_set_id_bits(tmp_path: Path) -> None:
         assert not st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX), path
         assert st.st_uid == os.geteuid(), path
     assert_clean(root)
+
+
+def stuck_tool_game(game_dir: Path) -> Path:
+    """A game unar unpacks (a link keeps rarfile out): a big file, then `z.txt`, where
+    the test puts a FIFO nobody reads, so unar blocks as a hung tool would."""
+    root = game_dir / CATALOG_GAME
+    root.mkdir(parents=True)
+    write_raw_rar5(
+        root / "game.rar",
+        [
+            Raw("a.bin", stat.S_IFREG | 0o644, bytes(256 << 20)),
+            Raw("z.txt", stat.S_IFREG | 0o644, b"z"),
+            symlink("link", "z.txt"),
+        ],
+    )
+    (root / "version.ini").write_text("1.0")
+    return root
+
+
+def gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def block_unar(root: Path, daemon_pid: int) -> int:
+    """Plant the FIFO as soon as staging appears; return unar's pid once it blocks."""
+    staging = root / INSTALLING
+    deadline = time.monotonic() + 60
+    while not staging.is_dir():
+        assert time.monotonic() < deadline, "the install never started"
+        time.sleep(0.001)
+    os.mkfifo(staging / "z.txt")
+    while True:
+        assert time.monotonic() < deadline, "unar never reached the FIFO"
+        tools = subprocess.run(
+            ["pgrep", "-P", str(daemon_pid), "-x", "unar"], capture_output=True, text=True
+        ).stdout.split()
+        # A FIFO's open waits in the kernel's wait_for_partner.
+        if tools and Path(f"/proc/{tools[0]}/wchan").read_text() == "wait_for_partner":
+            assert (staging / "a.bin").stat().st_size == 256 << 20
+            return int(tools[0])
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("how", ["cancel", "SIGTERM"])
+def test_cancel_and_sigterm_stop_a_running_tool_within_5_s(
+    daemon: Daemon, game_dir: Path, how: str
+) -> None:
+    root = stuck_tool_game(game_dir)
+    daemon.start()
+    assert daemon.ctl("install", "--no-wait", CATALOG_GAME).returncode == 0
+    assert daemon.proc is not None
+    tool = block_unar(root, daemon.proc.pid)
+    asked = time.monotonic()
+    if how == "cancel":
+        assert daemon.ctl("cancel", CATALOG_GAME).returncode == 0
+        while (root / INTENT).exists():
+            assert time.monotonic() - asked < 5, "cancel did not stop the install"
+            time.sleep(0.05)
+        assert daemon.ctl_json("show", CATALOG_GAME)["installed"] is False
+    else:
+        assert daemon.stop(signal.SIGTERM, timeout=30) == 0
+        assert time.monotonic() - asked < 5, "SIGTERM was not honoured in time"
+    assert gone(tool), "unar outlived its job"
+    assert not (root / INSTALLING).exists()
+    assert not (root / "local").exists()
