@@ -603,3 +603,16 @@ def test_stream_source_stops_a_stuck_unar(tmp_path: Path) -> None:
         drain(entries)
     assert time.monotonic() - started < 30
     assert not _alive(tool)
+
+
+def test_stream_source_catches_a_truncated_archive_unar_calls_fine(tmp_path: Path) -> None:
+    """unar -o - exits 0 on a truncated archive; sizes and CRCs catch it."""
+    shutil.copy(SAMPLES / "rar5-solid.rar", tmp_path)
+    archive = tmp_path / "rar5-solid.rar"
+    provider = RarStreamProvider([archive])
+    archive.write_bytes(archive.read_bytes()[:150])
+    assert (
+        subprocess.run(["unar", "-q", "-o", "-", str(archive)], capture_output=True).returncode == 0
+    )
+    with pytest.raises(ArchiveError, match=r"ended early|CRC"):
+        drain(provider.entries())
