@@ -382,7 +382,9 @@ class Extraction:
                 )
 
     def _check_tree(self) -> None:
-        """Every member exists with its size; then the whole tree is normalised."""
+        """The whole tree normalised (so every directory can be read), then every
+        member there with its size."""
+        self._normalise_tree()
         for member in self.listing.members:
             target = self._target(member)
             if member.is_link:
@@ -398,7 +400,6 @@ class Extraction:
                     f"{self.listing.archive.name}: member {member.path} unpacked to "
                     f"{st.st_size} bytes, expected {member.size}"
                 )
-        self._normalise_tree()
 
     def _normalise_tree(self) -> None:
         """Only files, directories and links pointing inside; the daemon's owner; files
