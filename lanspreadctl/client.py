@@ -27,6 +27,9 @@ UNREACHABLE_ERRORS = {
     "org.freedesktop.DBus.Error.NameHasNoOwner",
     "org.freedesktop.DBus.Error.NoReply",
     "org.freedesktop.DBus.Error.Disconnected",
+    # D-Bus activation of a disabled or masked unit: systemd's refusal, passed on by the bus.
+    "org.freedesktop.systemd1.NoSuchUnit",
+    "org.freedesktop.systemd1.UnitMasked",
 }
 
 
