@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from dbus_fast import Message, MessageType
 
 from lanspreadd.busconnect import connect_bus
-from tests.support import BUS_NAME, MANAGER, ROOT
+from tests.support import BUS_NAME, MANAGER, ROOT, as_user
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 FLOOD_DEADLINE = 90
 
@@ -69,6 +73,31 @@ async def flood(address: str, calls: int, in_flight: int) -> dict[str, Any]:
         "in_order": daemon_serials == sorted(daemon_serials),
         "daemon_replies": len(daemon_serials),
     }
+
+
+def flood_as(user: str, address: str, calls: int, in_flight: int) -> dict[str, Any]:
+    """Run the flood as `user`, in its own process as a local attacker would."""
+    result = subprocess.run(
+        as_user(
+            user,
+            sys.executable,
+            "-m",
+            "tests.busflood",
+            address,
+            str(calls),
+            str(in_flight),
+            keep_read_search=True,
+        ),
+        capture_output=True,
+        text=True,
+        cwd=CHECKOUT,
+        timeout=FLOOD_DEADLINE + 10,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"the flood did not run: {result.stderr}")
+    summary: dict[str, Any] = json.loads(result.stdout)
+    return summary
 
 
 def main() -> None:

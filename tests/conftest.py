@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import os
-import pwd
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -9,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Daemon, PrivateBus
+from tests.support import Daemon, PrivateBus, system_user
 
 pytest_plugins = ("dbusmock.pytest_fixtures",)
 
@@ -68,25 +67,8 @@ def service_user() -> Iterator[str]:
     """The `lanspread` system user the packaged unit runs as (created if missing)."""
     if os.geteuid() != 0:
         pytest.skip("needs root to switch users")
-    created = False
-    try:
-        pwd.getpwnam("lanspread")
-    except KeyError:
-        subprocess.run(
-            [
-                "useradd",
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-                "lanspread",
-            ],
-            check=True,
-        )
-        created = True
-    yield "lanspread"
-    if created:
-        subprocess.run(["userdel", "lanspread"], check=False)
+    with system_user("lanspread") as user:
+        yield user
 
 
 @pytest.fixture

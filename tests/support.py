@@ -13,7 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -351,3 +352,22 @@ def tree(root: Path) -> dict[str, bytes | None]:
         rel = str(path.relative_to(root))
         result[rel] = None if path.is_dir() else path.read_bytes()
     return result
+
+
+@contextmanager
+def system_user(name: str) -> Iterator[str]:
+    """A system user (created for the duration if missing, then removed again)."""
+    created = False
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
+        created = True
+    try:
+        yield name
+    finally:
+        if created:
+            subprocess.run(["userdel", name], check=False)

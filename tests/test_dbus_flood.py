@@ -7,9 +7,7 @@ called `ListGames` fast enough stopped lanspreadd for everyone (`lanspreadd.busc
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from dbus_fast import Message, MessageType
 
 from lanspreadd.busconnect import PatientWriter, connect_bus
+from tests.busflood import flood_as
 from tests.support import (
     BUS_NAME,
     MANAGER,
@@ -57,26 +56,7 @@ def system_daemon(service_user: str, tmp_path: Path) -> Iterator[Daemon]:
 
 
 def flood_as_nobody(daemon: Daemon, calls: int, in_flight: int) -> dict[str, object]:
-    result = subprocess.run(
-        as_user(
-            "nobody",
-            sys.executable,
-            "-m",
-            "tests.busflood",
-            daemon.bus.address,
-            str(calls),
-            str(in_flight),
-            keep_read_search=True,
-        ),
-        capture_output=True,
-        text=True,
-        cwd=CHECKOUT,
-        timeout=100,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    summary: dict[str, object] = json.loads(result.stdout)
-    return summary
+    return flood_as("nobody", daemon.bus.address, calls, in_flight)
 
 
 def honest_list_games(daemon: Daemon) -> str:

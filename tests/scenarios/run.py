@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import random
 import re
@@ -553,6 +554,110 @@ def hostile_lan(runs: int, connections: int) -> Outcome:
     )
 
 
+def hostile_archive(runs: int) -> Outcome:
+    """A peer serves crafted games. One declares 2 GiB for a directory beside a link and a
+    setuid-root binary: that once chose bsdtar, which restored owner and set-id bits for
+    a daemon running as root. One holds a FIFO, which hung the install for good. The
+    receiver (root here, as the demo once ran) installs the first with plain modes and
+    its own owner, refuses the second by name, and keeps serving."""
+    from tests.crafted_rar import Raw, directory, fifo, setuid_file, symlink, write_raw_rar5
+
+    binary = setuid_file("bin/su-game", b"#!/bin/sh\nid\n")
+    setuid_root = Raw(binary.name, binary.mode, binary.data, owner=(0, 0))
+    big_dir = directory("big/", declared_size=2 << 30)
+    crafted = {
+        GAME: ("1.0", [big_dir, setuid_root, symlink("go", "bin/su-game")]),
+        "teeworlds": ("0.7.5", [directory("bin/"), Raw("bin/run", 0o100755, b"x"), fifo("bin/p")]),
+    }
+    passed = 0
+    for _ in range(runs):
+        with cluster() as c:
+            source = c.add("source")
+            receiver = c.add("receiver")
+            for game, (version, members) in crafted.items():
+                root = source.game_dir / game
+                root.mkdir()
+                write_raw_rar5(root / f"{game}.rar", members)
+                (root / "version.ini").write_text(f"{version}\n")
+            source.start()
+            receiver.start()
+            connect(receiver, source)
+            wait_for(lambda: show(receiver)["sources"] == 1, 30, "the source's snapshot")
+            result = receiver.ctl_json("download", "--install", GAME)
+            check(result["state"] == "finished", f"crafted install: {result}")
+            local = receiver.game_dir / GAME / "local"
+            for path in [local, *local.rglob("*")]:
+                st = path.lstat()
+                check(not st.st_mode & 0o7000, f"{path} kept set-id or sticky bits")
+                check(st.st_uid == os.geteuid(), f"{path} kept the archive's owner")
+            check(os.readlink(local / "go") == "bin/su-game", "the inside link was not kept")
+            wait_for(
+                lambda: receiver.ctl_json("show", "teeworlds")["sources"] == 1, 30, "teeworlds"
+            )
+            refused = receiver.ctl("--json", "download", "--install", "teeworlds")
+            check(refused.returncode == 1, f"exit {refused.returncode}: {refused.stderr}")
+            fifo_result = json.loads(refused.stdout)
+            check(fifo_result["state"] == "failed", f"a FIFO installed: {fifo_result}")
+            check("is a FIFO" in fifo_result["error_message"], f"unnamed: {fifo_result}")
+            check(not (receiver.game_dir / "teeworlds" / "local").exists(), "FIFO game installed")
+            check(receiver.ctl("status").returncode == 0, "receiver stopped serving")
+            check(idle(receiver), "a job is stuck")
+            passed += 1
+    return Outcome(runs, passed, "set-id bits and owners dropped, FIFO refused by name, serving")
+
+
+def hostile_client(runs: int, floods: int) -> Outcome:
+    """An unprivileged local user floods the daemon (running as its service user on a
+    system-like bus) with 5,000 calls, 200 in flight: dbus-fast once took the full
+    socket for a dead bus and the daemon exited. Honest callers are answered between floods."""
+    from tests.busflood import flood_as
+    from tests.support import SystemBus, as_user, system_user
+
+    policy = Path(__file__).resolve().parents[2] / "dbus" / "org.lanspread.Lanspread1.conf"
+    passed = 0
+    answered = 0
+    for _ in range(runs):
+        with (
+            tempfile.TemporaryDirectory(prefix="lanspread-scenario-") as base,
+            system_user("lanspread") as user,
+        ):
+            bus = SystemBus(policy)
+            victim = Daemon(
+                bus, Path(base) / "games", Path(base) / "state", ("--polkit", "on"), user=user
+            )
+            victim.game_dir.mkdir()
+            try:
+                victim.start()
+                for _ in range(floods):
+                    summary = flood_as("nobody", bus.address, 5000, 200)
+                    answered += int(summary["answers"])
+                    assert victim.proc is not None
+                    check(victim.proc.poll() is None, f"the daemon died: {victim.stderr()}")
+                    honest = subprocess.run(
+                        as_user(
+                            "nobody",
+                            sys.executable,
+                            "-m",
+                            "lanspreadctl",
+                            "--address",
+                            bus.address,
+                            "games",
+                            keep_read_search=True,
+                        ),
+                        capture_output=True,
+                        text=True,
+                        timeout=60,
+                        check=False,
+                    )
+                    check(honest.returncode == 0, f"an honest caller was refused: {honest}")
+            finally:
+                if victim.proc is not None and victim.proc.poll() is None:
+                    victim.stop()
+                bus.stop()
+            passed += 1
+    return Outcome(runs, passed, f"{answered} flood calls answered, daemon up, honest calls served")
+
+
 def served_by(peer: Daemon) -> dict[str, int]:
     """MiB per source from the receiver's summary line of its last download."""
     lines = [line for line in peer.stderr().splitlines() if f"downloaded {GAME} " in line]
@@ -616,6 +721,8 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
     "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),
     "hostile-lan": (lambda: hostile_lan(1, 2000), lambda: hostile_lan(3, 2000)),
+    "hostile-archive": (lambda: hostile_archive(1), lambda: hostile_archive(3)),
+    "hostile-client": (lambda: hostile_client(1, 2), lambda: hostile_client(3, 3)),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
     "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
     "dbus-abuse": (lambda: dbus_abuse(1), lambda: dbus_abuse(3)),
