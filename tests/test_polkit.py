@@ -112,7 +112,7 @@ def test_policy_file_declares_every_action_the_daemon_checks() -> None:
     from lanspreadd import dbus_api
 
     policy = Path(__file__).resolve().parent.parent / "dbus" / "org.lanspread.policy"
-    ids = [a.get("id") for a in ET.parse(policy).getroot().iter("action")]
+    ids = [a.get("id", "") for a in ET.parse(policy).getroot().iter("action")]
     assert len(ids) == len(set(ids)), f"an action is declared twice: {sorted(ids)}"
     declared = set(ids)
     used = {
