@@ -445,9 +445,9 @@ class Controller:
             task = asyncio.current_task()
             if task is not None and job.cancel_event.is_set():
                 task.uncancel()
-            job.finish(
-                JobState.CANCELLED, Cancelled().dbus_name, f"{job.kind} of {job.game_id} cancelled"
-            )
+            # Messages say why only: the log line and lanspreadctl name the job already.
+            why = "cancel requested" if job.cancel_event.is_set() else "stopped with the daemon"
+            job.finish(JobState.CANCELLED, Cancelled().dbus_name, why)
         except PeersGone as exc:
             job.finish(JobState.PEERS_GONE, exc.dbus_name, str(exc))
         except LanspreadError as exc:
@@ -456,7 +456,7 @@ class Controller:
             error: LanspreadError = (
                 DiskFull(f"no space left: {exc}")
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else LanspreadError(f"{job.kind} of {job.game_id} failed: {exc}")
+                else LanspreadError(str(exc))
             )
             job.finish(JobState.FAILED, error.dbus_name, str(error))
         except Exception as exc:

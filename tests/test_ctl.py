@@ -8,6 +8,7 @@ import pty
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,29 @@ def test_human_output_escapes_what_a_terminal_would_act_on(daemon: Daemon, tmp_p
     assert refused.returncode != 0
     assert _raw_controls(refused.stderr) == []
     assert "owned" in refused.stderr
+
+
+def test_a_failure_names_the_job_once(daemon: Daemon, make_tmpfs: Callable[[int], Path]) -> None:
+    """A game dir the daemon cannot write to (issue 10 saw `/srv/games`) used to fail
+    with 'install of X failed: install of X failed: [Errno 30] ...'."""
+    games = make_tmpfs(128)
+    make_game(games, GAME)
+    subprocess.run(["mount", "-o", "remount,ro", str(games)], check=True)
+    daemon.game_dir = games
+    daemon.start()
+
+    outcome = json.loads(daemon.ctl("--json", "install", GAME).stdout)
+    assert outcome["state"] == "failed"
+    assert outcome["error_message"].startswith("[Errno 30] Read-only file system: ")
+
+    human = daemon.ctl("install", GAME)
+    assert human.returncode == 1
+    assert human.stdout.startswith("install sample-game: failed: [Errno 30] Read-only file system")
+    assert human.stdout.count("failed") == 1
+
+    logged = [json.loads(line)["line"] for line in daemon.ctl("--json", "logs").stdout.splitlines()]
+    lines = [line for line in logged if "Read-only" in line]
+    assert len(lines) == 2, logged  # one per attempt
+    for line in lines:
+        assert line.count("install of sample-game failed: [Errno 30] Read-only") == 1, line
+        assert line.count("failed") == 1, line

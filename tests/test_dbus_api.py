@@ -200,6 +200,7 @@ def test_busy_and_cancel(daemon: Daemon, game_dir: Path) -> None:
         state = await wait_job(bus, first.body[0])
         assert state["State"] == "cancelled"
         assert state["ErrorName"] == ERR + "Cancelled"
+        assert state["ErrorMessage"] == "cancel requested"  # the job names itself already
         game = await props(bus, GAME_PATH, GAME_IFACE)
         assert game["Installed"] is False
         assert game["Operation"] == ""
