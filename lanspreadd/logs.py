@@ -162,6 +162,9 @@ def setup_logging(level: str, log_file: Path | None) -> LogSink:
     root.addHandler(stderr)
     sink = LogSink(log_file)
     root.addHandler(sink)
+    # aioquic logs two info lines per QUIC connection (its logger is plain "quic"):
+    # noise in a party of dozens of peers. Its warnings still come through.
+    logging.getLogger("quic").setLevel(logging.WARNING)
     return sink
 
 

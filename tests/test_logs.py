@@ -3,6 +3,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from lanspreadd.logs import (
@@ -13,6 +15,7 @@ from lanspreadd.logs import (
     UnpackLogs,
     clean_terminal_output,
 )
+from tests.support import Daemon
 
 
 def test_terminal_output_is_cleaned() -> None:
@@ -129,3 +132,21 @@ def test_any_string_reaches_every_sink_escaped(tmp_path: Path) -> None:
     record = logging.LogRecord("x", logging.INFO, "f", 1, hostile, None, None)
     fmt.format(record).encode("utf-8")
     sink.close()
+
+
+def test_quic_connections_log_no_info_lines(make_peer: Callable[..., Daemon]) -> None:
+    """aioquic logged 'Negotiated protocol version' and 'ALPN negotiated' per connection."""
+    first, second = make_peer("first").start(), make_peer("second").start()
+    assert first.ctl_json("connect", f"127.0.0.1:{second.port}")["peer_id"]
+
+    def logged(daemon: Daemon) -> list[str]:
+        out = daemon.ctl("--json", "logs").stdout
+        return [json.loads(line)["line"] for line in out.splitlines()]
+
+    for daemon in (first, second):
+        deadline = time.monotonic() + 20
+        while not any("connected from" in line for line in logged(daemon)):  # the log works
+            assert time.monotonic() < deadline, logged(daemon)
+        lines = logged(daemon)
+        assert not [line for line in lines if " quic: " in line], lines
+        assert "quic: [" not in daemon.stderr()
