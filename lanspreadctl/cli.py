@@ -332,8 +332,20 @@ async def cmd_monitor(client: Client, args: argparse.Namespace, out: Output) -> 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lanspreadctl", description="Control lanspreadd.")
     bus = p.add_mutually_exclusive_group()
-    bus.add_argument("--system", dest="bus", action="store_const", const="system")
-    bus.add_argument("--session", dest="bus", action="store_const", const="session")
+    bus.add_argument(
+        "--system",
+        dest="bus",
+        action="store_const",
+        const="system",
+        help="talk to lanspreadd on the system bus, where the packaged service runs (default)",
+    )
+    bus.add_argument(
+        "--session",
+        dest="bus",
+        action="store_const",
+        const="session",
+        help="talk to a lanspreadd started by hand with --bus session",
+    )
     bus.add_argument("--address", dest="bus", metavar="ADDRESS", help="a D-Bus address")
     p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dbus_fast import BusType, Message, MessageType, Variant
@@ -62,6 +64,22 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+def session_bus_address() -> str:
+    """Find the session bus as libdbus and sd-bus do; dbus-fast skips $XDG_RUNTIME_DIR/bus."""
+    address = os.environ.get("DBUS_SESSION_BUS_ADDRESS")
+    if address:
+        return address
+    runtime_dir = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime_dir and Path(runtime_dir, "bus").is_socket():
+        return f"unix:path={Path(runtime_dir, 'bus')}"
+    raise ClientError(
+        "no session bus: DBUS_SESSION_BUS_ADDRESS is not set and there is no "
+        "$XDG_RUNTIME_DIR/bus (lanspreadd runs on the system bus unless started with "
+        "--bus session)",
+        EXIT_UNREACHABLE,
+    )
+
+
 SignalHandler = Callable[[Message], None]
 
 
@@ -73,18 +91,20 @@ class Client:
 
     @property
     def bus_label(self) -> str:
-        return self.bus_spec if self.bus_spec in ("system", "session") else "the given"
+        return self.bus_spec if self.bus_spec in ("system", "session") else "given"
 
     async def connect(self) -> None:
-        if self.bus_spec == "system":
-            bus = MessageBus(bus_type=BusType.SYSTEM)
-        elif self.bus_spec == "session":
-            bus = MessageBus(bus_type=BusType.SESSION)
-        else:
-            bus = MessageBus(bus_address=self.bus_spec)
         try:
+            if self.bus_spec == "system":
+                bus = MessageBus(bus_type=BusType.SYSTEM)
+            elif self.bus_spec == "session":
+                bus = MessageBus(bus_address=session_bus_address())
+            else:
+                bus = MessageBus(bus_address=self.bus_spec)
             await asyncio.wait_for(bus.connect(), 10)
-        except (OSError, TimeoutError, ValueError, Exception) as exc:
+        except ClientError:
+            raise
+        except Exception as exc:  # dbus-fast raises its own kinds too, e.g. for a bad address
             raise ClientError(
                 f"cannot connect to the {self.bus_label} bus: {exc}", EXIT_UNREACHABLE
             ) from exc

@@ -175,3 +175,47 @@ def test_a_failure_names_the_job_once(daemon: Daemon, make_tmpfs: Callable[[int]
     for line in lines:
         assert line.count("install of sample-game failed: [Errno 30] Read-only") == 1, line
         assert line.count("failed") == 1, line
+
+
+def test_session_bus_found_or_named_missing(daemon: Daemon, tmp_path: Path) -> None:
+    """Like libdbus, `--session` falls back on $XDG_RUNTIME_DIR/bus; with no session bus
+    at all it says so and exits 3 (it was a dbus-fast traceback and exit 1)."""
+    daemon.start()
+    runtime_dir = Path(daemon.bus.address.removeprefix("unix:path=")).parent
+    assert (runtime_dir / "bus").is_socket()
+    env = {k: v for k, v in os.environ.items() if k not in ("DBUS_SESSION_BUS_ADDRESS", "DISPLAY")}
+
+    def ctl(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lanspreadctl", *args],
+            env=env | extra,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    found = ctl("--session", "games", XDG_RUNTIME_DIR=str(runtime_dir))
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.startswith("ID")
+
+    missing = ctl("--session", "games", XDG_RUNTIME_DIR=str(tmp_path))
+    assert missing.returncode == 3
+    assert missing.stderr.startswith("lanspreadctl: no session bus: DBUS_SESSION_BUS_ADDRESS")
+    assert "Traceback" not in missing.stderr
+    as_json = ctl("--json", "--session", "games", XDG_RUNTIME_DIR=str(tmp_path))
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["message"].startswith("no session bus")
+
+
+def test_every_bus_option_is_explained() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "lanspreadctl", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    options = shown[shown.index("options:") :]
+    for option in ("--system", "--session", "--address ADDRESS", "--json"):
+        line = next(line for line in options.splitlines() if line.strip().startswith(option))
+        assert line.strip() != option, f"{option} has no help text"
