@@ -134,9 +134,14 @@ async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
             done.set_result(None)
 
     await client.subscribe(f"type='signal',sender='{BUS_NAME}',path='{path}'", on_signal)
+    await client.watch_daemon()
     props.update(await client.get_all(path, JOB_IFACE))
     if props["State"] == "running":
-        await done
+        try:
+            await client.until_daemon_gone(done, label)
+        except ClientError:
+            bar.close()  # the message goes on a line of its own
+            raise
         props.update(await client.get_all(path, JOB_IFACE))
     bar.show(props["BytesDone"], props["BytesTotal"], 0, force=True)
     bar.close()
@@ -285,10 +290,12 @@ async def cmd_logs(client: Client, args: argparse.Namespace, out: Output) -> int
             f"type='signal',sender='{BUS_NAME}',path='{ROOT_PATH}',member='LogLine'", on_line
         )
     watermark, lines = await client.manager("GetLogs", "u", args.lines)
+    if args.follow:
+        await client.watch_daemon()
     for line in lines:
         out.emit({"line": line}, escape(line))
     while args.follow:
-        seq, level, text = await queue.get()
+        seq, level, text = await client.until_daemon_gone(queue.get(), "log lines")
         if seq > watermark:
             out.emit({"seq": seq, "level": level, "line": text}, escape(text))
     return EXIT_OK

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dbus_fast import BusType, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
@@ -23,6 +23,8 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNREACHABLE = 3
 EXIT_DENIED = 4
+
+DAEMON_STOPPED = "daemon-stopped"
 
 UNREACHABLE_ERRORS = {
     "org.freedesktop.DBus.Error.ServiceUnknown",
@@ -81,6 +83,7 @@ def session_bus_address() -> str:
 
 
 SignalHandler = Callable[[Message], None]
+T = TypeVar("T")
 
 
 class Client:
@@ -88,6 +91,8 @@ class Client:
         self.bus_spec = bus_spec
         self.bus: MessageBus | None = None
         self._handlers: list[SignalHandler] = []
+        self.daemon_gone: asyncio.Future[None] | None = None
+        self.daemon_owner = ""  # the unique bus name of the lanspreadd that answered first
 
     @property
     def bus_label(self) -> str:
@@ -142,6 +147,8 @@ class Client:
         )
         if reply is None:
             raise ClientError("no reply from lanspreadd", EXIT_UNREACHABLE)
+        if destination == BUS_NAME and reply.sender != "org.freedesktop.DBus":
+            self.daemon_owner = self.daemon_owner or reply.sender or ""
         if reply.message_type is MessageType.ERROR:
             name = reply.error_name or ""
             text = reply.body[0] if reply.body else name
@@ -158,6 +165,56 @@ class Client:
         body = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", [interface])
         result: dict[str, Any] = unwrap(body[0])
         return result
+
+    async def watch_daemon(self) -> None:
+        """Resolve `daemon_gone` when the lanspreadd that answered us leaves the bus
+        (stopped, killed, restarted): nothing else ends a wait on its signals. Call it
+        after lanspreadd has answered once, so a bus-activated daemon counts as there."""
+        if self.daemon_gone is not None:
+            return
+        gone = self.daemon_gone = asyncio.get_running_loop().create_future()
+
+        def on_owner(msg: Message) -> None:
+            left = msg.member == "NameOwnerChanged" and msg.body[:2] == [
+                BUS_NAME,
+                self.daemon_owner,
+            ]
+            if left and not gone.done():
+                gone.set_result(None)
+
+        await self.subscribe(
+            "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+            f"member='NameOwnerChanged',arg0='{BUS_NAME}'",
+            on_owner,
+        )
+        try:  # it may have left, or been replaced, before the match rule was in place
+            owner = await self.call(
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "GetNameOwner",
+                "s",
+                [BUS_NAME],
+                destination="org.freedesktop.DBus",
+            )
+        except ClientError:
+            owner = [""]
+        self.daemon_owner = self.daemon_owner or owner[0]
+        if (owner[0] != self.daemon_owner or not owner[0]) and not gone.done():
+            gone.set_result(None)
+
+    async def until_daemon_gone(self, waiting: Awaitable[T], what: str) -> T:
+        """Await `waiting` unless the daemon leaves first (see `watch_daemon`)."""
+        await self.watch_daemon()
+        assert self.daemon_gone is not None
+        task = asyncio.ensure_future(waiting)
+        racing: set[asyncio.Future[Any]] = {task, self.daemon_gone}
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        raise ClientError(
+            f"lanspreadd stopped while waiting for {what}", EXIT_UNREACHABLE, DAEMON_STOPPED
+        )
 
     async def subscribe(self, rule: str, handler: SignalHandler) -> None:
         self._handlers.append(handler)
