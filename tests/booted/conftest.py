@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
-from tests.booted.machine import TIMINGS, Lan, Machine, build_deb, cached_root
+from tests.booted.machine import TIMINGS, Lan, Machine, build_deb, cached_root, sweep_leftovers
 
 TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "ip", "tar", "dpkg-buildpackage")
 
@@ -40,10 +42,29 @@ def booted_host() -> None:
         if os.environ.get("CI"):
             pytest.fail(problem)
         pytest.skip(problem)
+    sweep_leftovers()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def unwind_on_sigterm() -> Iterator[None]:
+    """SIGTERM (a CI time-out, a developer's kill) unwinds like Ctrl-C, so the machines'
+    teardown runs."""
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    yield
+    signal.signal(signal.SIGTERM, previous)
 
 
 @pytest.fixture(scope="session")
 def deb(booted_host: None) -> Path:
+    """The package built from the checkout, or the one LANSPREAD_DEB names (to try a
+    build of another commit)."""
+    given = os.environ.get("LANSPREAD_DEB")
+    if given:
+        return Path(given).resolve(strict=True)
     return timed("packaging/build-deb", build_deb)
 
 

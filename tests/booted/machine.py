@@ -44,6 +44,9 @@ BASE_PACKAGES = (
 )
 SUBNET = "10.213.78"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Machines and scratch roots live in WORK, named by the test run's process id.
+WORK = Path("/var/tmp")
+MACHINE_PREFIX = "lanspread-booted-"
 # Where files handed to a machine land: not under /tmp or /run, which are tmpfs inside.
 INBOX = "/opt/lanspread-test"
 
@@ -78,6 +81,57 @@ def host_run(
             f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
         )
     return result
+
+
+def start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks: with the pid, it names one process for good."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def kill_recorded(directory: Path) -> None:
+    """SIGKILL the processes a machine recorded at boot (its PID 1 first), if still the same."""
+    with contextlib.suppress(OSError):
+        for line in (directory / "pids").read_text().splitlines():
+            pid, started = line.split()
+            if start_time(int(pid)) == started:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_leftovers() -> None:
+    """Remove the machines and networks of runs that died without tearing down (SIGKILL):
+    only those whose run's process is gone."""
+    for path in WORK.glob(f"{MACHINE_PREFIX}*"):
+        owner = path.name.removeprefix(MACHINE_PREFIX).split("-")[0]
+        if owner.isdigit() and not alive(int(owner)):
+            kill_recorded(path)
+            subprocess.run(
+                ["umount", "-l", str(path / "root/proc")], check=False, capture_output=True
+            )
+            shutil.rmtree(path, ignore_errors=True)
+    listing = subprocess.run(
+        ["ip", "netns", "list"], capture_output=True, text=True, check=False, timeout=30
+    )
+    for line in listing.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        parts = name.split("-")
+        ours = len(parts) == 3 and parts[0] == "lsboot" and parts[1].isdigit()
+        if ours and not alive(int(parts[1])):
+            subprocess.run(["ip", "netns", "delete", name], check=False, timeout=30)
 
 
 def package_dependencies() -> list[str]:
@@ -175,6 +229,9 @@ def cached_root(extra: Sequence[str] = ()) -> Path:
         if tarball.exists():
             return tarball
         started = time.monotonic()
+        for partial in CACHE.glob("root-*"):  # a build that was killed; none runs now
+            subprocess.run(["umount", "-l", str(partial / "root/proc")], check=False)
+            shutil.rmtree(partial, ignore_errors=True)
         for stale in CACHE.glob(f"{prefix}*.tar"):  # an older package list
             if re.fullmatch(re.escape(prefix) + r"[0-9a-f]{12}\.tar", stale.name):
                 stale.unlink()
@@ -218,7 +275,7 @@ class Lan:
     """A bridge in a network namespace of this run; machines plug into it."""
 
     def __init__(self) -> None:
-        self.namespace = f"lsboot-{secrets.token_hex(3)}"
+        self.namespace = f"lsboot-{os.getpid()}-{secrets.token_hex(3)}"
         host_run(["ip", "netns", "add", self.namespace], timeout=30)
         try:
             for cmd in (
@@ -265,7 +322,7 @@ class Machine:
         self.name = name
         self.lan = lan
         self.address = lan.address()
-        self.dir = Path(tempfile.mkdtemp(prefix=f"lanspread-{name}-", dir="/var/tmp"))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"{MACHINE_PREFIX}{os.getpid()}-{name}-", dir=WORK))
         self.root = self.dir / "root"
         self.console = self.dir / "console.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -324,6 +381,10 @@ class Machine:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise MachineError(f"{self.name} did not start: {self.console_text()}")
                 time.sleep(0.1)
+        # For sweep_leftovers, should this run die without tearing down.
+        (self.dir / "pids").write_text(
+            "".join(f"{pid} {start_time(pid)}\n" for pid in (self.leader, self.proc.pid))
+        )
         while True:
             # Nothing to connect to ("offline", or no socket at all) until PID 1 listens on
             # its private socket; from then on --wait waits for the boot to end.

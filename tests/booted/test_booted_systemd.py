@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -26,7 +27,9 @@ import pytest
 
 from tests.booted.machine import (
     INBOX,
+    MACHINE_PREFIX,
     TIMINGS,
+    WORK,
     Machine,
     MachineError,
     cached_root,
@@ -204,7 +207,7 @@ def test_package_installs_an_enabled_running_hardened_unit(alpha: Machine, playe
 def test_lintian_finds_no_errors_or_warnings(booted_host: None, deb: Path) -> None:
     """Debian 13's lintian, in a Debian 13 root (a chroot: nothing to boot)."""
     image = cached_root(extra=("lintian",))
-    work = Path(tempfile.mkdtemp(prefix="lanspread-lintian-", dir="/var/tmp"))
+    work = Path(tempfile.mkdtemp(prefix=f"{MACHINE_PREFIX}{os.getpid()}-lintian-", dir=WORK))
     try:
         root = work / "root"
         unpack(image, root)
