@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dbus_fast import BusType, Message, MessageType, Variant
+from dbus_fast import BusType, Message, MessageFlag, MessageType, Variant
 from dbus_fast.aio import MessageBus
+
+from lanspreadctl.agent import TextAgent
 
 BUS_NAME = "org.lanspread.Lanspread1"
 ROOT_PATH = "/org/lanspread/Lanspread1"
@@ -17,6 +20,22 @@ MANAGER_IFACE = "org.lanspread.Lanspread1.Manager"
 GAME_IFACE = "org.lanspread.Lanspread1.Game"
 JOB_IFACE = "org.lanspread.Lanspread1.Job"
 ERROR_PREFIX = "org.lanspread.Lanspread1.Error."
+POLKIT_NAME = "org.freedesktop.PolicyKit1"
+# Manager methods that lanspreadd authorises through polkit.
+MUTATING = frozenset(
+    {
+        "Cancel",
+        "ConnectPeer",
+        "Download",
+        "Install",
+        "ReloadCatalog",
+        "RemoveDownload",
+        "SetGameDir",
+        "StreamInstall",
+        "Uninstall",
+        "Update",
+    }
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -87,8 +106,16 @@ T = TypeVar("T")
 
 
 class Client:
-    def __init__(self, bus_spec: str) -> None:
+    def __init__(self, bus_spec: str, ask_password: bool | None = None) -> None:
+        """`ask_password`: someone can answer polkit; by default when stdin is a terminal,
+        as systemctl decides."""
         self.bus_spec = bus_spec
+        if ask_password is None:
+            ask_password = sys.stdin is not None and sys.stdin.isatty()
+        self.ask_password = ask_password
+        self.agent: TextAgent | None = None
+        self._agent_tried = False
+        self.address: str | None = None  # None: the system bus
         self.bus: MessageBus | None = None
         self._handlers: list[SignalHandler] = []
         self.daemon_gone: asyncio.Future[None] | None = None
@@ -103,9 +130,11 @@ class Client:
             if self.bus_spec == "system":
                 bus = MessageBus(bus_type=BusType.SYSTEM)
             elif self.bus_spec == "session":
-                bus = MessageBus(bus_address=session_bus_address())
+                self.address = session_bus_address()
+                bus = MessageBus(bus_address=self.address)
             else:
-                bus = MessageBus(bus_address=self.bus_spec)
+                self.address = self.bus_spec
+                bus = MessageBus(bus_address=self.address)
             await asyncio.wait_for(bus.connect(), 10)
         except ClientError:
             raise
@@ -117,8 +146,29 @@ class Client:
         self.bus = bus
 
     def close(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
         if self.bus is not None:
             self.bus.disconnect()
+
+    async def _start_agent(self) -> None:
+        """Once, before the first mutating call: a text agent when polkit is in play,
+        that is on the system bus or where polkit shares lanspreadd's bus."""
+        if self._agent_tried:
+            return
+        self._agent_tried = True
+        if self.address is not None:
+            has_polkit = await self.call(
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus",
+                "NameHasOwner",
+                "s",
+                [POLKIT_NAME],
+                destination="org.freedesktop.DBus",
+            )
+            if not has_polkit[0]:
+                return
+        self.agent = await TextAgent.start(self.address)
 
     def _dispatch(self, msg: Message) -> None:
         if msg.message_type is MessageType.SIGNAL:
@@ -133,8 +183,15 @@ class Client:
         signature: str = "",
         body: list[Any] | None = None,
         destination: str = BUS_NAME,
+        interactive: bool = False,
     ) -> list[Any]:
+        """`interactive`: the call is authorised by polkit, which may ask for a password
+        when someone at the terminal can answer."""
         assert self.bus is not None
+        flags = MessageFlag.NONE
+        if interactive and self.ask_password:
+            await self._start_agent()
+            flags = MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION
         reply = await self.bus.call(
             Message(
                 destination=destination,
@@ -143,6 +200,7 @@ class Client:
                 member=member,
                 signature=signature,
                 body=body or [],
+                flags=flags,
             )
         )
         if reply is None:
@@ -158,7 +216,9 @@ class Client:
         return list(reply.body)
 
     async def manager(self, member: str, signature: str = "", *args: Any) -> Any:
-        body = await self.call(ROOT_PATH, MANAGER_IFACE, member, signature, list(args))
+        body = await self.call(
+            ROOT_PATH, MANAGER_IFACE, member, signature, list(args), interactive=member in MUTATING
+        )
         return unwrap(body[0]) if len(body) == 1 else unwrap(body)
 
     async def get_all(self, path: str, interface: str) -> dict[str, Any]:

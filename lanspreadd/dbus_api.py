@@ -16,6 +16,7 @@ from typing import Any
 from dbus_fast import (
     DBusError,
     Message,
+    MessageFlag,
     MessageType,
     NameFlag,
     PropertyAccess,
@@ -58,6 +59,8 @@ ACTION_CANCEL = "org.lanspread.cancel-operation"
 ACTION_CONFIGURE = "org.lanspread.configure"
 
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
+# The caller set ALLOW_INTERACTIVE_AUTHORIZATION: someone can answer a polkit prompt.
+_interactive: contextvars.ContextVar[bool] = contextvars.ContextVar("interactive", default=False)
 
 
 def escape_path_element(text: str) -> str:
@@ -517,6 +520,7 @@ class DBusApi:
         # this context (async ones in a task copied from it), so a contextvar carries it.
         if msg.message_type is MessageType.METHOD_CALL:
             _caller.set(msg.sender or "")
+            _interactive.set(bool(msg.flags & MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION))
 
     async def authorize(self, action: str) -> None:
         if not self.use_polkit:
@@ -525,7 +529,7 @@ class DBusApi:
         if not sender:
             raise NotAuthorized("cannot tell who is calling")
         assert self.bus is not None
-        await check_authorization(self.bus, sender, action)
+        await check_authorization(self.bus, sender, action, interactive=_interactive.get())
 
     # ---- Observer -----------------------------------------------------------------------
     def game_changed(self, game: GameView) -> None:

@@ -19,8 +19,12 @@ UNAVAILABLE = {
 }
 
 
-async def check_authorization(bus: MessageBus, sender: str, action: str) -> None:
-    """Raise NotAuthorized unless polkit says `sender` may perform `action`."""
+async def check_authorization(
+    bus: MessageBus, sender: str, action: str, interactive: bool = False
+) -> None:
+    """Raise NotAuthorized unless polkit says `sender` may perform `action`. Only an
+    `interactive` caller (one that set ALLOW_INTERACTIVE_AUTHORIZATION) may be asked to
+    authenticate: otherwise polkit would wait on an agent nobody is watching."""
     reply = await bus.call(
         Message(
             destination="org.freedesktop.PolicyKit1",
@@ -32,7 +36,7 @@ async def check_authorization(bus: MessageBus, sender: str, action: str) -> None
                 ["system-bus-name", {"name": Variant("s", sender)}],
                 action,
                 {},
-                ALLOW_USER_INTERACTION,
+                ALLOW_USER_INTERACTION if interactive else 0,
                 "",
             ],
         )

@@ -3,20 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import pty
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from dbus_fast import Message
+from dbus_fast import Message, MessageFlag, Variant
 from dbus_fast.aio import MessageBus
 
-from tests.support import Daemon, PrivateBus, disconnect, make_game, name_has_owner
+from tests.support import (
+    BUS_NAME,
+    ERR,
+    MANAGER,
+    ROOT,
+    Daemon,
+    PrivateBus,
+    disconnect,
+    error_name,
+    make_game,
+    name_has_owner,
+    tool,
+)
 
 GAME = "sample-game"
+
+
+def plain(value: Any) -> Any:
+    """D-Bus values without Variants; structs as lists."""
+    if isinstance(value, Variant):
+        return plain(value.value)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
 
 
 class PolkitMock:
@@ -34,8 +60,8 @@ class PolkitMock:
             assert time.monotonic() < deadline, "polkitd mock did not start"
             time.sleep(0.05)
 
-    def _mock_call(self, member: str, signature: str, body: list[object]) -> None:
-        async def go() -> None:
+    def _mock_call(self, member: str, signature: str = "", body: list[object] | None = None) -> Any:
+        async def go() -> Any:
             bus = await MessageBus(bus_address=self.bus.address).connect()
             reply = await bus.call(
                 Message(
@@ -44,14 +70,19 @@ class PolkitMock:
                     interface="org.freedesktop.DBus.Mock",
                     member=member,
                     signature=signature,
-                    body=body,
+                    body=body or [],
                 )
             )
             assert reply is not None
             assert reply.error_name is None, reply.body
             await disconnect(bus)
+            return reply.body
 
-        asyncio.run(go())
+        return asyncio.run(go())
+
+    def calls(self) -> list[tuple[str, list[Any]]]:
+        """The methods polkit was called with, in order, and their arguments."""
+        return [(name, plain(args)) for _when, name, args in self._mock_call("GetCalls")[0]]
 
     def allow(self, *actions: str) -> None:
         self._mock_call("SetAllowed", "as", [list(actions)])
@@ -123,3 +154,156 @@ def test_policy_file_declares_every_action_the_daemon_checks() -> None:
         dbus_api.ACTION_PEERS,
     }
     assert used == declared
+
+
+REGISTER = "RegisterAuthenticationAgentWithOptions"
+
+
+def checks(polkit: PolkitMock) -> list[tuple[str, int]]:
+    """(action, flags) of each CheckAuthorization; flags 1 is AllowUserInteraction."""
+    return [(args[1], args[3]) for name, args in polkit.calls() if name == "CheckAuthorization"]
+
+
+def test_polkit_may_ask_only_callers_that_allow_interaction(
+    guarded: Daemon, polkit: PolkitMock
+) -> None:
+    """Asked to interact, polkit waits on an agent; a script that cannot answer must get
+    its refusal at once."""
+    guarded.start()
+
+    async def install(flags: MessageFlag) -> str | None:
+        bus = await MessageBus(bus_address=guarded.bus.address).connect()
+        reply = await bus.call(
+            Message(
+                destination=BUS_NAME,
+                path=ROOT,
+                interface=MANAGER,
+                member="Install",
+                signature="s",
+                body=[GAME],
+                flags=flags,
+            )
+        )
+        assert reply is not None
+        await disconnect(bus)
+        return error_name(reply)
+
+    assert asyncio.run(install(MessageFlag.NONE)) == ERR + "NotAuthorized"
+    assert asyncio.run(install(MessageFlag.ALLOW_INTERACTIVE_AUTHORIZATION)) == (
+        ERR + "NotAuthorized"
+    )
+    assert checks(polkit) == [("org.lanspread.install-game", 0), ("org.lanspread.install-game", 1)]
+
+
+def test_without_a_terminal_lanspreadctl_starts_no_agent_and_exits_4(
+    guarded: Daemon, polkit: PolkitMock
+) -> None:
+    """A script on a terminal whose input is not one (`< /dev/null`, a pipe): nobody
+    can answer, so no agent, no interaction, a refusal at once."""
+    guarded.start()
+    primary, secondary = pty.openpty()
+    ctl = [sys.executable, "-m", "lanspreadctl", "--address", guarded.bus.address]
+    result = subprocess.run(
+        [tool("setsid"), "--ctty", "sh", "-c", 'exec "$@" </dev/null', "sh", *ctl, "install", GAME],
+        stdin=secondary,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    os.close(secondary)
+    os.close(primary)
+    assert result.returncode == 4
+    assert "not authorised to perform org.lanspread.install-game" in result.stderr
+    assert [name for name, _args in polkit.calls() if name.startswith("Register")] == []
+    assert checks(polkit) == [("org.lanspread.install-game", 0)]
+
+
+def agents_for(pid: int) -> list[int]:
+    """pkttyagent processes registered for `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"pkttyagent") and str(pid).encode() in argv:
+            found.append(int(entry.name))
+    return found
+
+
+def test_on_a_terminal_lanspreadctl_runs_an_agent_for_itself(
+    guarded: Daemon, polkit: PolkitMock
+) -> None:
+    """As systemctl and pkexec do: pkttyagent registered for lanspreadctl's own process
+    before the call, which allows polkit to ask; gone when lanspreadctl ends."""
+    tool("pkttyagent")
+    polkit.allow("org.lanspread.install-game")
+    guarded.start()
+    primary, secondary = pty.openpty()
+    # setsid --ctty makes the pty the controlling terminal (pkttyagent talks on /dev/tty);
+    # it does not fork, so its pid is lanspreadctl's.
+    ctl = [sys.executable, "-m", "lanspreadctl", "--address", guarded.bus.address]
+    proc = subprocess.Popen(
+        [tool("setsid"), "--ctty", *ctl, "install", GAME],
+        stdin=secondary,
+        stdout=secondary,
+        stderr=secondary,
+    )
+    os.close(secondary)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the last writer has closed the pty
+        while data := os.read(primary, 4096):
+            shown += data
+    os.close(primary)
+    assert proc.wait(60) == 0, shown
+    assert b"install sample-game: finished" in shown
+
+    calls = polkit.calls()
+    names = [name for name, _args in calls]
+    assert names.count(REGISTER) == 1, names
+    assert names.index(REGISTER) < names.index("CheckAuthorization")
+    subject, _locale, _path, options = next(args for name, args in calls if name == REGISTER)
+    assert subject[0] == "unix-process"
+    assert subject[1]["pid"] == proc.pid
+    assert options == {"fallback": True}
+    assert checks(polkit) == [("org.lanspread.install-game", 1)]
+    assert agents_for(proc.pid) == []
+
+
+def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
+    guarded: Daemon, polkit: PolkitMock
+) -> None:
+    """Each Manager method the daemon refuses without polkit's yes is one lanspreadctl
+    marks as allowing interaction: a new guarded method cannot be missed."""
+    from dbus_fast.introspection import Node
+
+    from lanspreadctl.client import MUTATING
+    from tests.introspection import XML
+
+    manager = next(i for i in Node.parse(XML.read_text()).interfaces if i.name == MANAGER)
+    dummy = {"s": GAME, "b": False, "u": 1}
+    guarded.start()
+
+    async def refused() -> set[str]:
+        bus = await MessageBus(bus_address=guarded.bus.address).connect()
+        names = set()
+        for method in manager.methods:
+            signature = "".join(a.type.signature for a in method.in_args)
+            reply = await bus.call(
+                Message(
+                    destination=BUS_NAME,
+                    path=ROOT,
+                    interface=MANAGER,
+                    member=method.name,
+                    signature=signature,
+                    body=[dummy[a.type.signature] for a in method.in_args],
+                )
+            )
+            assert reply is not None
+            if error_name(reply) == ERR + "NotAuthorized":
+                names.add(method.name)
+        await disconnect(bus)
+        return names
+
+    assert asyncio.run(refused()) == MUTATING
