@@ -37,6 +37,7 @@ from lanspreadd.errors import (
     LanspreadError,
     NotFound,
 )
+from lanspreadd.gamedir import ACCESS_ERRNOS, check_game_dir, claim_game_root, no_access
 from lanspreadd.identity import load_or_create
 from lanspreadd.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
 from lanspreadd.library import Availability, GameState, Library
@@ -146,12 +147,20 @@ class Controller:
         return self.config.state_dir / "settings.json"
 
     def _initial_game_dir(self) -> Path:
+        """The configured directory, else the one last set. A set directory that is gone
+        (a disk not mounted, the unit's access withdrawn) leaves the default in use until
+        it is back, rather than a daemon that cannot start."""
         if "game_dir" in self.config.explicit:
             return self.config.game_dir
         try:
             saved = json.loads(self._settings_path.read_text("utf-8"))
-            return Path(saved["game_dir"])
+            chosen = Path(saved["game_dir"])
         except (OSError, ValueError, KeyError, TypeError):
+            return self.config.game_dir
+        try:
+            return check_game_dir(str(chosen), self.config.state_dir)
+        except LanspreadError as exc:
+            log.warning("using %s for now: %s", self.config.game_dir, exc)
             return self.config.game_dir
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -423,6 +432,7 @@ class Controller:
         started = time.time()
         try:
             await self.transfers.cancel_and_drain(job.game_id)
+            await asyncio.to_thread(claim_game_root, files.root, self.library.game_dir)
             if job.kind is OpKind.DOWNLOAD and job.install_after and await self._low_on_disk(job):
                 log.info("little free space: %s will be stream-installed instead", job.game_id)
                 await self._stream_install(job, files, progress)
@@ -453,11 +463,13 @@ class Controller:
         except LanspreadError as exc:
             job.finish(JobState.FAILED, exc.dbus_name, str(exc))
         except OSError as exc:
-            error: LanspreadError = (
-                DiskFull(f"no space left: {exc}")
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
-                else LanspreadError(str(exc))
-            )
+            error: LanspreadError
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                error = DiskFull(f"no space left: {exc}")
+            elif exc.errno in ACCESS_ERRNOS:
+                error = no_access(exc.filename or files.root, self.library.game_dir, exc)
+            else:
+                error = LanspreadError(str(exc))
             job.finish(JobState.FAILED, error.dbus_name, str(error))
         except Exception as exc:
             log.exception("%s of %s crashed", job.kind, job.game_id)
@@ -583,15 +595,13 @@ class Controller:
 
     # ---- management ---------------------------------------------------------------------
     async def set_game_dir(self, path: object) -> None:
-        if not isinstance(path, str) or not path or "\x00" in path:
-            raise InvalidArgument("the game directory must be a non-empty path")
-        new = Path(path)
-        if not new.is_absolute():
-            raise InvalidArgument(f"the game directory must be absolute: {path!r}")
-        if not await asyncio.to_thread(new.is_dir):
-            raise InvalidArgument(f"{path} is not an existing directory")
+        try:
+            new = await asyncio.to_thread(check_game_dir, path, self.config.state_dir)
+        except LanspreadError as exc:
+            log.warning("refused game directory %r: %s", path, exc)
+            raise
         if self.ops.jobs:
-            raise InvalidState("operations are running; wait or cancel them first")
+            raise Busy("operations are running; wait or cancel them first")
         recovered = await asyncio.to_thread(recover_all, new, sorted(self.catalog.games))
         for game_id, action in recovered.items():
             log.warning("recovered %s: %s", game_id, action)

@@ -31,6 +31,13 @@ class InvalidArgument(LanspreadError):
     name = "InvalidArgument"
 
 
+class NoAccess(LanspreadError):
+    """The daemon's permissions or its unit's sandbox keep it from a path; the message
+    names the command that grants access."""
+
+    name = "NoAccess"
+
+
 class InvalidState(LanspreadError):
     """The game is not in a state that allows the operation (e.g. not downloaded)."""
 

@@ -127,14 +127,14 @@ def tool(name: str) -> str:
     return path
 
 
-def as_user(user: str, *cmd: str, keep_read_search: bool = False) -> list[str]:
+def as_user(
+    user: str, *cmd: str, keep_read_search: bool = False, keep: Sequence[str] = ()
+) -> list[str]:
     """Run `cmd` as `user`; `keep_read_search` lets it read the checkout wherever it is
-    (D-Bus policy still sees only the uid)."""
-    caps = (
-        ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
-        if keep_read_search
-        else []
-    )
+    (D-Bus policy still sees only the uid); `keep` names more capabilities it keeps
+    (the unit's `fowner`)."""
+    kept = ",".join(f"+{c}" for c in [*(["dac_read_search"] if keep_read_search else []), *keep])
+    caps = [f"--inh-caps={kept}", f"--ambient-caps={kept}"] if kept else []
     gid = pwd.getpwnam(user).pw_gid
     return ["setpriv", f"--reuid={user}", f"--regid={gid}", "--init-groups", *caps, *cmd]
 
@@ -153,6 +153,7 @@ class Daemon:
     mdns: bool = False
     netns: str | None = None
     user: str | None = None
+    caps: Sequence[str] = ()  # capabilities the daemon keeps as `user`
 
     def start(self, wait: bool = True) -> Daemon:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -164,7 +165,11 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [
                     *(["ip", "netns", "exec", self.netns] if self.netns else []),
-                    *(as_user(self.user, keep_read_search=True) if self.user else []),
+                    *(
+                        as_user(self.user, keep_read_search=True, keep=self.caps)
+                        if self.user
+                        else []
+                    ),
                     sys.executable,
                     "-m",
                     "lanspreadd",

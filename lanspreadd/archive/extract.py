@@ -462,13 +462,16 @@ def neutral_links(listing: Listing, links: Path) -> Path:
 
 
 # Run in the tool's own process, then exec'd away: set PR_SET_PDEATHSIG (no capability
-# needed), make sure the daemon did not die before that, and become the tool.
+# needed), make sure the daemon did not die before that, drop the daemon's ambient
+# CAP_FOWNER (PR_CAP_AMBIENT_CLEAR_ALL) and become the tool.
 # `setpriv --pdeathsig` also calls capset(2), which the unit's
 # SystemCallFilter=~@privileged refuses (exit 127); preexec_fn is unsafe with threads.
 _PDEATHSIG_EXEC = """\
 import ctypes, os, sys
-if ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0):
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(1, 9, 0, 0, 0):
     sys.exit("prctl(PR_SET_PDEATHSIG): " + os.strerror(ctypes.get_errno()))
+libc.prctl(47, 4, 0, 0, 0)
 if os.getppid() != int(sys.argv[1]):
     sys.exit("lanspreadd is gone")
 os.execvp(sys.argv[2], sys.argv[2:])
