@@ -12,11 +12,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 AGENT = "pkttyagent"
 REGISTER_TIMEOUT = 10.0  # polkitd is bus-activated; it may have to start first
+
+
+def in_login_session() -> bool:
+    """Whether logind has a session for us: a `session-N.scope` in our cgroup, which is
+    what sd_pid_get_session() and so polkit look at."""
+    try:
+        cgroups = Path("/proc/self/cgroup").read_text()
+    except OSError:
+        return False
+    return re.search(r"/session-[^/]+\.scope$", cgroups, re.MULTILINE) is not None
 
 
 def has_controlling_terminal() -> bool:
@@ -46,8 +58,12 @@ class TextAgent:
         if polkit_bus is not None:
             env["DBUS_SYSTEM_BUS_ADDRESS"] = polkit_bus
         read_fd, write_fd = os.pipe()
-        # --fallback: a desktop agent of the session, if any, asks instead.
-        argv = [path, "--process", str(os.getpid()), "--fallback", "--notify-fd", str(write_fd)]
+        argv = [path, "--process", str(os.getpid()), "--notify-fd", str(write_fd)]
+        if in_login_session():
+            # As systemctl does: the session's desktop agent, if any, asks instead. Without
+            # a session polkit (122) ignores a fallback agent altogether, and there is no
+            # session agent to defer to.
+            argv.insert(3, "--fallback")
         try:
             # Popen, not asyncio's: stop() must work from the client's synchronous close().
             proc = await asyncio.to_thread(subprocess.Popen, argv, pass_fds=(write_fd,), env=env)
