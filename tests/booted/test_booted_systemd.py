@@ -340,7 +340,6 @@ def test_a_player_without_a_session_may_look_but_not_change(alpha: Machine, play
         ("install", "teeworlds"),
         ("uninstall", "teeworlds"),
         ("download", "teeworlds"),
-        ("set-game-dir", "/var/tmp"),
         ("reload-catalog",),
     ):
         refused = alpha.run("lanspreadctl", *command, user=player, check=False)
