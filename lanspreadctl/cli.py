@@ -267,8 +267,12 @@ async def cmd_cancel(client: Client, args: argparse.Namespace, out: Output) -> i
 
 
 async def cmd_set_game_dir(client: Client, args: argparse.Namespace, out: Output) -> int:
-    await client.manager("SetGameDir", "s", args.path)
-    out.emit({"game_dir": args.path}, f"game directory is now {args.path}")
+    """As root on the packaged service it also gives the service access (see gamedir)."""
+    from lanspreadctl.gamedir import set_game_dir
+
+    done = await set_game_dir(client, args.path)
+    text = "\n".join([*done.steps, f"game directory is now {done.path}"])
+    out.emit({"game_dir": done.path, "steps": done.steps}, text)
     return EXIT_OK
 
 
@@ -388,7 +392,12 @@ def build_parser() -> argparse.ArgumentParser:
     wp.add_argument("count", type=int, metavar="N")
     wp.add_argument("--timeout", type=float, default=30.0, metavar="S")
     add("cancel", cmd_cancel, "cancel the running operation of a game").add_argument("game")
-    add("set-game-dir", cmd_set_game_dir, "change the game directory").add_argument("path")
+    add(
+        "set-game-dir",
+        cmd_set_game_dir,
+        "use PATH for games; as root (or a player through polkit) also give the service "
+        "access to it",
+    ).add_argument("path", metavar="PATH")
     add("reload-catalog", cmd_reload, "re-read the catalog")
     logs = add("logs", cmd_logs, "daemon log")
     logs.add_argument("-f", "--follow", action="store_true")

@@ -1,7 +1,8 @@
 """Game directories: what a real daemon accepts as one (SetGameDir checks the directory as
 it sees it), and games someone else copied in, with lanspreadd run as the unit runs it:
-the `lanspread` user, keeping CAP_FOWNER. The packaged flow (drop-ins, restarts, players
-through polkit) is proven in tests/booted/test_game_dirs.py.
+the `lanspread` user, keeping CAP_FOWNER. Plus set-game-dir's pure parts; its packaged
+flow (drop-ins, restarts, players through polkit) is proven in
+tests/booted/test_game_dirs.py.
 """
 
 from __future__ import annotations
@@ -17,6 +18,14 @@ from pathlib import Path
 import pytest
 from dbus_fast.aio import MessageBus
 
+from lanspreadctl.client import ClientError
+from lanspreadctl.gamedir import (
+    DEFAULT_DIR,
+    drop_in_text,
+    escape_unit_path,
+    game_dir_path,
+    mount_of,
+)
 from lanspreadd.archive.writer import Entry
 from lanspreadd.install import INSTALLING, INTENT
 from tests.support import (
@@ -27,6 +36,7 @@ from tests.support import (
     disconnect,
     error_name,
     make_game,
+    tool,
 )
 
 GAME = "sample-game"
@@ -178,3 +188,61 @@ def test_set_game_dir_while_a_job_runs_is_busy(daemon: Daemon, game_dir: Path) -
 
     assert asyncio.run(asyncio.wait_for(scenario(), 60)) == (None, ERR + "Busy")
     assert daemon.ctl_json("status")["game_dir"] == str(game_dir)
+
+
+# ---- set-game-dir's pure parts ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "path",
+    ["/srv/games", "/home/player/My Games", "/mnt/disk-1/gämes", "/media/p/.hidden", "/srv/a:b_c"],
+)
+def test_helper_instance_is_systemd_escape_path(path: str) -> None:
+    escaped = subprocess.run(
+        [tool("systemd-escape"), "--path", path], capture_output=True, text=True, check=True
+    )
+    assert escape_unit_path(Path(path)) == escaped.stdout.strip()
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/", "not in /"),
+        ("/srv", "not in /srv"),
+        ("/etc/games", "under /srv, /mnt, /media or /home/USER"),
+        ("/home/no-such-user-here/Games", "no user's home directory"),
+        ("/var/lib/lanspread", "state directory"),
+        ("/var/lib/lanspread/hashes", "state directory"),
+        ("games", "absolute"),
+        ("/srv/new\nline", "plain path"),
+        ('/srv/a"quote', "plain path"),
+    ],
+)
+def test_set_game_dir_refuses_places_before_touching_anything(path: str, words: str) -> None:
+    with pytest.raises(ClientError) as refused:
+        game_dir_path(path)
+    assert refused.value.code == 2
+    assert words in str(refused.value)
+
+
+def test_set_game_dir_accepts_where_players_keep_games() -> None:
+    for path in ("/srv/games", "/mnt/disk/games", "/media/p/USB/games", str(DEFAULT_DIR)):
+        assert game_dir_path(path) == Path(path)
+
+
+def test_drop_in_gives_the_service_the_directory_and_nothing_else() -> None:
+    text = drop_in_text(Path("/srv/lan games/100%"))
+    assert text is not None
+    assert 'ReadWritePaths="-/srv/lan games/100%%"' in text
+    assert 'WantsMountsFor="/srv/lan games/100%%"' in text
+    assert "ProtectHome" not in text
+    home = drop_in_text(Path("/home/player/Games"))
+    assert home is not None
+    assert "ProtectHome=tmpfs" in home
+    assert 'BindPaths="-/home/player/Games"' in home
+    assert drop_in_text(DEFAULT_DIR) is None, "the default needs no drop-in"
+
+
+def test_mount_of_names_the_filesystem_that_will_hold_a_path(
+    make_tmpfs: Callable[[int], Path],
+) -> None:
+    disk = make_tmpfs(1)
+    assert mount_of(disk / "not" / "made" / "yet") == (disk, "tmpfs")
