@@ -334,6 +334,19 @@ def test_dbus_activation_starts_the_stopped_service(alpha: Machine, player: str)
     assert "Activating via systemd: service name='org.lanspread.Lanspread1'" in bus_log
 
 
+def test_a_local_flood_leaves_the_daemon_serving(alpha: Machine, player: str) -> None:
+    """A player calling ListGames 5,000 times with 200 in flight filled the daemon's
+    socket, and dbus-fast (Debian's compiled one too) took EAGAIN for a dead bus: the
+    daemon exited and systemd restarted it. It must not even notice."""
+    pid, restarts = alpha.unit("MainPID"), alpha.unit("NRestarts")
+    client = alpha.put(Path(__file__).with_name("flood_client.py"))
+    for _ in range(3):
+        alpha.run("python3", client, "5000", "200", user=player, check=False, timeout=180)
+    assert (alpha.unit("MainPID"), alpha.unit("NRestarts")) == (pid, restarts), alpha.journal()
+    reply = alpha.run("busctl", "call", *BUS, "ListGames", user=player)
+    assert reply.stdout.startswith("aa{sv} "), reply.stdout
+
+
 def test_a_player_without_a_session_may_look_but_not_change(alpha: Machine, player: str) -> None:
     assert "teeworlds" in alpha.run("lanspreadctl", "games", user=player).stdout
     for command in (
