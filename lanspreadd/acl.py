@@ -191,3 +191,19 @@ def claim(top: str, uid: int) -> int:
                 raise
             changed += 1
     return changed
+
+
+def widen_masks(top: str) -> int:
+    """Each directory of `top` with named entries gets its mask back to what they
+    grant: a chmod (an unpacked tree normalised to 0755) narrows it to the group bits.
+    Returns how many were changed; only the owner of the directories may."""
+    changed = 0
+    for _path, _dirs, _files, dir_fd in os.fwalk(top):
+        current = read(dir_fd)
+        if current is None or current.perm(MASK) is None:
+            continue
+        wide = current.with_users({})
+        if wide.perm(MASK) != current.perm(MASK):
+            os.setxattr(dir_fd, ACCESS, wide.encode())
+            changed += 1
+    return changed

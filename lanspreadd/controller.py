@@ -37,10 +37,16 @@ from lanspreadd.errors import (
     LanspreadError,
     NotFound,
 )
-from lanspreadd.gamedir import ACCESS_ERRNOS, check_game_dir, claim_game_root, no_access
+from lanspreadd.gamedir import (
+    ACCESS_ERRNOS,
+    check_game_dir,
+    claim_game_root,
+    no_access,
+    share_installed,
+)
 from lanspreadd.identity import load_or_create
 from lanspreadd.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
-from lanspreadd.library import Availability, GameState, Library
+from lanspreadd.library import LOCAL, Availability, GameState, Library
 from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
 from lanspreadd.memory import release_freed_memory
 from lanspreadd.monitor import GameDirMonitor, RescanQueue
@@ -450,6 +456,9 @@ class Controller:
                 await asyncio.to_thread(files.remove_download)
             else:
                 raise InvalidState(f"{job.kind} is not supported")
+            installed = job.kind in (OpKind.INSTALL, OpKind.UPDATE, OpKind.STREAM_INSTALL)
+            if installed or job.install_after:
+                await asyncio.to_thread(share_installed, files.root / LOCAL)
             job.finish(JobState.FINISHED)
         except (Cancelled, asyncio.CancelledError):
             task = asyncio.current_task()

@@ -96,3 +96,13 @@ def claim_game_root(root: Path, game_dir: Path) -> None:
             root.name,
             changed,
         )
+
+
+def share_installed(tree: Path) -> None:
+    """After an install: where the game directory's default ACL shares games with a
+    player, the installed directories give them its rights again (the tree was made
+    0755), so the player whose directory it is can delete the game by hand."""
+    try:
+        acl.widen_masks(str(tree))
+    except OSError as exc:
+        log.info("%s: players keep read access only: %s", tree, exc)
