@@ -52,8 +52,16 @@ STATE_DIR = Path("/var/lib/lanspread")
 DEFAULT_DIR = STATE_DIR / "games"
 PLACES = (Path("/srv"), Path("/mnt"), Path("/media"))
 HOME = Path("/home")
-# No Unix owners or ACLs: only a mount that lanspread owns works.
-NO_UNIX_PERMISSIONS = frozenset({"vfat", "msdos", "exfat", "ntfs", "ntfs3", "fuseblk"})
+# No Unix owners or ACLs: only a mount that lanspread owns works. fuseblk: ntfs-3g and
+# exfat-fuse, which is how NTFS and exFAT disks are often mounted.
+NO_UNIX_PERMISSIONS = {
+    "vfat": "FAT",
+    "msdos": "FAT",
+    "exfat": "exFAT",
+    "ntfs": "NTFS",
+    "ntfs3": "NTFS",
+    "fuseblk": "NTFS or exFAT (FUSE)",
+}
 MOUNT_OPTIONS = "uid=lanspread,gid=GROUP,umask=0002"
 SYSTEMD = "org.freedesktop.systemd1"
 SYSTEMD_PATH = "/org/freedesktop/systemd1"
@@ -134,13 +142,11 @@ def check_filesystem(path: Path, daemon: pwd.struct_passwd) -> bool:
         return True
     if os.stat(point).st_uid == daemon.pw_uid:
         return False
-    raise ClientError(
-        f"{path} is on {fstype} ({point}), which keeps no Unix owners or ACLs: lanspreadd "
-        f"could not write the games copied there. Mount it with -o {MOUNT_OPTIONS} (GROUP: "
-        "a group of the players who copy games in) and run set-game-dir again, or use a "
-        "disk formatted ext4, btrfs or xfs",
-        EXIT_FAILED,
-        ERROR_PREFIX + "InvalidArgument",
+    raise invalid(
+        f"{path} is on {NO_UNIX_PERMISSIONS[fstype]} ({point}), which keeps no Unix owners "
+        "or ACLs: lanspreadd could not write the games copied there. Mount it with "
+        f"-o {MOUNT_OPTIONS} (GROUP: a group of the players who copy games in) and run "
+        "set-game-dir again, or use a disk formatted ext4, btrfs or xfs"
     )
 
 

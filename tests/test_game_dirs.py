@@ -21,6 +21,7 @@ from dbus_fast.aio import MessageBus
 from lanspreadctl.client import ClientError
 from lanspreadctl.gamedir import (
     DEFAULT_DIR,
+    check_filesystem,
     drop_in_text,
     escape_unit_path,
     game_dir_path,
@@ -246,3 +247,52 @@ def test_mount_of_names_the_filesystem_that_will_hold_a_path(
 ) -> None:
     disk = make_tmpfs(1)
     assert mount_of(disk / "not" / "made" / "yet") == (disk, "tmpfs")
+
+
+@pytest.fixture
+def ntfs_disk(tmp_path: Path) -> Iterator[Callable[[str], Path]]:
+    """A real NTFS filesystem as a USB disk is mounted (ntfs-3g on a block device, so
+    FUSE's `fuseblk`), with the given mount options."""
+    image = tmp_path / "ntfs.img"
+    with image.open("wb") as disk:
+        disk.truncate(8 << 20)
+    subprocess.run([tool("mkntfs"), "-F", "-Q", str(image)], check=True, capture_output=True)
+    attached = subprocess.run(
+        ["losetup", "-f", "--show", str(image)], capture_output=True, text=True, check=False
+    )
+    if attached.returncode != 0:
+        pytest.skip(f"no loop device here: {attached.stderr.strip()}")
+    device = attached.stdout.strip()
+    mount = tmp_path / "usb"
+    mount.mkdir()
+    mounted = False
+
+    def mount_with(options: str) -> Path:
+        nonlocal mounted
+        if mounted:
+            subprocess.run(["umount", str(mount)], check=True)
+        subprocess.run([tool("ntfs-3g"), "-o", options, device, str(mount)], check=True)
+        mounted = True
+        return mount
+
+    try:
+        yield mount_with
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mount)], check=False)
+        subprocess.run(["losetup", "-d", device], check=False)
+
+
+def test_ntfs_is_refused_unless_mounted_as_lanspreads(
+    ntfs_disk: Callable[[str], Path], service_user: str
+) -> None:
+    daemon = pwd.getpwnam(service_user)
+    disk = ntfs_disk("umask=0022")
+    with pytest.raises(ClientError) as refused:
+        check_filesystem(disk / "games", daemon)
+    assert f"is on NTFS or exFAT (FUSE) ({disk})" in str(refused.value)
+    assert refused.value.code == 2
+    assert "keeps no Unix owners or ACLs" in str(refused.value)
+    assert "Mount it with -o uid=lanspread,gid=GROUP,umask=0002" in str(refused.value)
+    disk = ntfs_disk(f"uid={daemon.pw_uid},gid={daemon.pw_gid},umask=0002")
+    assert check_filesystem(disk / "games", daemon) is False, "taken, without ACLs"
