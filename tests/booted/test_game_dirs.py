@@ -205,7 +205,9 @@ def test_srv_games_of_the_player_copied_in_by_root_and_the_player(
 ) -> None:
     """/srv/games, made by the administrator for the player."""
     gamma.run("install", "-d", "-o", PLAYER, "-g", PLAYER, "/srv/games")
+    gamma.run("cp", "-a", game, "/srv/games/supertuxkart")  # a library from before
     said = set_game_dir(gamma, "/srv/games")
+    assert show(gamma, "supertuxkart")["downloaded"], "the games already there are picked up"
     assert f"{UNIT} may now write /srv/games" in said
     assert f"restarted {UNIT}" in said
     assert 'ReadWritePaths="-/srv/games"' in gamma.run("cat", DROP_IN).stdout
