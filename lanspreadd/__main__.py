@@ -1,5 +1,5 @@
 import sys
 
-from lanspreadd.main import main
+from lanspreadd.app.main import main
 
 sys.exit(main())

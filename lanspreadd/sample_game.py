@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from lanspreadd.archive.writer import Entry, write_rar5_volumes
-from lanspreadd.catalog import Catalog
+from lanspreadd.core.catalog import Catalog
 
 GAME_ID = "sample-game"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from dbus_fast import Message, MessageType
 
-from lanspreadd.busconnect import connect_bus
+from lanspreadd.dbus.busconnect import connect_bus
 from tests.support import BUS_NAME, MANAGER, ROOT, as_user
 
 CHECKOUT = Path(__file__).resolve().parent.parent

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lanspreadd.archive.writer import Entry
-from lanspreadd.catalog import CatalogGame, write_catalog
+from lanspreadd.core.catalog import CatalogGame, write_catalog
+from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.errors import Busy
-from lanspreadd.operations import Job, JobState, OperationTable, OpKind
 from tests.support import Daemon, make_game
 
 GAME = "sample-game"

@@ -17,7 +17,7 @@ from dbus_fast.aio import MessageBus
 
 from lanspreadctl.client import unwrap
 from lanspreadd.archive.writer import Entry, write_rar5
-from lanspreadd.catalog import CatalogGame, write_catalog
+from lanspreadd.core.catalog import CatalogGame, write_catalog
 from tests.introspection import contract, describe, live_interfaces
 from tests.support import (
     BUS_NAME,

@@ -1,7 +1,7 @@
 """A local user flooding the daemon with calls gets answers or refusals; the daemon stays up.
 
 dbus-fast took a full socket (EAGAIN) for a dead bus connection, so a plain user who
-called `ListGames` fast enough stopped lanspreadd for everyone (`lanspreadd.busconnect`).
+called `ListGames` fast enough stopped lanspreadd for everyone (`lanspreadd.dbus.busconnect`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from dbus_fast import Message, MessageType
 
-from lanspreadd.busconnect import PatientWriter, connect_bus
+from lanspreadd.dbus.busconnect import PatientWriter, connect_bus
 from tests.busflood import flood_as
 from tests.support import (
     BUS_NAME,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lanspreadd.download import (
+from lanspreadd.app.downloader import (
     MAX_CORRUPT,
     Chunk,
     DownloadPlan,

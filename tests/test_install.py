@@ -15,8 +15,7 @@ import pytest
 
 from lanspreadd.archive.extract import LARGE_ENTRY
 from lanspreadd.archive.writer import Entry, write_rar5
-from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
-from lanspreadd.install import (
+from lanspreadd.core.install import (
     BACKUP,
     INSTALLING,
     INTENT,
@@ -26,6 +25,7 @@ from lanspreadd.install import (
     read_intent,
     recover,
 )
+from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
 from tests.crafted_rar import Raw, directory, fifo, setuid_file, symlink, write_raw_rar5
 from tests.support import Daemon, default_entries, make_game, tree
 
@@ -35,7 +35,7 @@ BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
 CHILD = """
 import os, signal, sys
 from pathlib import Path
-from lanspreadd.install import GameFiles
+from lanspreadd.core.install import GameFiles
 root, op, kill_at = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 def die(name):
     if name == kill_at:

@@ -4,15 +4,15 @@ from pathlib import Path
 
 import pytest
 
-from lanspreadd.catalog import Catalog, CatalogGame, check_game_id, write_catalog
-from lanspreadd.errors import CatalogError, InvalidArgument
-from lanspreadd.library import (
+from lanspreadd.core.catalog import Catalog, CatalogGame, check_game_id, write_catalog
+from lanspreadd.core.library import (
     INSTALLED_VERSION,
     Availability,
     Library,
     first_volumes,
     parse_version_ini,
 )
+from lanspreadd.errors import CatalogError, InvalidArgument
 from tests.support import make_game
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lanspreadd.logs import (
+from lanspreadd.app.logs import (
     UNPACK_LOG_KEEP,
     JournalFormatter,
     LogLine,

@@ -106,7 +106,7 @@ def test_config_errors_are_clear(tmp_path: Path) -> None:
 
 
 def test_config_file_values_and_flag_precedence(tmp_path: Path) -> None:
-    from lanspreadd.config import from_args
+    from lanspreadd.app.config import from_args
 
     config = tmp_path / "lanspreadd.toml"
     config.write_text(

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from lanspreadd.identity import load_or_create
-from lanspreadd.peers import Peer, PeerError, PeerManager
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.net.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,
     StreamInstallGrant,
     StreamInstallRequest,
 )
-from lanspreadd.refusals import RefusalTally
 from tests.support import free_port
 
 GAME = "sample-game"

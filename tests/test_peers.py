@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
+from lanspreadd.app.downloader import SOURCES_GRACE
 from lanspreadd.archive.writer import Entry
-from lanspreadd.download import SOURCES_GRACE
-from lanspreadd.serve import HashCache
+from lanspreadd.net.dataserver import HashCache
 from tests.support import Daemon, make_game, tree
 
 GAME = "sample-game"

@@ -141,7 +141,7 @@ def test_missing_polkit_denies(guarded: Daemon) -> None:
 def test_policy_file_declares_every_action_the_daemon_checks() -> None:
     import xml.etree.ElementTree as ET
 
-    from lanspreadd import dbus_api
+    from lanspreadd.dbus import api as dbus_api
 
     policy = Path(__file__).resolve().parent.parent / "dbus" / "org.lanspread.policy"
     ids = [a.get("id", "") for a in ET.parse(policy).getroot().iter("action")]

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanspreadd.identity import Identity, load_or_create
+from lanspreadd.core.identity import Identity, load_or_create
 from lanspreadd.protocol import PROTOCOL_VERSION
 from lanspreadd.protocol.codec import HEADER, FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from lanspreadd.redial import Dial, Redial
+from lanspreadd.core.redial import Dial, Redial
 
 A = "a" * 64
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lanspreadd.admission import PER_ADDRESS, TOTAL, ConnectionCaps
-from lanspreadd.refusals import RefusalTally
+from lanspreadd.core.admission import PER_ADDRESS, TOTAL, ConnectionCaps
+from lanspreadd.core.refusals import RefusalTally
 
 
 class Clock:

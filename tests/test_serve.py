@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from lanspreadd.admission import ConnectionCaps
+from lanspreadd.core.admission import ConnectionCaps
+from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import Cancelled, InvalidArgument
-from lanspreadd.protocol.datachannel import (
-    OK,
-    REPLY,
-    ChunkRequest,
-    decode_reply_header,
-    encode_greeting,
-    encode_request,
-)
-from lanspreadd.protocol.messages import FileEntry
-from lanspreadd.refusals import RefusalTally
-from lanspreadd.serve import (
+from lanspreadd.net.dataserver import (
     GRANTS_KEPT,
     DataServer,
     Grant,
@@ -34,6 +25,15 @@ from lanspreadd.serve import (
     hash_file,
     servable_files,
 )
+from lanspreadd.protocol.datachannel import (
+    OK,
+    REPLY,
+    ChunkRequest,
+    decode_reply_header,
+    encode_greeting,
+    encode_request,
+)
+from lanspreadd.protocol.messages import FileEntry
 
 
 @pytest.mark.parametrize(

@@ -18,15 +18,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lanspreadd.app.stream_install import StreamReceiver
 from lanspreadd.archive.extract import Extraction, list_archive
 from lanspreadd.archive.provider import RarStreamProvider
-from lanspreadd.bulk import SourceError
+from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
+from lanspreadd.core.library import INSTALLED_VERSION
 from lanspreadd.errors import ArchiveError, DiskFull
-from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles
-from lanspreadd.library import INSTALLED_VERSION
+from lanspreadd.net.dataclient import SourceError
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.errors import RemoteProtocolError
-from lanspreadd.stream_install import StreamReceiver
 from tests.support import SAMPLES, Daemon, make_game, tree
 from tests.test_peers import GAME, MiB, connect, game_entries, wait_for
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from lanspreadd.supervisor import Policy, Service, Supervisor
+from lanspreadd.app.supervisor import Policy, Service, Supervisor
 from tests.support import Daemon
 
 

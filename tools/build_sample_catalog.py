@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lanspreadd.catalog import CatalogGame, write_catalog
+from lanspreadd.core.catalog import CatalogGame, write_catalog
 
 SAMPLE = [
     CatalogGame(

@@ -32,8 +32,8 @@ from typing import Any
 
 import rarfile
 
+from lanspreadd.core.library import VOLUME_RE
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
-from lanspreadd.library import VOLUME_RE
 
 RAR_STORED = 0x30
 LARGE_ENTRY = 2 << 30

@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lanspreadd.identity import peer_id_of, verify_signature
+from lanspreadd.core.identity import peer_id_of, verify_signature
 from lanspreadd.protocol import PROTOCOL_VERSION
 from lanspreadd.protocol.codec import FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError

@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from lanspreadd.identity import load_or_create
-from lanspreadd.peers import Peer, PeerError, PeerManager
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.net.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.codec import HEADER
 from lanspreadd.protocol.messages import (
     FileEntry,
@@ -34,7 +35,6 @@ from lanspreadd.protocol.messages import (
     StreamInstallGrant,
     StreamInstallRequest,
 )
-from lanspreadd.refusals import RefusalTally
 from tests.support import Daemon, free_port
 
 GAME = "sample-game"

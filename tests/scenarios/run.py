@@ -35,7 +35,7 @@ from typing import Any
 from dbus_fast.aio import MessageBus
 
 from lanspreadd.archive.writer import Entry
-from lanspreadd.install import BACKUP, INSTALLING, INTENT, GameFiles
+from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from tests.netns import Lan
 from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from lanspreadd.admission import ConnectionCaps
+from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.archive.provider import RarStreamProvider
-from lanspreadd.bulk import in_thread, open_data_channel
-from lanspreadd.catalog import Catalog, check_game_id
-from lanspreadd.config import Config
-from lanspreadd.discovery import Discovery
-from lanspreadd.download import Downloader, NoSources, PeersGone
+from lanspreadd.net.dataclient import in_thread, open_data_channel
+from lanspreadd.core.catalog import Catalog, check_game_id
+from lanspreadd.app.config import Config
+from lanspreadd.net.discovery import Discovery
+from lanspreadd.app.downloader import Downloader, NoSources, PeersGone
 from lanspreadd.errors import (
     ERROR_PREFIX,
     ArchiveError,
@@ -37,32 +37,26 @@ from lanspreadd.errors import (
     LanspreadError,
     NotFound,
 )
-from lanspreadd.gamedir import (
-    ACCESS_ERRNOS,
-    check_game_dir,
-    claim_game_root,
-    no_access,
-    share_installed,
-)
-from lanspreadd.identity import load_or_create
-from lanspreadd.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
-from lanspreadd.library import LOCAL, Availability, GameState, Library
-from lanspreadd.logs import LogSink, UnpackLogs, UnpackRun
-from lanspreadd.memory import release_freed_memory
-from lanspreadd.monitor import GameDirMonitor, RescanQueue
-from lanspreadd.operations import Job, JobState, OperationTable, OpKind
-from lanspreadd.peers import Peer, PeerError, PeerManager
+from lanspreadd.gamedir import ACCESS_ERRNOS, check_game_dir, claim_game_root, no_access
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
+from lanspreadd.core.library import Availability, GameState, Library
+from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.app.memory import release_freed_memory
+from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
+from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
+from lanspreadd.net.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,
     StreamInstallGrant,
     StreamInstallRequest,
 )
-from lanspreadd.redial import Dial, Redial
-from lanspreadd.refusals import RefusalTally
-from lanspreadd.serve import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
-from lanspreadd.stream_install import StreamReceiver
-from lanspreadd.supervisor import Policy, Service, Supervisor
+from lanspreadd.core.redial import Dial, Redial
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.net.dataserver import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
+from lanspreadd.app.stream_install import StreamReceiver
+from lanspreadd.app.supervisor import Policy, Service, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -456,9 +450,6 @@ class Controller:
                 await asyncio.to_thread(files.remove_download)
             else:
                 raise InvalidState(f"{job.kind} is not supported")
-            installed = job.kind in (OpKind.INSTALL, OpKind.UPDATE, OpKind.STREAM_INSTALL)
-            if installed or job.install_after:
-                await asyncio.to_thread(share_installed, files.root / LOCAL)
             job.finish(JobState.FINISHED)
         except (Cancelled, asyncio.CancelledError):
             task = asyncio.current_task()

@@ -17,8 +17,8 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from lanspreadd.bulk import SourceError
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull
+from lanspreadd.net.dataclient import SourceError
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.stream import (
     Data,

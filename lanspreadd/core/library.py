@@ -9,7 +9,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanspreadd.catalog import Catalog, CatalogGame
+from lanspreadd.core.catalog import Catalog, CatalogGame
 
 VERSION_INI = "version.ini"
 LOCAL = "local"

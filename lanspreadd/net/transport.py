@@ -24,7 +24,7 @@ from aioquic.quic.events import (
 )
 from cryptography.hazmat.primitives import serialization
 
-from lanspreadd.identity import PEER_ID_LEN, Identity
+from lanspreadd.core.identity import PEER_ID_LEN, Identity
 from lanspreadd.protocol import ALPN
 from lanspreadd.protocol.messages import Message
 from lanspreadd.protocol.session import Event, LocalPeer, Role, Session

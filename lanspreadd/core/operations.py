@@ -8,8 +8,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from lanspreadd.core.escape import escape_unsafe
 from lanspreadd.errors import Busy
-from lanspreadd.escape import escape_unsafe
 
 RATE_WINDOW = 2.0
 

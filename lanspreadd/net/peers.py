@@ -20,8 +20,10 @@ from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.server import QuicServer
 from aioquic.asyncio.server import serve as quic_serve
 
+from lanspreadd.core.identity import Identity
+from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError
-from lanspreadd.identity import Identity
+from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
     Delta,
     ErrorReply,
@@ -33,8 +35,6 @@ from lanspreadd.protocol.messages import (
     StreamInstallRequest,
 )
 from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, Received, Role
-from lanspreadd.refusals import RefusalTally
-from lanspreadd.transport import PeerConnection, quic_configuration
 
 log = logging.getLogger(__name__)
 

@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lanspreadd.archive.extract import LINKS_PREFIX, Extraction, Listing, list_archive
-from lanspreadd.errors import DiskFull, InvalidState, LanspreadError
-from lanspreadd.library import (
+from lanspreadd.core.library import (
     INSTALLED_VERSION,
     LOCAL,
     VERSION_INI,
@@ -30,6 +29,7 @@ from lanspreadd.library import (
     is_archive_name,
     read_version_ini,
 )
+from lanspreadd.errors import DiskFull, InvalidState, LanspreadError
 
 INTENT = ".lanspread.json"
 INSTALLING = ".local.installing"

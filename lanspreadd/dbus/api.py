@@ -27,14 +27,14 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from lanspreadd import __version__
-from lanspreadd.busconnect import connect_bus
-from lanspreadd.controller import Controller, GameView
+from lanspreadd.app.controller import Controller, GameView
+from lanspreadd.app.logs import LogLine
+from lanspreadd.core.escape import escape_unsafe
+from lanspreadd.core.operations import Job, OpKind
+from lanspreadd.dbus.busconnect import connect_bus
+from lanspreadd.dbus.polkit import check_authorization
 from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
-from lanspreadd.escape import escape_unsafe
-from lanspreadd.logs import LogLine
-from lanspreadd.operations import Job, OpKind
-from lanspreadd.peers import Peer
-from lanspreadd.polkit import check_authorization
+from lanspreadd.net.peers import Peer
 
 log = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ import logging
 import signal
 import sys
 
-from lanspreadd.config import from_args
-from lanspreadd.controller import Controller
-from lanspreadd.dbus_api import DBusApi, parse_bus_spec
+from lanspreadd.app.config import from_args
+from lanspreadd.app.controller import Controller
+from lanspreadd.app.logs import setup_logging
+from lanspreadd.dbus.api import DBusApi, parse_bus_spec
 from lanspreadd.errors import LanspreadError
-from lanspreadd.logs import setup_logging
-from lanspreadd.notify import Notifier
+from lanspreadd.net.notify import Notifier
 
 log = logging.getLogger("lanspreadd")
 

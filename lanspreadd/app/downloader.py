@@ -22,17 +22,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lanspreadd.bulk import SourceError, in_thread, open_data_channel, recv_exactly
-from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
-from lanspreadd.install import (
+from lanspreadd.core.install import (
     RESUME_FILE,
     SPACE_MARGIN,
     VERSION_TMP,
     atomic_write,
     free_bytes,
 )
-from lanspreadd.library import LOCAL, VERSION_INI, parse_version_ini
-from lanspreadd.peers import Peer, PeerError, PeerManager
+from lanspreadd.core.library import LOCAL, VERSION_INI, parse_version_ini
+from lanspreadd.errors import DiskFull, InvalidArgument, LanspreadError
+from lanspreadd.net.dataclient import SourceError, in_thread, open_data_channel, recv_exactly
+from lanspreadd.net.dataserver import check_relative_path
+from lanspreadd.net.peers import Peer, PeerError, PeerManager
 from lanspreadd.protocol.datachannel import (
     OK,
     REPLY,
@@ -42,7 +43,6 @@ from lanspreadd.protocol.datachannel import (
 )
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import FileEntry, FileList
-from lanspreadd.serve import check_relative_path
 
 log = logging.getLogger(__name__)
 

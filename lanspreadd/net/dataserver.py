@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from lanspreadd.admission import ConnectionCaps
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
+from lanspreadd.core.admission import ConnectionCaps
+from lanspreadd.core.install import atomic_write
+from lanspreadd.core.library import LOCAL
+from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import ArchiveError, Cancelled, InvalidArgument
-from lanspreadd.install import atomic_write
-from lanspreadd.library import LOCAL
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.datachannel import (
     BAD_REQUEST,
@@ -44,7 +45,6 @@ from lanspreadd.protocol.datachannel import (
 )
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import FileEntry
-from lanspreadd.refusals import RefusalTally
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from lanspreadd.escape import escape_unsafe
-from lanspreadd.install import atomic_write
+from lanspreadd.core.escape import escape_unsafe
+from lanspreadd.core.install import atomic_write
 
 # sd-daemon(3) priorities, read by journald from a `<N>` line prefix.
 PRIORITY = {

@@ -1,0 +1,1 @@
+"""The D-Bus adapter: objects, argument checks, error names, polkit, the bus connection."""
