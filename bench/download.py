@@ -27,7 +27,7 @@ from dbus_fast.aio import MessageBus
 
 from lanspreadctl.client import unwrap
 from lanspreadd.archive.writer import Entry, write_rar5_volumes
-from lanspreadd.net.dataserver import HashCache
+from lanspreadd.core.hashes import HashCache
 from tests.support import Daemon, PrivateBus, call, disconnect
 
 GAME = "sample-game"

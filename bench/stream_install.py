@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dbus_fast.aio import MessageBus
 
 from bench.download import GAME, make_game, parse_size, wait_job
-from lanspreadd.net.dataserver import HashCache
+from lanspreadd.core.hashes import HashCache
 from tests.support import Daemon, PrivateBus, call, disconnect
 
 

@@ -1,18 +1,16 @@
-"""Named errors shared by the domain core and mapped once onto D-Bus errors."""
+"""Every error a user may see, each with a short name; a leaf that imports nothing.
+
+The short names are what jobs record and what peers are told; the D-Bus adapter
+alone turns them into D-Bus error names (`lanspreadd.dbus.errors`).
+"""
 
 from __future__ import annotations
 
-ERROR_PREFIX = "org.lanspread.Lanspread1.Error."
-
 
 class LanspreadError(Exception):
-    """Base of every error a user may see; `name` is the D-Bus error suffix."""
+    """Base of every error a user may see; `name` says which, in one word."""
 
     name = "Failed"
-
-    @property
-    def dbus_name(self) -> str:
-        return ERROR_PREFIX + self.name
 
 
 class NotFound(LanspreadError):
@@ -77,3 +75,31 @@ class CatalogError(LanspreadError):
 
 class ConfigError(LanspreadError):
     name = "ConfigError"
+
+
+class PeerError(LanspreadError):
+    """A peer misbehaved, went away or did not answer (control or data channel)."""
+
+    name = "PeerError"
+
+
+class NotServable(LanspreadError):
+    """We do not serve that game at that version right now."""
+
+    name = "NotServable"
+
+
+class NoSources(LanspreadError):
+    name = "NoSources"
+
+
+class PeersGone(LanspreadError):
+    """Every source left before the download completed: its own outcome, not a failure."""
+
+    name = "PeersGone"
+
+
+class CorruptData(LanspreadError):
+    """Every source sent data that does not match the file list."""
+
+    name = "CorruptData"

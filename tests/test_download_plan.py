@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from lanspreadd.app.downloader import (
+from lanspreadd.core.plan import (
     MAX_CORRUPT,
     Chunk,
     DownloadPlan,

@@ -17,7 +17,8 @@ import pytest
 
 from lanspreadd.core.identity import load_or_create
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.net.peers import Peer, PeerError, PeerManager
+from lanspreadd.errors import PeerError
+from lanspreadd.net.peers import Peer, PeerManager
 from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,

@@ -15,7 +15,7 @@ import pytest
 
 from lanspreadd.app.downloader import SOURCES_GRACE
 from lanspreadd.archive.writer import Entry
-from lanspreadd.net.dataserver import HashCache
+from lanspreadd.core.hashes import HashCache
 from tests.support import Daemon, make_game, tree
 
 GAME = "sample-game"

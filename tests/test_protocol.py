@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lanspreadd.core.identity import Identity, load_or_create
+from lanspreadd.core.identity import Identity, load_or_create, verify_signature
 from lanspreadd.protocol import PROTOCOL_VERSION
 from lanspreadd.protocol.codec import HEADER, FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
@@ -49,7 +49,9 @@ def identities(tmp_path_factory: pytest.TempPathFactory) -> tuple[Identity, Iden
 
 
 def local(identity: Identity, name: str) -> LocalPeer:
-    return LocalPeer(identity.peer_id, name, 41800, identity.cert_der, identity.sign)
+    return LocalPeer(
+        identity.peer_id, name, 41800, identity.cert_der, identity.sign, verify_signature
+    )
 
 
 class ConnectionPair:
@@ -142,7 +144,7 @@ def test_forged_identity_is_refused(identities: tuple[Identity, Identity, Identi
     # A client presenting a's certificate without a's key cannot sign the challenge.
     client = Session(
         Role.CLIENT,
-        LocalPeer(a.peer_id, "alpha", 1, a.cert_der, c.sign),
+        LocalPeer(a.peer_id, "alpha", 1, a.cert_der, c.sign, verify_signature),
         0.0,
     )
     server = Session(Role.SERVER, local(b, "beta"), 0.0)

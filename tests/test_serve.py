@@ -12,18 +12,16 @@ from pathlib import Path
 import pytest
 
 from lanspreadd.core.admission import ConnectionCaps
+from lanspreadd.core.hashes import HashCache, hash_file, servable_files
+from lanspreadd.core.paths import check_relative_path
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import Cancelled, InvalidArgument
 from lanspreadd.net.dataserver import (
     GRANTS_KEPT,
     DataServer,
     Grant,
-    HashCache,
     OutboundTransfers,
     UploadLimiter,
-    check_relative_path,
-    hash_file,
-    servable_files,
 )
 from lanspreadd.protocol.datachannel import (
     OK,

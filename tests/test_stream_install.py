@@ -23,8 +23,7 @@ from lanspreadd.archive.extract import Extraction, list_archive
 from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from lanspreadd.core.library import INSTALLED_VERSION
-from lanspreadd.errors import ArchiveError, DiskFull
-from lanspreadd.net.dataclient import SourceError
+from lanspreadd.errors import ArchiveError, DiskFull, PeerError
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.errors import RemoteProtocolError
 from tests.support import SAMPLES, Daemon, make_game, tree
@@ -180,7 +179,7 @@ def test_receiver_failures_keep_the_previous_install(tmp_path: Path, failure: st
         frames.insert(0, stream.FileStart("../escape.bin", 1, 0))
     elif failure == "error":
         frames[-1] = stream.StreamError("archive went bad on the source")
-    expected = {"corrupt": ArchiveError, "closed": SourceError}.get(failure, SourceError)
+    expected = {"corrupt": ArchiveError, "closed": PeerError}.get(failure, PeerError)
     with pytest.raises(expected):
         receive(root, frames, close_early=failure == "closed")
     assert tree(root / "local") == before

@@ -1,1 +1,3 @@
-"""The application: composition root, games and jobs, what we serve, downloader, supervisor, logs, config."""
+"""The application: composition root, games and jobs, what we serve,
+the downloader, the supervisor, logs and configuration.
+"""

@@ -19,15 +19,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
-from lanspreadd.core.admission import ConnectionCaps
-from lanspreadd.archive.provider import RarStreamProvider
-from lanspreadd.net.dataclient import in_thread, open_data_channel
-from lanspreadd.core.catalog import Catalog, check_game_id
 from lanspreadd.app.config import Config
-from lanspreadd.net.discovery import Discovery
-from lanspreadd.app.downloader import Downloader, NoSources, PeersGone
+from lanspreadd.app.downloader import Downloader
+from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.app.memory import release_freed_memory
+from lanspreadd.app.stream_install import StreamReceiver
+from lanspreadd.app.supervisor import Policy, Service, Supervisor
+from lanspreadd.archive.provider import RarStreamProvider
+from lanspreadd.core.admission import ConnectionCaps
+from lanspreadd.core.catalog import Catalog, check_game_id
+from lanspreadd.core.hashes import CHUNK_SIZE, HashCache
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.install import (
+    SPACE_MARGIN,
+    GameFiles,
+    atomic_write,
+    recover_all,
+    root_archives,
+)
+from lanspreadd.core.library import Availability, GameState, Library
+from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
+from lanspreadd.core.redial import Dial, Redial
+from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import (
-    ERROR_PREFIX,
     ArchiveError,
     Busy,
     Cancelled,
@@ -35,28 +49,23 @@ from lanspreadd.errors import (
     InvalidArgument,
     InvalidState,
     LanspreadError,
+    NoSources,
     NotFound,
+    NotServable,
+    PeerError,
+    PeersGone,
 )
-from lanspreadd.gamedir import ACCESS_ERRNOS, check_game_dir, claim_game_root, no_access
-from lanspreadd.core.identity import load_or_create
-from lanspreadd.core.install import SPACE_MARGIN, GameFiles, atomic_write, recover_all, root_archives
-from lanspreadd.core.library import Availability, GameState, Library
-from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
-from lanspreadd.app.memory import release_freed_memory
+from lanspreadd.net.dataclient import in_thread, open_data_channel
+from lanspreadd.net.dataserver import DataServer, Grant, OutboundTransfers
+from lanspreadd.net.discovery import Discovery
 from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
-from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
-from lanspreadd.net.peers import Peer, PeerError, PeerManager
+from lanspreadd.net.peers import Peer, PeerManager
 from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,
     StreamInstallGrant,
     StreamInstallRequest,
 )
-from lanspreadd.core.redial import Dial, Redial
-from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.net.dataserver import CHUNK_SIZE, DataServer, Grant, HashCache, OutboundTransfers
-from lanspreadd.app.stream_install import StreamReceiver
-from lanspreadd.app.supervisor import Policy, Service, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +91,6 @@ class GameView:
     sources: int
     outbound_transfers: int
     served: bool  # announced to peers right now
-
-
-class NotServable(LanspreadError):
-    name = "NotServable"
 
 
 class Observer(Protocol):
@@ -147,20 +152,12 @@ class Controller:
         return self.config.state_dir / "settings.json"
 
     def _initial_game_dir(self) -> Path:
-        """The configured directory, else the one last set. A set directory that is gone
-        (a disk not mounted, the unit's access withdrawn) leaves the default in use until
-        it is back, rather than a daemon that cannot start."""
         if "game_dir" in self.config.explicit:
             return self.config.game_dir
         try:
             saved = json.loads(self._settings_path.read_text("utf-8"))
-            chosen = Path(saved["game_dir"])
+            return Path(saved["game_dir"])
         except (OSError, ValueError, KeyError, TypeError):
-            return self.config.game_dir
-        try:
-            return check_game_dir(str(chosen), self.config.state_dir)
-        except LanspreadError as exc:
-            log.warning("using %s for now: %s", self.config.game_dir, exc)
             return self.config.game_dir
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -338,9 +335,7 @@ class Controller:
             availability=state.availability,
             operation=str(job.kind) if job else "",
             job_id=job.id if job else 0,
-            sources=sum(
-                1 for p in self.peers.peers.values() if p.games.get(game_id) == entry.version
-            ),
+            sources=len(self.peers.holding(game_id, entry.version)),
             outbound_transfers=self.transfers.count(game_id),
             served=self._serves(game_id, state),
         )
@@ -432,7 +427,6 @@ class Controller:
         started = time.time()
         try:
             await self.transfers.cancel_and_drain(job.game_id)
-            await asyncio.to_thread(claim_game_root, files.root, self.library.game_dir)
             if job.kind is OpKind.DOWNLOAD and job.install_after and await self._low_on_disk(job):
                 log.info("little free space: %s will be stream-installed instead", job.game_id)
                 await self._stream_install(job, files, progress)
@@ -457,23 +451,21 @@ class Controller:
                 task.uncancel()
             # Messages say why only: the log line and lanspreadctl name the job already.
             why = "cancel requested" if job.cancel_event.is_set() else "stopped with the daemon"
-            job.finish(JobState.CANCELLED, Cancelled().dbus_name, why)
+            job.finish(JobState.CANCELLED, Cancelled.name, why)
         except PeersGone as exc:
-            job.finish(JobState.PEERS_GONE, exc.dbus_name, str(exc))
+            job.finish(JobState.PEERS_GONE, exc.name, str(exc))
         except LanspreadError as exc:
-            job.finish(JobState.FAILED, exc.dbus_name, str(exc))
+            job.finish(JobState.FAILED, exc.name, str(exc))
         except OSError as exc:
-            error: LanspreadError
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                error = DiskFull(f"no space left: {exc}")
-            elif exc.errno in ACCESS_ERRNOS:
-                error = no_access(exc.filename or files.root, self.library.game_dir, exc)
-            else:
-                error = LanspreadError(str(exc))
-            job.finish(JobState.FAILED, error.dbus_name, str(error))
+            error: LanspreadError = (
+                DiskFull(f"no space left: {exc}")
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else LanspreadError(str(exc))
+            )
+            job.finish(JobState.FAILED, error.name, str(error))
         except Exception as exc:
             log.exception("%s of %s crashed", job.kind, job.game_id)
-            job.finish(JobState.FAILED, ERROR_PREFIX + "Failed", f"internal error: {exc!r}")
+            job.finish(JobState.FAILED, LanspreadError.name, f"internal error: {exc!r}")
         finally:
             if job.state is JobState.RUNNING:
                 job.finish(JobState.CANCELLED, Cancelled.name, "stopped with the daemon")
@@ -510,9 +502,7 @@ class Controller:
         if not self.config.stream_install_when_low_disk:
             return False
         version = self.catalog.games[job.game_id].version
-        for peer in list(self.peers.peers.values()):
-            if peer.games.get(job.game_id) != version:
-                continue
+        for peer in self.peers.holding(job.game_id, version):
             try:
                 listing = await self.peers.request_file_list(peer.peer_id, job.game_id, version)
             except PeerError:
@@ -525,7 +515,7 @@ class Controller:
         self, job: Job, files: GameFiles, progress: Callable[[int, int], None]
     ) -> None:
         version = self.catalog.games[job.game_id].version
-        sources = [p for p in self.peers.peers.values() if p.games.get(job.game_id) == version]
+        sources = self.peers.holding(job.game_id, version)
         if not sources:
             raise self._no_sources(job.game_id, version)
         errors = []
@@ -595,13 +585,15 @@ class Controller:
 
     # ---- management ---------------------------------------------------------------------
     async def set_game_dir(self, path: object) -> None:
-        try:
-            new = await asyncio.to_thread(check_game_dir, path, self.config.state_dir)
-        except LanspreadError as exc:
-            log.warning("refused game directory %r: %s", path, exc)
-            raise
+        if not isinstance(path, str) or not path or "\x00" in path:
+            raise InvalidArgument("the game directory must be a non-empty path")
+        new = Path(path)
+        if not new.is_absolute():
+            raise InvalidArgument(f"the game directory must be absolute: {path!r}")
+        if not await asyncio.to_thread(new.is_dir):
+            raise InvalidArgument(f"{path} is not an existing directory")
         if self.ops.jobs:
-            raise Busy("operations are running; wait or cancel them first")
+            raise InvalidState("operations are running; wait or cancel them first")
         recovered = await asyncio.to_thread(recover_all, new, sorted(self.catalog.games))
         for game_id, action in recovered.items():
             log.warning("recovered %s: %s", game_id, action)

@@ -17,8 +17,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
-from lanspreadd.errors import ArchiveError, Cancelled, DiskFull
-from lanspreadd.net.dataclient import SourceError
+from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, PeerError
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.stream import (
     Data,
@@ -59,11 +58,11 @@ class StreamReceiver:
                     raise Cancelled("stream install cancelled")
                 data = self.sock.recv(RECV)
                 if not data:
-                    raise SourceError("the source stopped in the middle of the stream")
+                    raise PeerError("the source stopped in the middle of the stream")
                 try:
                     frames = decoder.feed(data)
                 except RemoteProtocolError as exc:
-                    raise SourceError(f"the source sent a bad stream: {exc}") from None
+                    raise PeerError(f"the source sent a bad stream: {exc}") from None
                 for frame in frames:
                     if isinstance(frame, FileStart):
                         fd, crc, current = self._open(staging, frame), 0, frame
@@ -84,10 +83,10 @@ class StreamReceiver:
                     elif isinstance(frame, Dir):
                         (staging / frame.path).mkdir(parents=True, exist_ok=True)
                     elif isinstance(frame, StreamError):
-                        raise SourceError(f"the source gave up: {frame.reason}")
+                        raise PeerError(f"the source gave up: {frame.reason}")
                     elif isinstance(frame, End):
                         if frame.files != self.files or frame.total_bytes != self.received:
-                            raise SourceError("the stream ended short of what it announced")
+                            raise PeerError("the stream ended short of what it announced")
                         return
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):

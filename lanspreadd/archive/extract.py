@@ -34,6 +34,7 @@ import rarfile
 
 from lanspreadd.core.library import VOLUME_RE
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
+from lanspreadd.protocol.paths import PathRefused, inside
 
 RAR_STORED = 0x30
 LARGE_ENTRY = 2 << 30
@@ -97,17 +98,10 @@ class Listing:
 
 def safe_member_path(name: str) -> PurePosixPath:
     """A member path must stay inside the install directory."""
-    if not name or "\x00" in name:
-        raise UnsafeArchive(f"archive member with an empty or NUL name: {name!r}")
-    path = PurePosixPath(name)
-    if path.is_absolute() or (len(name) > 1 and name[1] == ":"):
-        raise UnsafeArchive(f"archive member with an absolute path: {name!r}")
-    if any(part == ".." for part in path.parts):
-        raise UnsafeArchive(f"archive member escaping the game with '..': {name!r}")
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if not parts:
-        raise UnsafeArchive(f"archive member with an empty path: {name!r}")
-    return PurePosixPath(*parts)
+    try:
+        return inside(name)
+    except PathRefused as exc:
+        raise UnsafeArchive(f"archive member: {exc}") from None
 
 
 def _link_target_inside(member: PurePosixPath, target: str) -> bool:

@@ -1,1 +1,4 @@
-"""The pure domain: catalog, state model, install, operations, policies. No sockets, no asyncio, no D-Bus."""
+"""The pure domain: catalog, state model, install, operations and policies.
+
+No sockets, no asyncio, no D-Bus.
+"""

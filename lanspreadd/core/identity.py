@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,11 +13,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-PEER_ID_LEN = 32  # hex characters of the certificate's SHA-256
-
-
-def peer_id_of(cert_der: bytes) -> str:
-    return hashlib.sha256(cert_der).hexdigest()[:PEER_ID_LEN]
+from lanspreadd.protocol.identity import peer_id_of
 
 
 @dataclass(frozen=True)

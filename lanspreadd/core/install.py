@@ -23,13 +23,13 @@ from pathlib import Path
 from lanspreadd.archive.extract import LINKS_PREFIX, Extraction, Listing, list_archive
 from lanspreadd.core.library import (
     INSTALLED_VERSION,
-    LOCAL,
     VERSION_INI,
     first_volumes,
     is_archive_name,
     read_version_ini,
 )
 from lanspreadd.errors import DiskFull, InvalidState, LanspreadError
+from lanspreadd.protocol.paths import LOCAL
 
 INTENT = ".lanspread.json"
 INSTALLING = ".local.installing"

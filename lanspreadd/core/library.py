@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanspreadd.core.catalog import Catalog, CatalogGame
+from lanspreadd.protocol.paths import LOCAL
 
 VERSION_INI = "version.ini"
-LOCAL = "local"
+
 # Inside local/: the version that tree was installed from. It is written into the staging
 # tree before promotion, so it can never disagree with the tree it describes.
 INSTALLED_VERSION = ".lanspread-version"

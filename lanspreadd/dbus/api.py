@@ -9,12 +9,10 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 from dbus_fast import (
-    DBusError,
     Message,
     MessageFlag,
     MessageType,
@@ -32,6 +30,7 @@ from lanspreadd.app.logs import LogLine
 from lanspreadd.core.escape import escape_unsafe
 from lanspreadd.core.operations import Job, OpKind
 from lanspreadd.dbus.busconnect import connect_bus
+from lanspreadd.dbus.errors import dbus_error_name, dbus_errors
 from lanspreadd.dbus.polkit import check_authorization
 from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
 from lanspreadd.net.peers import Peer
@@ -74,15 +73,6 @@ def game_path(game_id: str) -> str:
 
 def job_path(job_id: int) -> str:
     return f"{ROOT_PATH}/jobs/{job_id}"
-
-
-@contextlib.contextmanager
-def dbus_errors() -> Iterator[None]:
-    """Map domain errors once, at the D-Bus edge."""
-    try:
-        yield
-    except LanspreadError as exc:
-        raise DBusError(exc.dbus_name, escape_unsafe(str(exc))) from exc
 
 
 def game_dict(game: GameView) -> dict[str, Variant]:
@@ -259,7 +249,7 @@ class JobInterface(ServiceInterface):
             "BytesDone": j.bytes_done,
             "BytesTotal": j.bytes_total,
             "Rate": float(j.rate),
-            "ErrorName": j.error_name,
+            "ErrorName": dbus_error_name(j.error_name),
             "ErrorMessage": j.error_message,
             "Sources": dict(j.sources),
         }
@@ -298,7 +288,7 @@ class JobInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def ErrorName(self) -> "s":
-        return self.job.error_name
+        return dbus_error_name(self.job.error_name)
 
     @dbus_property(access=PropertyAccess.READ)
     def Sources(self) -> "a{st}":
@@ -317,7 +307,7 @@ class JobInterface(ServiceInterface):
 
     @signal()
     def Completed(self) -> "sss":
-        return [str(self.job.state), self.job.error_name, self.job.error_message]
+        return [str(self.job.state), dbus_error_name(self.job.error_name), self.job.error_message]
 
 
 class ManagerInterface(ServiceInterface):

@@ -14,19 +14,20 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from lanspreadd.errors import LanspreadError
-from lanspreadd.protocol.datachannel import encode_greeting
+from lanspreadd.errors import PeerError
+from lanspreadd.protocol.datachannel import (
+    OK,
+    REPLY,
+    ChunkRequest,
+    decode_reply_header,
+    encode_greeting,
+    encode_request,
+)
 
 CONNECT_TIMEOUT = 10.0
 STALL_TIMEOUT = 30.0  # a source that sends nothing for this long is cut off
 
 T = TypeVar("T")
-
-
-class SourceError(LanspreadError):
-    """The source misbehaved or went away on the data channel."""
-
-    name = "PeerError"
 
 
 def open_data_channel(host: str, port: int, token: bytes) -> socket.socket:
@@ -45,7 +46,7 @@ def recv_exactly(sock: socket.socket, view: memoryview) -> None:
     while view:
         received = sock.recv_into(view)
         if not received:
-            raise SourceError("the source closed the data channel")
+            raise PeerError("the source closed the data channel")
         view = view[received:]
 
 
@@ -66,3 +67,16 @@ async def in_thread(
         with contextlib.suppress(Exception):
             await future
         raise
+
+
+def fetch_chunk(sock: socket.socket, buffer: bytearray, request: ChunkRequest) -> memoryview:
+    """Ask for one chunk and receive it into `buffer`; the view holds exactly its bytes."""
+    sock.sendall(encode_request(request))
+    header = memoryview(bytearray(REPLY.size))
+    recv_exactly(sock, header)
+    status, length = decode_reply_header(bytes(header), request.length)
+    view = memoryview(buffer)[:length]
+    recv_exactly(sock, view)
+    if status != OK:
+        raise PeerError(bytes(view).decode("utf-8", "replace"))
+    return view

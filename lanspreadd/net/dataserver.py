@@ -1,36 +1,30 @@
-"""Serving games to peers: which files, their chunk hashes, and outbound transfers.
+"""The data channel's server: token grants, chunk requests answered with sendfile,
+stream installs, the upload limit and the count of outbound transfers per game.
 
-Rules: only catalog games whose root `version.ini` equals the catalog version,
-never `local/` or our dot-files, never while an operation runs on the game, never
-before its chunk hashes are cached (the controller's preparer), and no path may
-leave the game root. Transfers register before the eligibility
-check, so a writer that cancels a game's transfers never misses one.
+What may be served is decided above (the app's host): here a grant names the files,
+and every request is checked against it and against `is_servable` again. Transfers
+register before that check, so a writer that cancels a game's transfers never
+misses one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import os
 import secrets
-import stat
-import threading
 import time
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import Any
+from pathlib import Path
 
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
 from lanspreadd.core.admission import ConnectionCaps
-from lanspreadd.core.install import atomic_write
-from lanspreadd.core.library import LOCAL
+from lanspreadd.core.paths import check_relative_path
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import ArchiveError, Cancelled, InvalidArgument
+from lanspreadd.errors import ArchiveError
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.datachannel import (
     BAD_REQUEST,
@@ -48,9 +42,7 @@ from lanspreadd.protocol.messages import FileEntry
 
 log = logging.getLogger(__name__)
 
-CHUNK_SIZE = 4 << 20
 GRANTS_KEPT = 2  # per peer and game: a download in progress and its successor
-HASH_READ = 1 << 20
 GREETING_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0  # an authorised connection that asks for nothing this long is closed
 
@@ -94,134 +86,6 @@ class FrameProducer:
 
     def close(self) -> None:
         self.entries.close()
-
-
-def check_relative_path(path: str) -> PurePosixPath:
-    """A served or downloaded path: relative, inside the game, not local/ or a dot-file."""
-    if not path or "\x00" in path or "\\" in path:
-        raise InvalidArgument(f"invalid file path {path!r}")
-    pure = PurePosixPath(path)
-    if pure.is_absolute() or any(part in ("", ".", "..") for part in path.split("/")):
-        raise InvalidArgument(f"file path {path!r} leaves the game directory")
-    if pure.parts[0] == LOCAL or any(part.startswith(".") for part in pure.parts):
-        raise InvalidArgument(f"file path {path!r} is not part of a download")
-    return pure
-
-
-def servable_files(root: Path) -> list[tuple[str, int]]:
-    """Regular files of the download: everything but local/, dot-files and links."""
-    found: list[tuple[str, int]] = []
-
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as it:
-            for entry in sorted(it, key=lambda e: e.name):
-                if entry.name.startswith(".") or (not prefix and entry.name == LOCAL):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    walk(Path(entry.path), f"{prefix}{entry.name}/")
-                elif stat.S_ISREG(st.st_mode):
-                    found.append((f"{prefix}{entry.name}", st.st_size))
-
-    walk(root, "")
-    return found
-
-
-def hash_file(
-    path: Path, chunk_size: int = CHUNK_SIZE, cancel: threading.Event | None = None
-) -> list[str]:
-    """SHA-256 of each chunk; an empty file has one (empty) chunk."""
-    hashes: list[str] = []
-    with path.open("rb") as fh:
-        while True:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"hashing {path.name} was cancelled")
-            h = hashlib.sha256()
-            got = 0
-            while got < chunk_size:
-                block = fh.read(min(HASH_READ, chunk_size - got))
-                if not block:
-                    break
-                h.update(block)
-                got += len(block)
-            if got == 0 and hashes:
-                break
-            hashes.append(h.hexdigest())
-            if got < chunk_size:
-                break
-    return hashes
-
-
-class HashCache:
-    """Chunk hashes per file, keyed by size and mtime, kept in the state directory."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._writing = threading.Lock()  # worker threads share one temporary name
-
-    def _load(self, game_id: str) -> dict[str, Any]:
-        try:
-            cached = json.loads((self.directory / f"{game_id}.json").read_text())
-        except (OSError, ValueError):
-            return {}
-        return cached if isinstance(cached, dict) else {}
-
-    @staticmethod
-    def _key(path: Path) -> dict[str, int]:
-        st = path.stat()
-        return {"size": st.st_size, "mtime": st.st_mtime_ns, "chunk": CHUNK_SIZE}
-
-    @staticmethod
-    def _valid(item: object, key: dict[str, int]) -> bool:
-        return isinstance(item, dict) and all(item.get(k) == v for k, v in key.items())
-
-    def stale_bytes(self, game_id: str, root: Path) -> int:
-        """How much file_entries would have to read and hash now; 0 means none."""
-        cached = self._load(game_id)
-        return sum(
-            size
-            for rel, size in servable_files(root)
-            if not self._valid(cached.get(rel), self._key(root / rel))
-        )
-
-    def remember(self, game_id: str, root: Path, entries: tuple[FileEntry, ...]) -> None:
-        """Take the hashes of files we just downloaded and verified chunk by chunk, so
-        a receiver serves its new game at once instead of reading it all again."""
-        fresh = {
-            e.path: {
-                **self._key(root.joinpath(*check_relative_path(e.path).parts)),
-                "hashes": list(e.hashes),
-            }
-            for e in entries
-        }
-        self._save(game_id, fresh)
-
-    def file_entries(
-        self, game_id: str, root: Path, cancel: threading.Event | None = None
-    ) -> tuple[FileEntry, ...]:
-        cached = self._load(game_id)
-        entries = []
-        fresh: dict[str, dict[str, object]] = {}
-        for rel, size in servable_files(root):
-            key = self._key(root / rel)
-            item = cached.get(rel)
-            if isinstance(item, dict) and self._valid(item, key):
-                hashes = list(item["hashes"])
-                fresh[rel] = {**key, "hashes": hashes}
-            else:
-                hashes = hash_file(root / rel, cancel=cancel)
-                fresh[rel] = {**key, "hashes": hashes}
-                # Kept file by file: an interrupted pass over a big game resumes.
-                self._save(game_id, cached | fresh)
-            entries.append(FileEntry(rel, size, tuple(hashes)))
-        if fresh != cached:
-            self._save(game_id, fresh)
-        return tuple(entries)
-
-    def _save(self, game_id: str, data: dict[str, Any]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with self._writing:
-            atomic_write(self.directory / f"{game_id}.json", json.dumps(data).encode())
 
 
 @dataclass

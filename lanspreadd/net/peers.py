@@ -20,9 +20,9 @@ from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.server import QuicServer
 from aioquic.asyncio.server import serve as quic_serve
 
-from lanspreadd.core.identity import Identity
+from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import LanspreadError
+from lanspreadd.errors import LanspreadError, PeerError
 from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
     Delta,
@@ -41,10 +41,6 @@ log = logging.getLogger(__name__)
 REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 GOODBYE_GRACE = 0.3
-
-
-class PeerError(LanspreadError):
-    name = "PeerError"
 
 
 @dataclass
@@ -82,7 +78,9 @@ class PeerManager:
     ):
         self.identity = identity
         self.refusals = refusals
-        self.local = LocalPeer(identity.peer_id, name, port, identity.cert_der, identity.sign)
+        self.local = LocalPeer(
+            identity.peer_id, name, port, identity.cert_der, identity.sign, verify_signature
+        )
         self.host = host
         self.port = port
         self.owner = owner
@@ -198,6 +196,10 @@ class PeerManager:
                 established.set_exception(PeerError(f"cannot connect to {host}:{port}: {exc}"))
         finally:
             self._connecting.discard(key)
+
+    def holding(self, game_id: str, version: str) -> list[Peer]:
+        """The connected peers that announce `game_id` at exactly `version`."""
+        return [p for p in self.peers.values() if p.games.get(game_id) == version]
 
     def is_connected_or_connecting(self, peer_id: str, host: str, port: int) -> bool:
         return peer_id in self.peers or f"{host}:{port}" in self._connecting

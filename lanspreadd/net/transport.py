@@ -7,7 +7,6 @@ every decision is made by the Session or by the PeerManager that owns it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import ssl
 import time
 from collections.abc import Callable
@@ -24,8 +23,9 @@ from aioquic.quic.events import (
 )
 from cryptography.hazmat.primitives import serialization
 
-from lanspreadd.core.identity import PEER_ID_LEN, Identity
+from lanspreadd.core.identity import Identity
 from lanspreadd.protocol import ALPN
+from lanspreadd.protocol.identity import peer_id_of
 from lanspreadd.protocol.messages import Message
 from lanspreadd.protocol.session import Event, LocalPeer, Role, Session
 from lanspreadd.protocol.text import MAX_TEXT, printable
@@ -77,7 +77,7 @@ class PeerConnection(QuicConnectionProtocol):
         if cert is None:
             return None
         der = cert.public_bytes(serialization.Encoding.DER)
-        return hashlib.sha256(der).hexdigest()[:PEER_ID_LEN]
+        return peer_id_of(der)
 
     def quic_event_received(self, event: QuicEvent) -> None:
         now = time.monotonic()

@@ -12,10 +12,10 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from lanspreadd.core.identity import peer_id_of, verify_signature
 from lanspreadd.protocol import PROTOCOL_VERSION
 from lanspreadd.protocol.codec import FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
+from lanspreadd.protocol.identity import peer_id_of
 from lanspreadd.protocol.messages import Auth, Goodbye, Hello, Message, Ping, Pong, Refuse
 
 PING_INTERVAL = 1.0
@@ -54,6 +54,8 @@ class LocalPeer:
     data_port: int
     cert_der: bytes
     sign: Callable[[bytes], bytes]
+    # (certificate, signature, data) -> whether the certificate's key signed the data
+    verify: Callable[[bytes, bytes, bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -229,7 +231,7 @@ class Session:
         hello = self._peer_hello
         assert hello is not None
         payload = auth_payload(self._challenge, hello.peer_id, self.local.peer_id)
-        if not verify_signature(hello.cert, auth.signature, payload):
+        if not self.local.verify(hello.cert, auth.signature, payload):
             return self._refuse("identity proof failed: bad signature")
         self.state = next_state
         self.peer = Established(hello.peer_id, hello.name, hello.data_port)

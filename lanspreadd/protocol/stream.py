@@ -10,9 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from lanspreadd.archive.extract import safe_member_path
-from lanspreadd.errors import UnsafeArchive
 from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.paths import PathRefused, inside
 
 HEADER = struct.Struct("!BI")
 FILE_START = struct.Struct("!QI")
@@ -75,9 +74,9 @@ Frame = FileStart | Data | FileEnd | Dir | End | StreamError
 def checked_path(path: str) -> str:
     """An installed path: inside the tree, and never one of our marker names."""
     try:
-        pure = safe_member_path(path)
-    except UnsafeArchive as exc:
-        raise RemoteProtocolError(str(exc)) from None
+        pure = inside(path)
+    except PathRefused as exc:
+        raise RemoteProtocolError(f"stream path: {exc}") from None
     if len(pure.parts) == 1 and pure.parts[0] in RESERVED_NAMES:
         raise RemoteProtocolError(f"stream path {path!r} is reserved")
     return str(pure)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import re
 
 from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.identity import PEER_ID_LEN
 
 MAX_NAME = 64
 MAX_TEXT = 1024
-PEER_ID_RE = re.compile(r"^[0-9a-f]{32}$")  # identity.PEER_ID_LEN hex characters
+PEER_ID_RE = re.compile(f"^[0-9a-f]{{{PEER_ID_LEN}}}$")
 
 
 def first_unprintable(value: str) -> str | None:
