@@ -1,4 +1,4 @@
-"""Entry point: parse configuration, run the controller and the D-Bus API until signalled."""
+"""Entry point: parse configuration, run the daemon and the D-Bus API until signalled."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import signal
 import sys
 
 from lanspreadd.app.config import from_args
-from lanspreadd.app.controller import Controller
+from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import setup_logging
 from lanspreadd.dbus.api import DBusApi, parse_bus_spec
 from lanspreadd.errors import LanspreadError
@@ -20,26 +20,26 @@ EXIT_CONFIG = 2
 EXIT_FAILED = 1
 
 
-async def serve(controller: Controller, api: DBusApi, notifier: Notifier) -> int:
+async def serve(daemon: Daemon, api: DBusApi, notifier: Notifier) -> int:
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, controller.stop)
-    loop.add_signal_handler(signal.SIGINT, controller.stop)
-    loop.add_signal_handler(signal.SIGHUP, _reload, controller, notifier)
+    loop.add_signal_handler(signal.SIGTERM, daemon.stop)
+    loop.add_signal_handler(signal.SIGINT, daemon.stop)
+    loop.add_signal_handler(signal.SIGHUP, _reload, daemon, notifier)
     ready = asyncio.Event()
     async with asyncio.TaskGroup() as tg:
-        run = tg.create_task(controller.run(ready))
+        run = tg.create_task(daemon.run(ready))
         ready_wait = tg.create_task(ready.wait())
         await asyncio.wait([run, ready_wait], return_when=asyncio.FIRST_COMPLETED)
         if ready.is_set():
             await api.connect()
-            notifier.ready(controller.status)
+            notifier.ready(daemon.status)
             watchdog = tg.create_task(notifier.watchdog())
             bus_lost = tg.create_task(api.wait_disconnected())
             await asyncio.wait([run, bus_lost], return_when=asyncio.FIRST_COMPLETED)
             if bus_lost.done() and not run.done():
                 log.error("lost the D-Bus connection; stopping")
-                controller.failure = "lost the D-Bus connection"
-                controller.stop()
+                daemon.failure = "lost the D-Bus connection"
+                daemon.stop()
             notifier.stopping()
             await run
             watchdog.cancel()
@@ -47,10 +47,10 @@ async def serve(controller: Controller, api: DBusApi, notifier: Notifier) -> int
             api.close()
         else:
             ready_wait.cancel()
-    return EXIT_FAILED if controller.failure else 0
+    return EXIT_FAILED if daemon.failure else 0
 
 
-def _reload(controller: Controller, notifier: Notifier) -> None:
+def _reload(daemon: Daemon, notifier: Notifier) -> None:
     """SIGHUP (what `systemctl reload` sends): re-read the catalog, then say READY again.
 
     Before start-up is announced there is no reload for systemd to wait on.
@@ -59,12 +59,12 @@ def _reload(controller: Controller, notifier: Notifier) -> None:
     if announce:
         notifier.reloading()
     try:
-        controller.reload_catalog()
+        daemon.reload_catalog()
     except LanspreadError as exc:
         log.error("catalog reload failed, keeping the old catalog: %s", exc)
     finally:
         if announce:
-            notifier.ready(controller.status)
+            notifier.ready(daemon.status)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,9 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     sink.max_bytes = config.log_max_bytes
     notifier = Notifier()
     try:
-        controller = Controller(config, sink)
-        api = DBusApi(controller, config.bus, config.use_polkit)
-        code = asyncio.run(serve(controller, api, notifier))
+        daemon = Daemon(config, sink)
+        api = DBusApi(daemon, config.bus, config.use_polkit)
+        code = asyncio.run(serve(daemon, api, notifier))
     except (OSError, LanspreadError) as exc:
         log.error("fatal: %s", exc)
         return EXIT_FAILED

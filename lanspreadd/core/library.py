@@ -150,6 +150,12 @@ class Library:
     def game_root(self, game_id: str) -> Path:
         return self.game_dir / game_id
 
+    def move_to(self, game_dir: Path) -> None:
+        """Look at another game directory from now on; every state is read anew."""
+        self.game_dir = game_dir
+        self.states.clear()
+        self.scan_all()
+
     def rescan(self, game_id: str) -> tuple[GameState | None, bool]:
         """Rescan one game; return its state and whether it changed."""
         entry = self.catalog.get(game_id)

@@ -1,7 +1,7 @@
 """The D-Bus adapter: ObjectManager root, game and job objects, manager methods.
 
-A thin layer over `Controller`: it maps arguments in, `LanspreadError`s out to
-named D-Bus errors, checks polkit on every mutating call, and turns controller
+A thin layer over the daemon's roles: it maps arguments in, `LanspreadError`s out to
+named D-Bus errors, checks polkit on every mutating call, and turns daemon
 events into PropertiesChanged and signals.
 """
 
@@ -25,10 +25,12 @@ from dbus_fast.aio import MessageBus
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 from lanspreadd import __version__
-from lanspreadd.app.controller import Controller, GameView
+from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogLine
+from lanspreadd.app.views import GameView
 from lanspreadd.core.escape import escape_unsafe
 from lanspreadd.core.operations import Job, OpKind
+from lanspreadd.dbus import args
 from lanspreadd.dbus.busconnect import connect_bus
 from lanspreadd.dbus.errors import dbus_error_name, dbus_errors
 from lanspreadd.dbus.polkit import check_authorization
@@ -314,7 +316,7 @@ class ManagerInterface(ServiceInterface):
     def __init__(self, api: "DBusApi") -> None:
         super().__init__(MANAGER_IFACE)
         self.api = api
-        self.ctl = api.controller
+        self.daemon = api.daemon
 
     @dbus_property(access=PropertyAccess.READ)
     def Version(self) -> "s":
@@ -322,68 +324,70 @@ class ManagerInterface(ServiceInterface):
 
     @dbus_property(access=PropertyAccess.READ)
     def Name(self) -> "s":
-        return self.ctl.config.name
+        return self.daemon.config.name
 
     @dbus_property(access=PropertyAccess.READ)
     def GameDir(self) -> "s":
-        return str(self.ctl.library.game_dir)
+        return str(self.daemon.library.game_dir)
 
     @dbus_property(access=PropertyAccess.READ)
     def Catalog(self) -> "s":
-        return str(self.ctl.catalog.source)
+        return str(self.daemon.catalog.source)
 
     @dbus_property(access=PropertyAccess.READ)
     def Status(self) -> "s":
-        return self.ctl.status
+        return self.daemon.status
 
     @dbus_property(access=PropertyAccess.READ)
     def FreeSpace(self) -> "t":
-        return self.ctl.free_space()
+        return self.daemon.games.free_space()
 
     @dbus_property(access=PropertyAccess.READ)
     def PeerId(self) -> "s":
-        return self.ctl.identity.peer_id
+        return self.daemon.identity.peer_id
 
     @dbus_property(access=PropertyAccess.READ)
     def Port(self) -> "u":
-        return self.ctl.config.port
+        return self.daemon.config.port
 
     @dbus_property(access=PropertyAccess.READ)
     def Refusals(self) -> "a{st}":
         """What was refused since start, by cause (hostile or overloaded peers)."""
-        return dict(self.ctl.refusals.totals)
+        return dict(self.daemon.refusals.totals)
 
     @method()
     def ListPeers(self) -> "aa{sv}":
-        return [peer_dict(p) for p in sorted(self.ctl.peers.peers.values(), key=lambda p: p.name)]
+        peers = self.daemon.peers.peers.values()
+        return [peer_dict(p) for p in sorted(peers, key=lambda p: p.name)]
 
     @method()
     async def ConnectPeer(self, address: "s") -> "s":
         with dbus_errors():
+            host, port = args.address(address)
             await self.api.authorize(ACTION_PEERS)
-            return await self.ctl.connect_peer(address)
+            return await self.daemon.connect_peer(host, port)
 
     @method()
     async def Download(self, game_id: "s", install: "b") -> "o":
         with dbus_errors():
-            self.ctl.game(game_id)
+            gid = args.known_game(self.daemon.catalog, game_id)
             await self.api.authorize(ACTION_DOWNLOAD)
-            return job_path(self.ctl.start(OpKind.DOWNLOAD, game_id, install=install).id)
+            return job_path(self.daemon.games.start(OpKind.DOWNLOAD, gid, install=install).id)
 
     @method()
     def ListGames(self) -> "aa{sv}":
-        return [game_dict(g) for g in self.ctl.games()]
+        return [game_dict(g) for g in self.daemon.games.all()]
 
     @method()
     def GetGame(self, game_id: "s") -> "a{sv}":
         with dbus_errors():
-            return game_dict(self.ctl.game(game_id))
+            return game_dict(self.daemon.games.view(args.known_game(self.daemon.catalog, game_id)))
 
     async def _start(self, kind: OpKind, game_id: str) -> str:
         with dbus_errors():
-            self.ctl.game(game_id)
+            gid = args.known_game(self.daemon.catalog, game_id)
             await self.api.authorize(ACTIONS[kind])
-            return job_path(self.ctl.start(kind, game_id).id)
+            return job_path(self.daemon.games.start(kind, gid).id)
 
     @method()
     async def Install(self, game_id: "s") -> "o":
@@ -408,33 +412,34 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def Cancel(self, game_id: "s") -> "o":
         with dbus_errors():
-            self.ctl.game(game_id)
+            gid = args.known_game(self.daemon.catalog, game_id)
             await self.api.authorize(ACTION_CANCEL)
-            return job_path(self.ctl.cancel(game_id).id)
+            return job_path(self.daemon.games.cancel(gid).id)
 
     @method()
     async def SetGameDir(self, path: "s") -> None:
         with dbus_errors():
+            new = args.game_dir(path)
             await self.api.authorize(ACTION_CONFIGURE)
-            await self.ctl.set_game_dir(path)
-            self.emit_properties_changed({"GameDir": str(self.ctl.library.game_dir)})
+            await self.daemon.set_game_dir(new)
+            self.emit_properties_changed({"GameDir": str(self.daemon.library.game_dir)})
 
     @method()
     async def ReloadCatalog(self) -> "u":
         with dbus_errors():
             await self.api.authorize(ACTION_CONFIGURE)
-            return self.ctl.reload_catalog()
+            return self.daemon.reload_catalog()
 
     @method()
     def GetLogs(self, max_lines: "u") -> "tas":
         with dbus_errors():
-            seq, lines = self.ctl.logs(max_lines)
+            seq, lines = self.daemon.logs(max_lines)
             return [seq, lines]
 
     @method()
     def GetUnpackLogs(self) -> "aa{sv}":
         result = []
-        for run in self.ctl.unpack_runs():
+        for run in self.daemon.unpack_runs():
             item = asdict(run)
             result.append(
                 {
@@ -464,10 +469,10 @@ class ManagerInterface(ServiceInterface):
 
 
 class DBusApi:
-    """Owns the bus connection and the exported objects; observes the controller."""
+    """Owns the bus connection and the exported objects; observes the daemon."""
 
-    def __init__(self, controller: Controller, bus_spec: str, use_polkit: bool) -> None:
-        self.controller = controller
+    def __init__(self, daemon: Daemon, bus_spec: str, use_polkit: bool) -> None:
+        self.daemon = daemon
         self.bus_spec = bus_spec
         self.use_polkit = use_polkit
         self.bus: MessageBus | None = None
@@ -484,10 +489,10 @@ class DBusApi:
         self.bus = bus
         self._loop = asyncio.get_running_loop()
         bus.export(ROOT_PATH, self.manager)
-        for game in self.controller.games():
+        for game in self.daemon.games.all():
             self.game_changed(game)
-        self.controller.observers.append(self)
-        self.controller.sink.listeners.append(self._log_line)
+        self.daemon.observers.append(self)
+        self.daemon.sink.listeners.append(self._log_line)
         reply = await bus.request_name(BUS_NAME, NameFlag.DO_NOT_QUEUE)
         if reply not in (RequestNameReply.PRIMARY_OWNER, RequestNameReply.ALREADY_OWNER):
             raise LanspreadError(f"{BUS_NAME} is already owned on this bus: is lanspreadd running?")
@@ -497,10 +502,10 @@ class DBusApi:
         await self.bus.wait_for_disconnect()  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        if self._log_line in self.controller.sink.listeners:
-            self.controller.sink.listeners.remove(self._log_line)
-        if self in self.controller.observers:
-            self.controller.observers.remove(self)
+        if self._log_line in self.daemon.sink.listeners:
+            self.daemon.sink.listeners.remove(self._log_line)
+        if self in self.daemon.observers:
+            self.daemon.observers.remove(self)
         if self.bus is not None:
             self.bus.disconnect()
 

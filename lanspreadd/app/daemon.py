@@ -1,0 +1,252 @@
+"""The composition root: builds every role, runs the services, stops cleanly.
+
+The roles are `Games` (views and jobs), `Host` (what we serve and the data
+server) and the peer layer; the daemon owns the task group they all run in, the
+services around them (discovery, redial, the game-directory monitor, scans) and
+what an administrator changes at run time (game directory, catalog).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from lanspreadd.app.config import Config
+from lanspreadd.app.games import Games
+from lanspreadd.app.host import Host
+from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.app.settings import Settings
+from lanspreadd.app.supervisor import Policy, Service, Supervisor
+from lanspreadd.app.views import Observers
+from lanspreadd.core.catalog import Catalog
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.install import recover_all
+from lanspreadd.core.library import Library
+from lanspreadd.core.operations import OperationTable
+from lanspreadd.core.redial import Dial, Redial
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.errors import InvalidArgument, InvalidState, PeerError
+from lanspreadd.net.discovery import Discovery
+from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
+from lanspreadd.net.peers import Peer, PeerManager
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_LINES = 100_000
+
+
+class Daemon:
+    def __init__(self, config: Config, sink: LogSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.observers = Observers()
+        config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.settings = Settings(config.state_dir)
+        game_dir = config.game_dir
+        if "game_dir" not in config.explicit:
+            game_dir = self.settings.game_dir(config.game_dir)
+        self.library = Library(game_dir, Catalog.load(config.catalog))
+        self.library.game_dir.mkdir(parents=True, exist_ok=True)
+        self.ops = OperationTable()
+        self.unpack_logs = UnpackLogs(config.state_dir / "unpack-logs.json")
+        self.identity = load_or_create(config.state_dir / "identity", config.name)
+        self.status = "starting"
+        self.failure: str | None = None
+        self.supervisor = Supervisor(self._required_failed)
+        self._stopping = asyncio.Event()
+        self._monitor_changed = asyncio.Event()
+        self._refusals_pending = asyncio.Event()
+        self.refusals = RefusalTally(on_pending=self._refusals_pending.set)
+        self.redial = Redial()
+        self._redial_wake = asyncio.Event()
+        self.host = Host(
+            config,
+            self.library,
+            self.ops,
+            self.refusals,
+            game_changed=lambda game_id: self.games.notify(game_id),
+            served_changed=lambda: self.peers.announce(),
+            peer_changed=self._peer_changed,
+        )
+        self.peers = PeerManager(
+            self.identity, config.name, config.listen, config.port, self.host, self.refusals
+        )
+        self.games = Games(
+            config, self.library, self.ops, self.host, self.peers, self.observers, self.unpack_logs
+        )
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.library.catalog
+
+    # ---- lifecycle ----------------------------------------------------------------------
+    async def run(self, on_ready: asyncio.Event | None = None) -> None:
+        recovered = await asyncio.to_thread(
+            recover_all, self.library.game_dir, sorted(self.catalog.games)
+        )
+        for game_id, action in recovered.items():
+            log.warning("recovered %s: %s", game_id, action)
+        self.library.scan_all()
+        self._queue = RescanQueue(self.games.rescan)
+        async with asyncio.TaskGroup() as tg:
+            self.games.accept_jobs(tg.create_task)
+            service_tasks = [tg.create_task(self.supervisor.supervise(s)) for s in self._services()]
+            ready = tg.create_task(self.peers.ready.wait())
+            stopping = tg.create_task(self._stopping.wait())
+            await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
+            ready.cancel()
+            if not self._stopping.is_set():
+                self.status = (
+                    f"serving {len(self.catalog.games)} catalog games as "
+                    f"{self.identity.peer_id[:8]} on port {self.config.port}"
+                )
+                log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
+                if on_ready is not None:
+                    on_ready.set()
+            await stopping
+            self.status = "stopping"
+            await self.games.stop_jobs()
+            await self.peers.say_goodbye("daemon shutting down")
+            self.supervisor.stopping.set()
+            for task in service_tasks:
+                task.cancel()
+
+    def _services(self) -> list[Service]:
+        services = [
+            Service("quic-server", self.peers.run, Policy.REQUIRED),
+            Service("data-channel", self.host.data_channel, Policy.REQUIRED),
+            Service("monitor", self._monitor_service, Policy.BEST_EFFORT),
+            Service("rescan", self._queue.run, Policy.REQUIRED),
+            Service("fallback-scan", self._fallback_scan, Policy.RESTART),
+            Service("redial", self._redial, Policy.RESTART),
+            Service("preparer", self.host.preparer, Policy.RESTART),
+            Service("refusal-report", self._report_refusals, Policy.RESTART),
+        ]
+        if self.config.mdns:
+            services.append(Service("discovery", self._discovery, Policy.RESTART))
+        return services
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _required_failed(self, component: str, error: str) -> None:
+        log.error("required service %s failed: %s; stopping", component, error)
+        self.failure = f"{component}: {error}"
+        self.observers.runtime_failed(component, error)
+        self.stop()
+
+    # ---- services -----------------------------------------------------------------------
+    async def _monitor_service(self) -> None:
+        while True:
+            self._monitor_changed.clear()
+            monitor = GameDirMonitor(self.library.game_dir, self._is_game, self._queue.mark)
+            async with asyncio.TaskGroup() as tg:
+                task = tg.create_task(monitor.run())
+                await self._monitor_changed.wait()
+                task.cancel()
+
+    def _is_game(self, name: str) -> bool:
+        return name in self.catalog.games
+
+    async def _fallback_scan(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.fallback_scan_interval)
+            self.games.rescan(None)
+
+    async def _report_refusals(self) -> None:
+        """Log the tally's summary lines when due; asleep while nothing is refused."""
+        while True:
+            due = self.refusals.report_due()
+            if due is None:
+                self._refusals_pending.clear()
+                await self._refusals_pending.wait()
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self.refusals.flush()
+
+    async def _discovery(self) -> None:
+        def found(peer_id: str, host: str, port: int) -> None:
+            self.redial.seen(peer_id, host, port, time.monotonic())
+            self._redial_wake.set()
+
+        await Discovery(
+            self.identity.peer_id,
+            self.config.name,
+            self.config.port,
+            list(self.config.mdns_interfaces),
+            found,
+            self.redial.gone,
+        ).run()
+
+    async def _redial(self) -> None:
+        """Dial every known peer that is not connected; the dials are owned here."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                now = time.monotonic()
+                for dial in self.redial.due(now, self.peers.peers.keys()):
+                    busy = self.peers.is_connected_or_connecting
+                    # A daemon saying goodbye must not dial the peers it just left.
+                    if not self._stopping.is_set() and not busy(dial.peer_id, dial.host, dial.port):
+                        tg.create_task(self._connect_quietly(dial))
+                self._redial_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._redial_wake.wait(), self.redial.next_wake(now))
+
+    async def _connect_quietly(self, dial: Dial) -> None:
+        try:
+            await self.peers.connect(dial.host, dial.port, dial.peer_id)
+        except PeerError as exc:
+            # Said once per outage; the retries that follow are only worth a debug line.
+            level = logging.INFO if dial.attempt == 0 else logging.DEBUG
+            log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
+
+    def _peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
+        if peer is not None and reason == "connected":
+            # Incoming and manual peers are redialled too once the connection drops.
+            self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic(), connected=True)
+        self.observers.peer_changed(peer_id, peer)
+        self.games.notify_all()  # each game's source count may have changed
+
+    # ---- management ---------------------------------------------------------------------
+    async def connect_peer(self, host: str, port: int | None) -> str:
+        return await self.peers.connect(host, port or self.config.port)
+
+    async def set_game_dir(self, new: Path) -> None:
+        if not new.is_absolute():
+            raise InvalidArgument(f"the game directory must be absolute: {str(new)!r}")
+        if not await asyncio.to_thread(new.is_dir):
+            raise InvalidArgument(f"{new} is not an existing directory")
+        if self.ops.jobs:
+            raise InvalidState("operations are running; wait or cancel them first")
+        recovered = await asyncio.to_thread(recover_all, new, sorted(self.catalog.games))
+        for game_id, action in recovered.items():
+            log.warning("recovered %s: %s", game_id, action)
+        self.library.move_to(new)
+        await asyncio.to_thread(self.settings.save_game_dir, new)
+        self.config = replace(self.config, game_dir=new)
+        self._monitor_changed.set()
+        log.info("game directory is now %s", new)
+        self.games.notify_all()
+
+    def reload_catalog(self) -> int:
+        catalog = Catalog.load(self.catalog.source)
+        old = set(self.catalog.games)
+        self.library.catalog = catalog
+        for game_id in old - set(catalog.games):
+            self.library.states.pop(game_id, None)
+            self.games.notify(game_id, removed=True)
+        self.games.rescan(None)
+        for game_id in sorted(set(catalog.games) - old):
+            self.games.notify(game_id)
+        log.info("catalog reloaded from %s: %d games", catalog.source, len(catalog.games))
+        return len(catalog.games)
+
+    def logs(self, max_lines: int) -> tuple[int, list[str]]:
+        return self.sink.history(min(max_lines, MAX_LOG_LINES))
+
+    def unpack_runs(self) -> list[UnpackRun]:
+        return self.unpack_logs.newest_first()
