@@ -1,5 +1,5 @@
 import sys
 
-from lanspreadd.app.main import main
+from lanspreadd.main import main
 
 sys.exit(main())

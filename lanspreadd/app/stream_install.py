@@ -14,7 +14,7 @@ import os
 import socket
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, PeerError
@@ -25,6 +25,7 @@ from lanspreadd.protocol.stream import (
     End,
     FileEnd,
     FileStart,
+    Frame,
     StreamDecoder,
     StreamError,
 )
@@ -46,56 +47,69 @@ class StreamReceiver:
         self.total = total
         self.received = 0
         self.files = 0
+        # The file being written: its descriptor, running CRC32 and header.
+        self._fd: int | None = None
+        self._crc = 0
+        self._current: FileStart | None = None
 
     def fill(self, staging: Path) -> None:
-        decoder = StreamDecoder()
-        fd: int | None = None
-        crc = 0
-        current: FileStart | None = None
         try:
-            while True:
-                if self.cancel.is_set():
-                    raise Cancelled("stream install cancelled")
-                data = self.sock.recv(RECV)
-                if not data:
-                    raise PeerError("the source stopped in the middle of the stream")
-                try:
-                    frames = decoder.feed(data)
-                except RemoteProtocolError as exc:
-                    raise PeerError(f"the source sent a bad stream: {exc}") from None
-                for frame in frames:
-                    if isinstance(frame, FileStart):
-                        fd, crc, current = self._open(staging, frame), 0, frame
-                    elif isinstance(frame, Data):
-                        assert fd is not None
-                        _write_all(fd, frame.data)
-                        crc = zlib.crc32(frame.data, crc)
-                        self.received += len(frame.data)
-                        self.progress(self.received, self.total)
-                    elif isinstance(frame, FileEnd):
-                        assert fd is not None
-                        assert current is not None
-                        os.close(fd)
-                        fd = None
-                        if crc != frame.crc32:
-                            raise ArchiveError(f"{current.path} arrived corrupt (CRC32 mismatch)")
-                        self.files += 1
-                    elif isinstance(frame, Dir):
-                        (staging / frame.path).mkdir(parents=True, exist_ok=True)
-                    elif isinstance(frame, StreamError):
-                        raise PeerError(f"the source gave up: {frame.reason}")
-                    elif isinstance(frame, End):
-                        if frame.files != self.files or frame.total_bytes != self.received:
-                            raise PeerError("the stream ended short of what it announced")
-                        return
+            for frame in self._frames():
+                if self._apply(staging, frame):
+                    return
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise DiskFull("no space left for the stream install") from exc
             raise
         finally:
-            if fd is not None:
+            if self._fd is not None:
                 with contextlib.suppress(OSError):
-                    os.close(fd)
+                    os.close(self._fd)
+                self._fd = None
+
+    def _frames(self) -> Iterator[Frame]:
+        decoder = StreamDecoder()
+        while True:
+            if self.cancel.is_set():
+                raise Cancelled("stream install cancelled")
+            data = self.sock.recv(RECV)
+            if not data:
+                raise PeerError("the source stopped in the middle of the stream")
+            try:
+                yield from decoder.feed(data)
+            except RemoteProtocolError as exc:
+                raise PeerError(f"the source sent a bad stream: {exc}") from None
+
+    def _apply(self, staging: Path, frame: Frame) -> bool:
+        """Write what one frame says; True once the End frame confirms the whole tree."""
+        if isinstance(frame, FileStart):
+            self._fd, self._crc, self._current = self._open(staging, frame), 0, frame
+        elif isinstance(frame, Data):
+            assert self._fd is not None
+            _write_all(self._fd, frame.data)
+            self._crc = zlib.crc32(frame.data, self._crc)
+            self.received += len(frame.data)
+            self.progress(self.received, self.total)
+        elif isinstance(frame, FileEnd):
+            self._end_file(frame)
+        elif isinstance(frame, Dir):
+            (staging / frame.path).mkdir(parents=True, exist_ok=True)
+        elif isinstance(frame, StreamError):
+            raise PeerError(f"the source gave up: {frame.reason}")
+        elif isinstance(frame, End):
+            if frame.files != self.files or frame.total_bytes != self.received:
+                raise PeerError("the stream ended short of what it announced")
+            return True
+        return False
+
+    def _end_file(self, frame: FileEnd) -> None:
+        assert self._fd is not None
+        assert self._current is not None
+        os.close(self._fd)
+        self._fd = None
+        if self._crc != frame.crc32:
+            raise ArchiveError(f"{self._current.path} arrived corrupt (CRC32 mismatch)")
+        self.files += 1
 
     @staticmethod
     def _open(staging: Path, frame: FileStart) -> int:

@@ -32,7 +32,7 @@ from typing import Any
 
 import rarfile
 
-from lanspreadd.core.library import VOLUME_RE
+from lanspreadd.archive.names import VOLUME_RE
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
 from lanspreadd.protocol.paths import PathRefused, inside
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lanspreadd.archive.names import VOLUME_RE
 from lanspreadd.core.catalog import Catalog, CatalogGame
 from lanspreadd.protocol.paths import LOCAL
 
@@ -17,7 +17,6 @@ VERSION_INI = "version.ini"
 # Inside local/: the version that tree was installed from. It is written into the staging
 # tree before promotion, so it can never disagree with the tree it describes.
 INSTALLED_VERSION = ".lanspread-version"
-VOLUME_RE = re.compile(r"^(?P<stem>.+)\.part(?P<num>\d+)\.rar$", re.IGNORECASE)
 MAX_VERSION_INI = 4096
 
 

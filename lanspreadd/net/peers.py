@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import logging
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from aioquic.asyncio.server import serve as quic_serve
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError, PeerError
+from lanspreadd.net.requests import PendingRequests
 from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
     Delta,
@@ -38,7 +38,6 @@ from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, R
 
 log = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 60.0
 CONNECT_TIMEOUT = 10.0
 GOODBYE_GRACE = 0.3
 
@@ -87,8 +86,7 @@ class PeerManager:
         self.peers: dict[str, Peer] = {}
         self._connections: set[PeerConnection] = set()
         self._connecting: set[str] = set()
-        self._pending: dict[int, tuple[str, asyncio.Future[Message]]] = {}
-        self._request_ids = itertools.count(1)
+        self._requests = PendingRequests()
         self._tg: asyncio.TaskGroup | None = None
         self._server: QuicServer | None = None
         self._last_snapshot: dict[str, str] = {}
@@ -232,18 +230,11 @@ class PeerManager:
             return
         existing = self.peers.get(event.peer_id)
         if existing is not None:
-            # Same direction: the peer restarted and the old session is stale. Opposite
-            # directions: both sides keep the connection opened by the smaller peer id,
-            # so a simultaneous connect settles on the same one.
-            keep_new = existing.outgoing == outgoing or (
-                (self.local.peer_id < event.peer_id) == outgoing
-            )
-            loser = existing.connection if keep_new else conn
-            if not keep_new:
+            if not keep_new_connection(self.local.peer_id, event.peer_id, existing, outgoing):
                 conn.say_goodbye("duplicate connection")
                 return
             self.peers.pop(event.peer_id)
-            loser.say_goodbye("duplicate connection")
+            existing.connection.say_goodbye("duplicate connection")
         peer = Peer(event.peer_id, event.name, conn.remote_host, event.data_port, conn, outgoing)
         self.peers[event.peer_id] = peer
         log.info("peer %s (%s) connected from %s", event.name, event.peer_id[:8], peer.host)
@@ -266,34 +257,9 @@ class PeerManager:
             self.owner.peer_changed(peer.peer_id, peer, "delta")
         elif isinstance(message, FileListRequest | StreamInstallRequest):
             if self._tg is not None:
-                self._tg.create_task(self._answer(peer, message))
+                self._tg.create_task(answer(self.owner, self.refusals, peer, message))
         elif isinstance(message, FileList | StreamInstallGrant | ErrorReply):
-            pending = self._pending.pop(message.request_id, None)
-            if pending is None or pending[0] != peer.peer_id or pending[1].done():
-                return
-            if isinstance(message, ErrorReply):
-                pending[1].set_exception(PeerError(f"{peer.name}: {message.message}"))
-            else:
-                pending[1].set_result(message)
-
-    async def _answer(self, peer: Peer, request: FileListRequest | StreamInstallRequest) -> None:
-        try:
-            if isinstance(request, FileListRequest):
-                reply: Message = await self.owner.file_list(peer.peer_id, request)
-            else:
-                reply = await self.owner.stream_grant(peer.peer_id, request)
-        except LanspreadError as exc:
-            reply = ErrorReply(request.request_id, exc.name, str(exc))
-        except Exception as exc:
-            # One request failed (out of descriptors, a file that vanished, our bug):
-            # the asking peer gets a named answer; the server keeps serving.
-            self.refusals.note(
-                f"request-failed-{type(exc).__name__}",
-                f"answering {peer.name}'s {type(request).__name__}: {exc}",
-            )
-            reply = ErrorReply(request.request_id, "InternalError", f"could not answer: {exc}")
-        if not peer.connection.session.closed:
-            peer.connection.send_message(reply)
+            self._requests.reply(peer.peer_id, peer.name, message)
 
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         peer = self._peer_of(conn)
@@ -304,11 +270,7 @@ class PeerManager:
                 self.refusals.note("peer-handshake", f"{conn.remote_host}: {event.reason}")
             return
         del self.peers[peer.peer_id]
-        for request_id, (peer_id, future) in list(self._pending.items()):
-            if peer_id == peer.peer_id:
-                del self._pending[request_id]
-                if not future.done():
-                    future.set_exception(PeerError(f"{peer.name} left: {event.reason}"))
+        self._requests.peer_left(peer.peer_id, f"{peer.name} left: {event.reason}")
         log.info("peer %s (%s) left: %s", peer.name, peer.peer_id[:8], event.reason)
         self.owner.peer_changed(peer.peer_id, None, event.reason)
 
@@ -345,16 +307,45 @@ class PeerManager:
         peer = self.peers.get(peer_id)
         if peer is None:
             raise PeerError(f"peer {peer_id[:8]} is not connected")
-        request_id = next(self._request_ids)
-        future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = (peer_id, future)
+        request_id, future = self._requests.open(peer_id)
         request = build(request_id)
         peer.connection.send_message(request)
-        try:
-            return await asyncio.wait_for(future, REQUEST_TIMEOUT)
-        except TimeoutError:
-            raise PeerError(
-                f"{peer.name} did not answer the {type(request).__name__} in time"
-            ) from None
-        finally:
-            self._pending.pop(request_id, None)
+        return await self._requests.wait(
+            request_id, future, f"{peer.name} did not answer the {type(request).__name__} in time"
+        )
+
+
+async def answer(
+    host: PeerHost,
+    refusals: RefusalTally,
+    peer: Peer,
+    request: FileListRequest | StreamInstallRequest,
+) -> None:
+    """Answer one peer's request, always: a failure is a named ErrorReply."""
+    try:
+        if isinstance(request, FileListRequest):
+            reply: Message = await host.file_list(peer.peer_id, request)
+        else:
+            reply = await host.stream_grant(peer.peer_id, request)
+    except LanspreadError as exc:
+        reply = ErrorReply(request.request_id, exc.name, str(exc))
+    except Exception as exc:
+        # One request failed (out of descriptors, a file that vanished, our bug):
+        # the asking peer gets a named answer; the server keeps serving.
+        refusals.note(
+            f"request-failed-{type(exc).__name__}",
+            f"answering {peer.name}'s {type(request).__name__}: {exc}",
+        )
+        reply = ErrorReply(request.request_id, "InternalError", f"could not answer: {exc}")
+    if not peer.connection.session.closed:
+        peer.connection.send_message(reply)
+
+
+def keep_new_connection(local_id: str, peer_id: str, existing: Peer, outgoing: bool) -> bool:
+    """Which of two connections to the same peer survives, the same on both sides.
+
+    Same direction: the peer restarted and the old session is stale. Opposite
+    directions: both sides keep the connection opened by the smaller peer id, so a
+    simultaneous connect settles on the same one.
+    """
+    return existing.outgoing == outgoing or (local_id < peer_id) == outgoing
