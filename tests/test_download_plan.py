@@ -50,7 +50,7 @@ def test_every_chunk_is_handed_out_once_with_its_length() -> None:
     assert not p.finished, "chunks in flight are not done"
     for chunk in chunks:
         assert chunk is not None
-        p.completed(chunk, "a")
+        p.completed(chunk)
     assert p.finished
     assert p.bytes_done == p.total_bytes == 35
 
@@ -129,11 +129,11 @@ def test_a_late_completion_after_a_requeue_is_not_counted_twice() -> None:
     chunk = p.next_for("a")
     assert chunk is not None
     p.source_lost("a")
-    p.completed(chunk, "a")  # the lost source's answer arrives after all
+    p.completed(chunk)  # the lost source's answer arrives after all
     assert p.bytes_done == 0
     again = p.next_for("b")
     assert again == chunk
-    p.completed(chunk, "b")
+    p.completed(chunk)
     assert p.bytes_done == 10
     assert p.finished
 
@@ -165,4 +165,4 @@ def test_the_majority_file_list_wins_and_ties_are_stable() -> None:
 )
 def test_unusable_file_lists_are_refused(files: tuple[tuple[str, int], ...], problem: str) -> None:
     with pytest.raises(InvalidArgument, match=problem):
-        validate_file_list(listing(*files), "1.0")
+        validate_file_list(listing(*files))

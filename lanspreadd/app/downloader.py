@@ -125,7 +125,7 @@ class Downloader:
                 log.warning("%s cannot serve %s: %s", peer.name, self.game_id, result)
                 continue
             try:
-                validate_file_list(result, self.version)
+                validate_file_list(result)
             except InvalidArgument as exc:
                 log.warning("ignoring %s as a source: %s", peer.name, exc)
                 continue
@@ -245,7 +245,7 @@ class Downloader:
     async def _enlist(self, peer: Peer) -> Source | None:
         try:
             listing = await self.peers.request_file_list(peer.peer_id, self.game_id, self.version)
-            validate_file_list(listing, self.version)
+            validate_file_list(listing)
         except (PeerError, InvalidArgument) as exc:
             log.info("%s cannot join the download of %s: %s", peer.name, self.game_id, exc)
             return None
@@ -280,7 +280,7 @@ class Downloader:
                         await asyncio.wait_for(self._changed.wait(), 0.5)
                     continue
                 if await in_thread(sock, self._fetch, sock, buffer, plan, chunk):
-                    plan.completed(chunk, source.peer_id)
+                    plan.completed(chunk)
                     self.received[source.name] += chunk.length
                     self.progress(plan.bytes_done, plan.total_bytes)
                 else:

@@ -20,7 +20,7 @@ from lanspreadd.app.jobs import JobRunner
 from lanspreadd.app.logs import UnpackLogs
 from lanspreadd.app.memory import release_freed_memory
 from lanspreadd.app.views import GameView, Observers
-from lanspreadd.core.install import free_bytes
+from lanspreadd.archive.extract import free_bytes
 from lanspreadd.core.library import Availability, Library
 from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.errors import (

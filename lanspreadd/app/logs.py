@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import re
 import sys
 import threading
@@ -214,7 +213,3 @@ class UnpackLogs:
 
     def newest_first(self) -> list[UnpackRun]:
         return sorted(self.runs, key=lambda r: r.finished or r.started, reverse=True)
-
-
-def log_file_default(state_dir: Path) -> Path:
-    return Path(os.environ.get("LOGS_DIRECTORY", str(state_dir))) / "lanspread.log"

@@ -495,9 +495,14 @@ def _tree_bytes(root: Path) -> int:
     return total
 
 
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding `path`."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
 def _disk_full(path: Path) -> bool:
     try:
-        st = os.statvfs(path)
+        return free_bytes(path) < CHUNK
     except OSError:
         return False
-    return st.f_bavail * st.f_frsize < CHUNK

@@ -20,7 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from lanspreadd.archive.extract import LINKS_PREFIX, Extraction, Listing, list_archive
+from lanspreadd.archive.extract import (
+    LINKS_PREFIX,
+    Extraction,
+    Listing,
+    free_bytes,
+    list_archive,
+)
 from lanspreadd.core.library import (
     INSTALLED_VERSION,
     VERSION_INI,
@@ -149,11 +155,6 @@ def root_archives(root: Path) -> list[Path]:
     except FileNotFoundError:
         return []
     return [root / name for name in first_volumes(names)]
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 class GameFiles:

@@ -72,10 +72,6 @@ class Job:
         self.rate = 0.0
         return True
 
-    @property
-    def cancelled(self) -> bool:
-        return self.cancel_event.is_set()
-
 
 class OperationTable:
     def __init__(self) -> None:

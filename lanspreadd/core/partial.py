@@ -15,7 +15,8 @@ import logging
 import os
 from pathlib import Path
 
-from lanspreadd.core.install import RESUME_FILE, SPACE_MARGIN, atomic_write, free_bytes
+from lanspreadd.archive.extract import free_bytes
+from lanspreadd.core.install import RESUME_FILE, SPACE_MARGIN, atomic_write
 from lanspreadd.core.library import VERSION_INI, parse_version_ini
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.core.plan import Chunk, DownloadPlan

@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from lanspreadd.core.library import VERSION_INI
+from lanspreadd.core.library import MAX_VERSION_INI, VERSION_INI
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.errors import (
     InvalidArgument,
@@ -22,7 +22,6 @@ from lanspreadd.errors import (
 from lanspreadd.protocol.messages import FileEntry, FileList
 
 MAX_CORRUPT = 2
-MAX_VERSION_INI = 4096
 
 
 @dataclass(frozen=True)
@@ -81,7 +80,7 @@ class DownloadPlan:
             return chunk
         return None
 
-    def completed(self, chunk: Chunk, source: str) -> None:
+    def completed(self, chunk: Chunk) -> None:
         if self.in_flight.pop(chunk, None) is None:
             return
         self.verified.add((chunk.file_index, chunk.index))
@@ -127,7 +126,7 @@ def majority(lists: dict[str, FileList]) -> tuple[str, list[str]]:
     return best, sorted(groups[best])
 
 
-def validate_file_list(file_list: FileList, version: str) -> None:
+def validate_file_list(file_list: FileList) -> None:
     paths = set()
     for entry in file_list.files:
         check_relative_path(entry.path)

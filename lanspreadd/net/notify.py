@@ -32,9 +32,6 @@ class Notifier:
         usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
         self.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=reloading the catalog")
 
-    def status(self, status: str) -> None:
-        self.send(f"STATUS={status}")
-
     def stopping(self) -> None:
         self.send("STOPPING=1\nSTATUS=stopping")
 

@@ -22,6 +22,7 @@ from aioquic.asyncio.server import serve as quic_serve
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError, PeerError
+from lanspreadd.net.dataclient import CONNECT_TIMEOUT
 from lanspreadd.net.requests import PendingRequests
 from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
@@ -38,7 +39,6 @@ from lanspreadd.protocol.session import Closed, Established, Event, LocalPeer, R
 
 log = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT = 10.0
 GOODBYE_GRACE = 0.3
 
 

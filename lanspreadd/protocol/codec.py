@@ -9,7 +9,6 @@ from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import MESSAGE_TYPES, Message
 
 HEADER = struct.Struct("!IB")
-MAX_FRAME = max(cls.MAX_SIZE for cls in MESSAGE_TYPES.values())
 
 
 def encode(message: Message) -> bytes:

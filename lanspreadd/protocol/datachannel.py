@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from lanspreadd.protocol.errors import RemoteProtocolError
+from lanspreadd.protocol.text import MAX_TEXT
 
 MAGIC = b"LSD1"
 TOKEN_LEN = 32
@@ -18,7 +19,6 @@ GREETING_LEN = len(MAGIC) + TOKEN_LEN
 REQUEST = struct.Struct("!IQI")
 REPLY = struct.Struct("!BI")
 MAX_CHUNK = 64 << 20
-MAX_REASON = 1024
 
 OK = 0
 NOT_SERVABLE = 1
@@ -63,6 +63,6 @@ def decode_reply_header(data: bytes, requested: int) -> tuple[int, int]:
     status, length = REPLY.unpack(data)
     if status == OK and length != requested:
         raise RemoteProtocolError(f"peer answered {length} bytes for a {requested}-byte chunk")
-    if status != OK and length > MAX_REASON:
+    if status != OK and length > MAX_TEXT:
         raise RemoteProtocolError("error reason too long")
     return status, length

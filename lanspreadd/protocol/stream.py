@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.paths import PathRefused, inside
+from lanspreadd.protocol.text import MAX_TEXT
 
 HEADER = struct.Struct("!BI")
 FILE_START = struct.Struct("!QI")
@@ -20,7 +21,6 @@ END = struct.Struct("!QQ")
 DIR = struct.Struct("!I")
 MAX_DATA = 1 << 20
 MAX_PATH = 4096
-MAX_REASON = 1024
 RESERVED_NAMES = (".lanspread_owned",)
 
 T_FILE_START, T_DATA, T_FILE_END, T_DIR, T_END, T_ERROR = 1, 2, 3, 4, 5, 6
@@ -30,7 +30,7 @@ MAX_PAYLOAD = {
     T_FILE_END: FILE_END.size,
     T_DIR: DIR.size + MAX_PATH,
     T_END: END.size,
-    T_ERROR: MAX_REASON,
+    T_ERROR: MAX_TEXT,
 }
 
 
@@ -94,7 +94,7 @@ def encode(frame: Frame) -> bytes:
     elif isinstance(frame, End):
         kind, payload = T_END, END.pack(frame.files, frame.total_bytes)
     else:
-        kind, payload = T_ERROR, frame.reason.encode()[:MAX_REASON]
+        kind, payload = T_ERROR, frame.reason.encode()[:MAX_TEXT]
     if len(payload) > MAX_PAYLOAD[kind]:
         raise ValueError(f"{type(frame).__name__} frame is too large")
     return HEADER.pack(kind, len(payload)) + payload
