@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import sdnotify
 from dbus_fast import Message
 
 from lanspreadctl.client import (
@@ -41,8 +42,7 @@ from lanspreadctl.client import (
     ClientError,
     unwrap,
 )
-from lanspreadd import acl
-from lanspreadd.notify import Notifier
+from lanspreadd.core import acl
 
 SERVICE = "lanspreadd.service"
 SERVICE_USER = "lanspread"
@@ -383,14 +383,19 @@ async def set_game_dir(client: Client, text: str) -> Outcome:
         return Outcome(text)
     if os.geteuid() != 0:
         return await through_helper(client, text)
-    notifier = Notifier()  # started as the helper unit: its status says how it went
     try:
         outcome = await as_root(client, text)
     except ClientError as exc:
-        notifier.status(str(exc))
+        tell_systemd(str(exc))
         raise
-    notifier.status(f"game directory is now {outcome.path}")
+    tell_systemd(f"game directory is now {outcome.path}")
     return outcome
+
+
+def tell_systemd(status: str) -> None:
+    """Started as the helper unit, its status says how it went (`systemctl status`)."""
+    if os.environ.get("NOTIFY_SOCKET"):
+        sdnotify.SystemdNotifier().notify(f"STATUS={status}")
 
 
 async def packaged(client: Client) -> bool:

@@ -28,7 +28,7 @@ from lanspreadctl.gamedir import (
     mount_of,
 )
 from lanspreadd.archive.writer import Entry
-from lanspreadd.install import INSTALLING, INTENT
+from lanspreadd.core.install import INSTALLING, INTENT
 from tests.support import (
     ERR,
     Daemon,

@@ -23,13 +23,14 @@ from lanspreadd.app.settings import Settings
 from lanspreadd.app.supervisor import Policy, Service, Supervisor
 from lanspreadd.app.views import Observers
 from lanspreadd.core.catalog import Catalog
+from lanspreadd.core.gamedir import check_game_dir
 from lanspreadd.core.identity import load_or_create
 from lanspreadd.core.install import recover_all
 from lanspreadd.core.library import Library
 from lanspreadd.core.operations import OperationTable
 from lanspreadd.core.redial import Dial, Redial
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import InvalidArgument, InvalidState, PeerError
+from lanspreadd.errors import Busy, LanspreadError, PeerError
 from lanspreadd.net.discovery import Discovery
 from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.net.peers import Peer, PeerManager
@@ -46,10 +47,7 @@ class Daemon:
         self.observers = Observers()
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(config.state_dir)
-        game_dir = config.game_dir
-        if "game_dir" not in config.explicit:
-            game_dir = self.settings.game_dir(config.game_dir)
-        self.library = Library(game_dir, Catalog.load(config.catalog))
+        self.library = Library(self._initial_game_dir(), Catalog.load(config.catalog))
         self.library.game_dir.mkdir(parents=True, exist_ok=True)
         self.ops = OperationTable()
         self.unpack_logs = UnpackLogs(config.state_dir / "unpack-logs.json")
@@ -82,6 +80,22 @@ class Daemon:
     @property
     def catalog(self) -> Catalog:
         return self.library.catalog
+
+    def _initial_game_dir(self) -> Path:
+        """The configured directory, else the one last set. A set directory that is gone
+        (a disk not mounted, the unit's access withdrawn) leaves the default in use until
+        it is back, rather than a daemon that cannot start."""
+        config = self.config
+        if "game_dir" in config.explicit:
+            return config.game_dir
+        chosen = self.settings.game_dir(config.game_dir)
+        if chosen == config.game_dir:
+            return chosen
+        try:
+            return check_game_dir(str(chosen), config.state_dir)
+        except LanspreadError as exc:
+            log.warning("using %s for now: %s", config.game_dir, exc)
+            return config.game_dir
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def run(self, on_ready: asyncio.Event | None = None) -> None:
@@ -215,13 +229,14 @@ class Daemon:
     async def connect_peer(self, host: str, port: int | None) -> str:
         return await self.peers.connect(host, port or self.config.port)
 
-    async def set_game_dir(self, new: Path) -> None:
-        if not new.is_absolute():
-            raise InvalidArgument(f"the game directory must be absolute: {str(new)!r}")
-        if not await asyncio.to_thread(new.is_dir):
-            raise InvalidArgument(f"{new} is not an existing directory")
+    async def set_game_dir(self, path: str) -> None:
+        try:
+            new = await asyncio.to_thread(check_game_dir, path, self.config.state_dir)
+        except LanspreadError as exc:
+            log.warning("refused game directory %r: %s", path, exc)
+            raise
         if self.ops.jobs:
-            raise InvalidState("operations are running; wait or cancel them first")
+            raise Busy("operations are running; wait or cancel them first")
         recovered = await asyncio.to_thread(recover_all, new, sorted(self.catalog.games))
         for game_id, action in recovered.items():
             log.warning("recovered %s: %s", game_id, action)

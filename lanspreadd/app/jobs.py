@@ -13,6 +13,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lanspreadd.app.config import Config
 from lanspreadd.app.downloader import Downloader
@@ -20,6 +21,7 @@ from lanspreadd.app.host import Host
 from lanspreadd.app.logs import UnpackLogs
 from lanspreadd.app.stream_install import StreamReceiver
 from lanspreadd.app.views import Observers
+from lanspreadd.core.gamedir import ACCESS_ERRNOS, claim_game_root, no_access
 from lanspreadd.core.hashes import CHUNK_SIZE
 from lanspreadd.core.install import SPACE_MARGIN, GameFiles
 from lanspreadd.core.library import Library
@@ -89,6 +91,7 @@ class JobRunner:
         started = time.time()
         try:
             await self.host.transfers.cancel_and_drain(job.game_id)
+            await asyncio.to_thread(claim_game_root, files.root, self.library.game_dir)
             await self._work(job, files, progress)
             job.finish(JobState.FINISHED)
         except (Cancelled, asyncio.CancelledError):
@@ -103,7 +106,7 @@ class JobRunner:
         except LanspreadError as exc:
             job.finish(JobState.FAILED, exc.name, str(exc))
         except OSError as exc:
-            error = _os_error(exc)
+            error = _os_error(exc, files.root, self.library.game_dir)
             job.finish(JobState.FAILED, error.name, str(error))
         except Exception as exc:
             log.exception("%s of %s crashed", job.kind, job.game_id)
@@ -228,7 +231,9 @@ _FILE_OPERATIONS: dict[OpKind, Callable[[GameFiles], object]] = {
 }
 
 
-def _os_error(exc: OSError) -> LanspreadError:
+def _os_error(exc: OSError, root: Path, game_dir: Path) -> LanspreadError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return DiskFull(f"no space left: {exc}")
+    if exc.errno in ACCESS_ERRNOS:
+        return no_access(exc.filename or root, game_dir, exc)
     return LanspreadError(str(exc))

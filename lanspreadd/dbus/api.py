@@ -419,9 +419,8 @@ class ManagerInterface(ServiceInterface):
     @method()
     async def SetGameDir(self, path: "s") -> None:
         with dbus_errors():
-            new = args.game_dir(path)
             await self.api.authorize(ACTION_CONFIGURE)
-            await self.daemon.set_game_dir(new)
+            await self.daemon.set_game_dir(path)
             self.emit_properties_changed({"GameDir": str(self.daemon.library.game_dir)})
 
     @method()

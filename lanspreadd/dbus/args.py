@@ -5,8 +5,6 @@ The signature already fixed each argument's type; what is left is its content.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lanspreadd.core.catalog import Catalog, check_game_id
 from lanspreadd.errors import InvalidArgument, NotFound
 
@@ -39,9 +37,3 @@ def address(text: str) -> tuple[str, int | None]:
     if not host or (port is not None and not 0 < port < 65536):
         raise InvalidArgument(f"invalid address {text!r}")
     return host, port
-
-
-def game_dir(text: str) -> Path:
-    if not text or "\x00" in text:
-        raise InvalidArgument("the game directory must be a non-empty path")
-    return Path(text)

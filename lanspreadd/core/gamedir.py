@@ -15,7 +15,7 @@ import shlex
 import stat
 from pathlib import Path
 
-from lanspreadd import acl
+from lanspreadd.core import acl
 from lanspreadd.errors import InvalidArgument, NoAccess
 
 log = logging.getLogger(__name__)
