@@ -21,7 +21,7 @@ from lanspreadd.app.host import Host
 from lanspreadd.app.logs import UnpackLogs
 from lanspreadd.app.stream_install import StreamReceiver
 from lanspreadd.app.views import Observers
-from lanspreadd.core.gamedir import ACCESS_ERRNOS, claim_game_root, no_access
+from lanspreadd.core.gamedir import ACCESS_ERRNOS, claim_game_root, no_access, share_installed
 from lanspreadd.core.hashes import CHUNK_SIZE
 from lanspreadd.core.install import SPACE_MARGIN, GameFiles
 from lanspreadd.core.library import Library
@@ -36,10 +36,12 @@ from lanspreadd.errors import (
 )
 from lanspreadd.net.dataclient import in_thread, open_data_channel
 from lanspreadd.net.peers import PeerManager
+from lanspreadd.protocol.paths import LOCAL
 
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL = 0.2
+INSTALLING = (OpKind.INSTALL, OpKind.UPDATE, OpKind.STREAM_INSTALL)
 
 Progress = Callable[[int, int], None]
 
@@ -93,6 +95,8 @@ class JobRunner:
             await self.host.transfers.cancel_and_drain(job.game_id)
             await asyncio.to_thread(claim_game_root, files.root, self.library.game_dir)
             await self._work(job, files, progress)
+            if job.kind in INSTALLING or job.install_after:
+                await asyncio.to_thread(share_installed, files.root / LOCAL)
             job.finish(JobState.FINISHED)
         except (Cancelled, asyncio.CancelledError):
             task = asyncio.current_task()
