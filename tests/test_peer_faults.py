@@ -49,11 +49,11 @@ class FaultyHost:
         self.changes.append(reason)
         self._maybe_fail("peer_changed")
 
-    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList:
+    async def file_list(self, peer: Peer, request: FileListRequest) -> FileList:
         self._maybe_fail("file_list")
         return FileList(request.request_id, GAME, request.version, 1 << 20, (), b"t" * 32)
 
-    async def stream_grant(self, peer_id: str, request: StreamInstallRequest) -> StreamInstallGrant:
+    async def stream_grant(self, peer: Peer, request: StreamInstallRequest) -> StreamInstallGrant:
         self._maybe_fail("stream_grant")
         return StreamInstallGrant(request.request_id, 0, b"t" * 32)
 

@@ -18,6 +18,7 @@ from lanspreadd.protocol.codec import HEADER, FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
 from lanspreadd.protocol.messages import (
     MESSAGE_TYPES,
+    Auth,
     Delta,
     FileEntry,
     FileList,
@@ -79,7 +80,7 @@ def pair(ids: tuple[Identity, Identity, Identity], **client_kw: object) -> Conne
     a, b, _ = ids
     client = Session(Role.CLIENT, local(a, "alpha"), 0.0, **client_kw)  # type: ignore[arg-type]
     server = Session(Role.SERVER, local(b, "beta"), 0.0)
-    client.start()
+    client.start(b.cert_der)  # TLS showed the server's own certificate
     p = ConnectionPair(client, server)
     p.pump()
     return p
@@ -129,7 +130,7 @@ def test_version_mismatch_is_refused_with_a_reason(
     hello = Hello(PROTOCOL_VERSION + 1, a.peer_id, "alpha", 1, a.cert_der, b"x" * 32)
     events = server.receive(encode(hello), 0.0)
     assert events == [Closed(events[0].reason, False)]  # type: ignore[union-attr]
-    assert "version 2 is not supported" in server.close_reason  # type: ignore[operator]
+    assert f"version {PROTOCOL_VERSION + 1} is not supported" in server.close_reason  # type: ignore[operator]
     reply = FrameDecoder().feed(server.data_to_send())
     assert type(reply[0]).__name__ == "Refuse"
 
@@ -148,7 +149,7 @@ def test_forged_identity_is_refused(identities: tuple[Identity, Identity, Identi
         0.0,
     )
     server = Session(Role.SERVER, local(b, "beta"), 0.0)
-    client.start()
+    client.start(b.cert_der)
     p = ConnectionPair(client, server)
     p.pump()
     assert server.state is State.CLOSED
@@ -217,7 +218,7 @@ def test_goodbye(identities: tuple[Identity, Identity, Identity]) -> None:
 def test_handshake_timeout(identities: tuple[Identity, Identity, Identity]) -> None:
     a, _, _ = identities
     client = Session(Role.CLIENT, local(a, "alpha"), 0.0)
-    client.start()
+    client.start(b"server certificate")
     assert client.handle_timer(5.0) == []
     assert client.handle_timer(11.0) == [Closed("handshake timed out", False)]
 
@@ -381,3 +382,43 @@ def test_our_own_error_texts_are_sent_printable() -> None:
     (decoded,) = FrameDecoder().feed(encode(reply))
     assert isinstance(decoded, ErrorReply)
     assert decoded.message.isprintable() and "unar said:" in decoded.message
+
+
+def test_a_relayed_identity_proof_is_refused(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    """The attack that worked on protocol 1: mallory connects to victim claiming to be
+    honest, connects to honest claiming to be victim, and relays victim's challenge to
+    honest and honest's signature back. Each leg runs its own TLS handshake, so the
+    proof honest signed is bound to mallory's connection with honest, not to victim's."""
+    honest, victim, _mallory = identities
+    # Leg 1: mallory (client) -> victim (server), sending honest's Hello (its cert is public).
+    victim_side = Session(Role.SERVER, local(victim, "victim"), 0.0)
+    to_victim = Hello(PROTOCOL_VERSION, honest.peer_id, "honest", 1, honest.cert_der, b"m" * 32)
+    victim_side.receive(encode(to_victim), 0.0)
+    victim_hello, _victim_auth = FrameDecoder().feed(victim_side.data_to_send())
+    assert isinstance(victim_hello, Hello)
+    # Leg 2: mallory (client) -> honest (server), as victim, passing on victim's challenge.
+    honest_side = Session(Role.SERVER, local(honest, "honest"), 0.0)
+    as_victim = Hello(
+        PROTOCOL_VERSION, victim.peer_id, "victim", 1, victim.cert_der, victim_hello.challenge
+    )
+    honest_side.receive(encode(as_victim), 0.0)
+    _honest_hello, honest_auth = FrameDecoder().feed(honest_side.data_to_send())
+    assert isinstance(honest_auth, Auth)
+    # Relay honest's signature to victim: refused, and honest is never listed.
+    events = victim_side.receive(encode(honest_auth), 0.0)
+    assert victim_side.state is State.CLOSED and victim_side.peer is None
+    assert events == [Closed("identity proof failed: bad signature", False)]
+
+
+def test_a_server_whose_tls_certificate_is_not_its_identity_is_refused(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    a, b, c = identities
+    client = Session(Role.CLIENT, local(a, "alpha"), 0.0)
+    server = Session(Role.SERVER, local(b, "beta"), 0.0)
+    client.start(c.cert_der)  # TLS presented someone else's certificate
+    ConnectionPair(client, server).pump()
+    assert client.state is State.CLOSED
+    assert "TLS certificate does not match" in (client.close_reason or "")

@@ -172,3 +172,58 @@ def test_data_connections_are_capped_and_idle_ones_closed(tmp_path: Path) -> Non
         await server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_grant_is_bound_to_its_peer_address_and_connection(tmp_path: Path) -> None:
+    """Tokens were bearer tokens: anyone who learnt one could use it from anywhere, and a
+    revoked token kept being served while another peer held a grant for the game."""
+    root = tmp_path / "game"
+    root.mkdir()
+    (root / "a.rar").write_bytes(b"A" * 1000)
+    files = (FileEntry("a.rar", 1000, ("h" * 64,)),)
+    tally = RefusalTally(emit=lambda _line: None)
+    server = DataServer(lambda _g, _v: True, OutboundTransfers(), tally, ConnectionCaps(16, 100))
+    connection_open = [True]
+    mine = server.issue(
+        Grant("peer", "g", "1", root, files, host="127.0.0.1", alive=lambda: connection_open[0])
+    )
+    elsewhere = server.issue(Grant("peer", "g", "1", root, files, host="10.9.9.9"))
+    server.issue(Grant("other", "g", "1", root, files, host="127.0.0.1"))  # keeps "g" granted
+
+    async def fetch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> tuple[int, int]:
+        writer.write(encode_request(ChunkRequest(0, 0, 1000)))
+        header = await asyncio.wait_for(reader.readexactly(REPLY.size), 10)
+        status, length = REPLY.unpack(header)
+        await reader.readexactly(length)
+        return status, length
+
+    async def scenario() -> None:
+        await server.start("127.0.0.1", 0)
+        assert server.server is not None
+        port = server.server.sockets[0].getsockname()[1]
+        # From another address than the connection it was issued over: refused.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_greeting(elsewhere))
+        assert await asyncio.wait_for(reader.read(1), 10) == b""
+        writer.close()
+        assert tally.totals["data-token-from-another-address"] == 1
+        # The right address: served; then the peer leaves mid-connection.
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_greeting(mine))
+        assert await fetch(reader, writer) == (OK, 1000)
+        server.revoke_peer("peer")
+        assert await asyncio.wait_for(reader.read(1), 10) == b"", "served after revocation"
+        writer.close()
+        # A grant whose QUIC connection closed is not honoured either.
+        connection_open[0] = False
+        late = server.issue(
+            Grant("peer", "g", "1", root, files, host="127.0.0.1", alive=lambda: False)
+        )
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(encode_greeting(late))
+        assert await asyncio.wait_for(reader.read(1), 10) == b""
+        writer.close()
+        assert tally.totals["data-token-of-a-closed-connection"] == 1
+        await server.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))

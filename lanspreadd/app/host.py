@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lanspreadd.app.config import Config
 from lanspreadd.archive.provider import RarStreamProvider
@@ -141,22 +142,22 @@ class Host:
         return True
 
     # ---- the peer layer's host (PeerHost) -----------------------------------------------
-    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList:
+    async def file_list(self, peer: Peer, request: FileListRequest) -> FileList:
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} {request.version} is not served here now")
         root = self.library.game_root(request.game_id)
-        log.info("peer %s asked for the file list of %s", peer_id[:8], request.game_id)
+        log.info("peer %s asked for the file list of %s", peer.peer_id[:8], request.game_id)
         entries = await asyncio.to_thread(self.hashes.file_entries, request.game_id, root)
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} changed while it was being listed")
         token = self.data_server.issue(
-            Grant(peer_id, request.game_id, request.version, root, entries)
+            Grant(peer.peer_id, request.game_id, request.version, root, entries, **_bound(peer))
         )
         return FileList(
             request.request_id, request.game_id, request.version, CHUNK_SIZE, entries, token
         )
 
-    async def stream_grant(self, peer_id: str, request: StreamInstallRequest) -> StreamInstallGrant:
+    async def stream_grant(self, peer: Peer, request: StreamInstallRequest) -> StreamInstallGrant:
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} {request.version} is not served here now")
         root = self.library.game_root(request.game_id)
@@ -164,9 +165,16 @@ class Host:
             provider = await asyncio.to_thread(RarStreamProvider, root_archives(root))
         except ArchiveError as exc:
             raise NotServable(f"cannot stream {request.game_id}: {exc}") from exc
-        log.info("peer %s asked to stream-install %s", peer_id[:8], request.game_id)
+        log.info("peer %s asked to stream-install %s", peer.peer_id[:8], request.game_id)
         token = self.data_server.issue(
-            Grant(peer_id, request.game_id, request.version, root, provider=provider)
+            Grant(
+                peer.peer_id,
+                request.game_id,
+                request.version,
+                root,
+                provider=provider,
+                **_bound(peer),
+            )
         )
         return StreamInstallGrant(request.request_id, provider.total_bytes(), token)
 
@@ -174,3 +182,10 @@ class Host:
         if peer is None:
             self.data_server.revoke_peer(peer_id)
         self._peer_changed(peer_id, peer, reason)
+
+
+def _bound(peer: Peer) -> dict[str, Any]:
+    """A grant honoured only from the address of the connection it was issued over,
+    and only while that connection lives."""
+    connection = peer.connection
+    return {"host": peer.host, "alive": lambda: not connection.session.closed}

@@ -91,7 +91,11 @@ class FrameProducer:
 @dataclass
 class Grant:
     """What a data-channel token allows: one peer reading one game's listed files,
-    or (with a provider) pulling its installed tree once as a stream install."""
+    or (with a provider) pulling its installed tree once as a stream install.
+
+    A token is no bearer token: it is honoured only from the address of the QUIC
+    connection it was issued over, and only while that connection lives (`alive`).
+    """
 
     peer_id: str
     game_id: str
@@ -99,6 +103,8 @@ class Grant:
     root: Path
     files: tuple[FileEntry, ...] = ()
     provider: StreamInstallProvider | None = None
+    host: str = ""  # the issuing connection's remote address; "" takes any (tests)
+    alive: Callable[[], bool] = lambda: True
 
 
 @dataclass
@@ -176,6 +182,9 @@ class DataServer:
         self.grants: dict[bytes, Grant] = {}
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        # Each token in use, with its grant (a stream install's is spent at once) and the
+        # data connections serving it, so a revocation reaches them.
+        self._serving: dict[bytes, tuple[Grant, set[asyncio.Task[None]]]] = {}
 
     def issue(self, grant: Grant) -> bytes:
         """A new token; older ones of the same peer for the same game lapse, so a
@@ -194,10 +203,14 @@ class DataServer:
         return token
 
     def revoke_peer(self, peer_id: str) -> None:
-        """A peer that left loses its tokens and its open data connections."""
+        """A peer that left loses its tokens and, at once, its open data connections."""
         for token, grant in list(self.grants.items()):
             if grant.peer_id == peer_id:
                 del self.grants[token]
+        for grant, tasks in self._serving.values():
+            if grant.peer_id == peer_id:
+                for task in tasks:
+                    task.cancel()
 
     async def start(self, host: str, port: int) -> None:
         self.server = await asyncio.start_server(self._handle, host, port, reuse_address=True)
@@ -213,7 +226,7 @@ class DataServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
-        address = str(peer[0]) if peer else "?"
+        address = str(peer[0]).removeprefix("::ffff:") if peer else "?"
         refused = self.caps.admit(address)
         if refused is not None:
             self.refusals.note(f"data-{refused}", f"a data connection from {address}")
@@ -223,13 +236,18 @@ class DataServer:
         assert task is not None
         self._connections.add(task)
         grant: Grant | None = None
+        token = b""
         try:
             greeting = await asyncio.wait_for(reader.readexactly(GREETING_LEN), GREETING_TIMEOUT)
             token = decode_greeting(greeting)
             grant = self.grants.get(token)
-            if grant is None:
-                self.refusals.note("data-unknown-token", f"a data connection from {address}")
+            refused = self._check(grant, address)
+            if refused is not None:
+                self.refusals.note(refused, f"a data connection from {address}")
+                grant = None
                 return
+            assert grant is not None
+            self._serving.setdefault(token, (grant, set()))[1].add(task)
             self.transfers.register(grant.game_id, task)
             if grant.provider is not None:
                 del self.grants[token]  # a stream install is pulled once
@@ -244,7 +262,7 @@ class DataServer:
                 except TimeoutError:
                     self.refusals.note("data-idle", f"a data connection from {address}")
                     return
-                await self._serve_chunk(grant, decode_request(raw), writer)
+                await self._serve_chunk(token, grant, decode_request(raw), writer)
         except (RemoteProtocolError, asyncio.IncompleteReadError, TimeoutError, OSError) as exc:
             log.debug("data connection closed: %s", exc)
         except asyncio.CancelledError:
@@ -256,17 +274,35 @@ class DataServer:
             self.caps.release(address)
             if grant is not None:
                 self.transfers.unregister(grant.game_id, task)
+                self._forget(token, task)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
+    def _check(self, grant: Grant | None, address: str) -> str | None:
+        """Why a greeting's token is not honoured from `address`, or None."""
+        if grant is None:
+            return "data-unknown-token"
+        if grant.host and grant.host != address:
+            return "data-token-from-another-address"
+        if not grant.alive():
+            return "data-token-of-a-closed-connection"
+        return None
+
+    def _forget(self, token: bytes, task: asyncio.Task[None]) -> None:
+        serving = self._serving.get(token)
+        if serving is not None:
+            serving[1].discard(task)
+            if not serving[1]:
+                del self._serving[token]
+
     async def _serve_chunk(
-        self, grant: Grant, request: ChunkRequest, writer: asyncio.StreamWriter
+        self, token: bytes, grant: Grant, request: ChunkRequest, writer: asyncio.StreamWriter
     ) -> None:
-        if grant.game_id not in self._granted_games() or not self.is_servable(
-            grant.game_id, grant.version
-        ):
+        # This token, not any grant for the game: a revoked token serves nothing more.
+        valid = self.grants.get(token) is grant and grant.alive()
+        if not valid or not self.is_servable(grant.game_id, grant.version):
             await self._refuse(writer, NOT_SERVABLE, f"{grant.game_id} is not served right now")
             raise RemoteProtocolError("game no longer servable")
         if request.file_index >= len(grant.files):
@@ -321,9 +357,6 @@ class DataServer:
             await writer.drain()
         finally:
             await asyncio.to_thread(producer.close)
-
-    def _granted_games(self) -> set[str]:
-        return {g.game_id for g in self.grants.values()}
 
     @staticmethod
     async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str) -> None:

@@ -59,9 +59,9 @@ class PeerHost(Protocol):
 
     def snapshot(self) -> dict[str, str]: ...
     def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None: ...
-    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList: ...
+    async def file_list(self, peer: Peer, request: FileListRequest) -> FileList: ...
     async def stream_grant(
-        self, peer_id: str, request: StreamInstallRequest
+        self, peer: Peer, request: StreamInstallRequest
     ) -> StreamInstallGrant: ...
 
 
@@ -225,9 +225,6 @@ class PeerManager:
 
     def _on_established(self, conn: PeerConnection, event: Established) -> None:
         outgoing = conn.session.role is Role.CLIENT
-        if outgoing and conn.tls_peer_id() != event.peer_id:
-            conn.say_goodbye("TLS certificate does not match the peer's identity")
-            return
         existing = self.peers.get(event.peer_id)
         if existing is not None:
             if not keep_new_connection(self.local.peer_id, event.peer_id, existing, outgoing):
@@ -324,9 +321,9 @@ async def answer(
     """Answer one peer's request, always: a failure is a named ErrorReply."""
     try:
         if isinstance(request, FileListRequest):
-            reply: Message = await host.file_list(peer.peer_id, request)
+            reply: Message = await host.file_list(peer, request)
         else:
-            reply = await host.stream_grant(peer.peer_id, request)
+            reply = await host.stream_grant(peer, request)
     except LanspreadError as exc:
         reply = ErrorReply(request.request_id, exc.name, str(exc))
     except Exception as exc:

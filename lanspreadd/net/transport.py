@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives import serialization
 
 from lanspreadd.core.identity import Identity
 from lanspreadd.protocol import ALPN
-from lanspreadd.protocol.identity import peer_id_of
 from lanspreadd.protocol.messages import Message
 from lanspreadd.protocol.session import Event, LocalPeer, Role, Session
 from lanspreadd.protocol.text import MAX_TEXT, printable
@@ -72,19 +71,16 @@ class PeerConnection(QuicConnectionProtocol):
         host = str(paths[0].addr[0]) if paths else ""
         return host.removeprefix("::ffff:") if "." in host else host
 
-    def tls_peer_id(self) -> str | None:
-        cert = self._quic.tls._peer_certificate  # no public accessor in aioquic
-        if cert is None:
-            return None
-        der = cert.public_bytes(serialization.Encoding.DER)
-        return peer_id_of(der)
-
     def quic_event_received(self, event: QuicEvent) -> None:
         now = time.monotonic()
         if isinstance(event, HandshakeCompleted):
             if self.session.role is Role.CLIENT:
                 self.stream_id = self._quic.get_next_available_stream_id()
-                self.session.start()
+                cert = self._quic.tls._peer_certificate  # no public accessor in aioquic
+                if cert is None:
+                    self._deliver(self.session.close("the server showed no TLS certificate"))
+                    return
+                self.session.start(cert.public_bytes(serialization.Encoding.DER))
                 self.flush()
         elif isinstance(event, StreamDataReceived):
             if self.stream_id is None:

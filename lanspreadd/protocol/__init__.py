@@ -3,5 +3,7 @@
 Nothing here imports asyncio or touches a socket; time is passed in as `now`.
 """
 
-PROTOCOL_VERSION = 1
+# 2: the identity proof is bound to the connection (the TLS certificate it saw, both
+# challenges); version 1 signed any challenge for any verifier and could be relayed.
+PROTOCOL_VERSION = 2
 ALPN = "lanspread/1"

@@ -8,6 +8,7 @@ whatever the transport below it checked. Every transition is in TRANSITIONS.
 from __future__ import annotations
 
 import enum
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,8 +80,29 @@ class Closed:
 Event = Established | Received | Closed
 
 
-def auth_payload(challenge: bytes, signer: str, verifier: str) -> bytes:
-    return b"lanspread-auth\0" + challenge + signer.encode() + b"\0" + verifier.encode()
+def auth_payload(
+    server_cert: bytes, client_challenge: bytes, server_challenge: bytes, signer: str, verifier: str
+) -> bytes:
+    """What each side signs: bound to this connection, so it cannot be relayed.
+
+    The server's TLS certificate as this connection saw it and both challenges of this
+    handshake: a man in the middle who forwards a peer's proof to us runs a different
+    TLS handshake with each side (he cannot present our certificate without our key),
+    and the peer he asked chose its own challenge, not ours.
+    """
+    return b"".join(
+        (
+            b"lanspread-auth-2\0",
+            hashlib.sha256(server_cert).digest(),
+            len(client_challenge).to_bytes(1, "big"),
+            client_challenge,
+            len(server_challenge).to_bytes(1, "big"),
+            server_challenge,
+            signer.encode(),
+            b"\0",
+            verifier.encode(),
+        )
+    )
 
 
 class Session:
@@ -100,6 +122,9 @@ class Session:
         self.close_reason: str | None = None
         self._challenge = random(32)
         self._peer_hello: Hello | None = None
+        # The certificate the TLS handshake of this connection presented for the server:
+        # ours when we serve, given by the transport to a client in start().
+        self._server_cert = local.cert_der if role is Role.SERVER else b""
         self._decoder = FrameDecoder()
         self._out = bytearray()
         self._started = now
@@ -131,9 +156,11 @@ class Session:
             challenge=self._challenge,
         )
 
-    def start(self) -> None:
+    def start(self, server_cert: bytes) -> None:
+        """Begin as the client, once TLS has shown the server's certificate."""
         if self.role is not Role.CLIENT or self.state is not State.IDLE:
             raise LocalProtocolError("only an idle client starts a session")
+        self._server_cert = server_cert
         self._queue(self._hello())
         self.state = State.HELLO_SENT
 
@@ -217,11 +244,13 @@ class Session:
             return self._refuse(f"expected peer {self.expected_peer_id}, found {hello.peer_id}")
         if hello.peer_id == self.local.peer_id:
             return self._refuse("connected to itself")
+        if self.role is Role.CLIENT and hello.cert != self._server_cert:
+            return self._refuse("TLS certificate does not match the peer's identity")
         self._peer_hello = hello
         if self.role is Role.SERVER:
             self._queue(self._hello())
         signature = self.local.sign(
-            auth_payload(hello.challenge, self.local.peer_id, hello.peer_id)
+            self._payload(signer=self.local.peer_id, verifier=hello.peer_id)
         )
         self._queue(Auth(signature))
         self.state = next_state
@@ -230,12 +259,19 @@ class Session:
     def _on_auth(self, auth: Auth, next_state: State) -> list[Event]:
         hello = self._peer_hello
         assert hello is not None
-        payload = auth_payload(self._challenge, hello.peer_id, self.local.peer_id)
+        payload = self._payload(signer=hello.peer_id, verifier=self.local.peer_id)
         if not self.local.verify(hello.cert, auth.signature, payload):
             return self._refuse("identity proof failed: bad signature")
         self.state = next_state
         self.peer = Established(hello.peer_id, hello.name, hello.data_port)
         return [self.peer]
+
+    def _payload(self, signer: str, verifier: str) -> bytes:
+        hello = self._peer_hello
+        assert hello is not None
+        ours, theirs = self._challenge, hello.challenge
+        client, server = (ours, theirs) if self.role is Role.CLIENT else (theirs, ours)
+        return auth_payload(self._server_cert, client, server, signer, verifier)
 
     # ---- time ---------------------------------------------------------------------------
     def timer_at(self) -> float | None:

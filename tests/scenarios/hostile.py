@@ -48,14 +48,14 @@ class LyingHost:
     def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
         pass
 
-    async def file_list(self, peer_id: str, request: FileListRequest) -> FileList:
+    async def file_list(self, peer: Peer, request: FileListRequest) -> FileList:
         files = (
             FileEntry("../escape", 10, ("0" * 64,)),
             FileEntry("version.ini", 4, ("1" * 64,)),
         )
         return FileList(request.request_id, GAME, request.version, 1 << 20, files, b"t" * 32)
 
-    async def stream_grant(self, peer_id: str, request: StreamInstallRequest) -> StreamInstallGrant:
+    async def stream_grant(self, peer: Peer, request: StreamInstallRequest) -> StreamInstallGrant:
         return StreamInstallGrant(request.request_id, 1 << 40, b"t" * 32)
 
 
