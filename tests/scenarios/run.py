@@ -658,6 +658,45 @@ def hostile_client(runs: int, floods: int) -> Outcome:
     return Outcome(runs, passed, f"{answered} flood calls answered, daemon up, honest calls served")
 
 
+def hostile_relay(runs: int) -> Outcome:
+    """A host relays an honest peer's identity proof to a victim (protocol 1 let it pass
+    for the honest peer, which the victim then dropped as a duplicate). The victim must
+    refuse it, keep the honest peer's own connection and go on downloading from it."""
+    passed = 0
+    for run in range(runs):
+        with cluster() as c:
+            victim = c.add("victim")
+            honest = c.add("honest")
+            root = make_game(honest.game_dir, GAME, "1.0", payload(8 * MiB, run))
+            victim.start()
+            honest.start()
+            connect(victim, honest)
+            wait_for(lambda: show(victim)["sources"] == 1, 30, "the honest source")
+            before = victim.ctl_json("peers")
+            answer = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.scenarios.hostile_relay",
+                    str(c.base / "mallory"),
+                    f"127.0.0.1:{victim.port}",
+                    f"127.0.0.1:{honest.port}",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            check(answer.stdout.startswith("refused"), f"relay: {answer.stdout} {answer.stderr}")
+            check(victim.ctl_json("peers") == before, "the relay changed the victim's peers")
+            counts = victim.ctl_json("status")["refusals"]
+            check(counts.get("peer-handshake", 0) >= 1, f"not counted: {counts}")
+            result = victim.ctl_json("download", GAME)
+            check(result["state"] == "finished", f"download after the relay: {result}")
+            check(downloads(victim.game_dir / GAME) == downloads(root), "content differs")
+            passed += 1
+    return Outcome(runs, passed, "relayed proof refused, honest peer kept and served")
+
+
 def served_by(peer: Daemon) -> dict[str, int]:
     """MiB per source from the receiver's summary line of its last download."""
     lines = [line for line in peer.stderr().splitlines() if f"downloaded {GAME} " in line]
@@ -723,6 +762,7 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "hostile-lan": (lambda: hostile_lan(1, 2000), lambda: hostile_lan(3, 2000)),
     "hostile-archive": (lambda: hostile_archive(1), lambda: hostile_archive(3)),
     "hostile-client": (lambda: hostile_client(1, 2), lambda: hostile_client(3, 3)),
+    "hostile-relay": (lambda: hostile_relay(1), lambda: hostile_relay(3)),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
     "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
     "dbus-abuse": (lambda: dbus_abuse(1), lambda: dbus_abuse(3)),
