@@ -183,18 +183,24 @@ class Daemon:
             self.refusals.flush()
 
     async def _discovery(self) -> None:
-        def found(peer_id: str, host: str, port: int) -> None:
-            self.redial.seen(peer_id, host, port, time.monotonic())
-            self._redial_wake.set()
-
         await Discovery(
             self.identity.peer_id,
             self.config.name,
             self.config.port,
             list(self.config.mdns_interfaces),
-            found,
+            self.found,
             self.redial.gone,
         ).run()
+
+    def found(self, peer_id: str, host: str, port: int) -> None:
+        """mDNS proposes a peer, as anyone on the LAN may: dialled in its address's turn."""
+        dropped = self.redial.seen(peer_id, host, port, time.monotonic())
+        if dropped is not None:
+            self.refusals.note(
+                "mdns-too-many-peers",
+                f"{dropped[:8]}: {self.redial.max_unconnected} peers wait unconnected",
+            )
+        self._redial_wake.set()
 
     async def _redial(self) -> None:
         """Dial every known peer that is not connected; the dials are owned here."""

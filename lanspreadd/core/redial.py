@@ -4,26 +4,53 @@ mDNS reports a peer once; after a dropped connection (a pulled cable, a laptop t
 slept) nothing would ever connect the two daemons again. Every peer we have heard of
 by mDNS, by a manual connect or by an incoming connection is redialled while it is
 not connected, with a doubling delay so that a peer that is really gone costs one
-attempt a minute. Sans-IO: the caller passes the clock and the connected set.
+attempt a minute.
+
+Anyone on the LAN can announce peers, though: 200 made-up services pointing at one
+host:port made every daemon dial all of them, for ever, a packet source against a
+chosen target. So the schedule belongs to the address, whatever ids claim it: an
+address that never completed a handshake is dialled a minute later, then less and
+less often, down to once an hour, and an announcement does not hurry it. Addresses
+new to us are dialled at a bounded rate, with a burst that lets a 32-seat party mesh
+at once, and only so many unconnected peers are kept. Sans-IO: the caller passes the
+clock and the connected set.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 
-FIRST_DELAY = 2.0
+FIRST_DELAY = 2.0  # an address that answered before and dropped
 MAX_DELAY = 60.0
+SILENT_FIRST_DELAY = 60.0  # an address that never completed a handshake
+SILENT_MAX_DELAY = 3600.0
+MAX_UNCONNECTED = 64
+MAX_ADDRESSES = 1024  # the schedules remembered, busiest first: one per seat, and fakes
+NEW_DIAL_BURST = 32.0
+NEW_DIALS_PER_SECOND = 4.0
+
+Address = tuple[str, int]
 
 
 @dataclass
 class _Known:
     host: str
     port: int
+    connected: bool = False
+
+    @property
+    def address(self) -> Address:
+        return self.host, self.port
+
+
+@dataclass
+class _Schedule:
     next_at: float
     delay: float = 0.0
     attempts: int = 0
-    connected: bool = False
+    answered_by: str | None = None  # the last peer that completed a handshake here
 
 
 @dataclass(frozen=True)
@@ -35,59 +62,157 @@ class Dial:
 
 
 class Redial:
-    def __init__(self, first_delay: float = FIRST_DELAY, max_delay: float = MAX_DELAY) -> None:
+    def __init__(
+        self,
+        first_delay: float = FIRST_DELAY,
+        max_delay: float = MAX_DELAY,
+        silent_first_delay: float = SILENT_FIRST_DELAY,
+        silent_max_delay: float = SILENT_MAX_DELAY,
+        max_unconnected: int = MAX_UNCONNECTED,
+        new_dials_per_second: float = NEW_DIALS_PER_SECOND,
+        new_dial_burst: float = NEW_DIAL_BURST,
+    ) -> None:
         self.first_delay = first_delay
         self.max_delay = max_delay
+        self.silent_first_delay = silent_first_delay
+        self.silent_max_delay = silent_max_delay
+        self.max_unconnected = max_unconnected
+        self.new_dials_per_second = new_dials_per_second
+        self.new_dial_burst = new_dial_burst
         self._known: dict[str, _Known] = {}
+        self._schedules: dict[Address, _Schedule] = {}
+        self._budget = new_dial_burst
+        self._budget_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._known)
 
-    def seen(self, peer_id: str, host: str, port: int, now: float, connected: bool = False) -> None:
-        """A peer announced itself (or just connected): dial it at once unless connected.
+    def seen(
+        self, peer_id: str, host: str, port: int, now: float, connected: bool = False
+    ) -> str | None:
+        """A peer announced itself (or just connected): dial it soon unless connected.
 
-        An announcement of a peer we cannot reach usually means it restarted, so the
-        backoff starts over. A peer that connected is marked so at once: if it drops
-        before the next `due`, it still gets the grace to withdraw.
+        An announcement of a peer that answered at this address before usually means
+        it restarted, so its backoff starts over; any other announcement waits for
+        its address's turn. A peer that connected is marked so at once: if it drops
+        before the next `due`, it still gets the grace to withdraw. Returns the peer
+        that is not kept, if the cap on unconnected peers cost one: a silent one
+        pushed out, or this one.
         """
+        dropped = None
         known = self._known.get(peer_id)
-        if known is None or (known.host, known.port) != (host, port):
-            known = self._known[peer_id] = _Known(host, port, next_at=now)
-        elif not known.connected:
-            known.next_at = now
-            known.delay = 0.0
+        if known is None or known.address != (host, port):
+            if not connected:
+                dropped = self._make_room(peer_id)
+                if dropped == peer_id:
+                    return dropped
+            known = self._known[peer_id] = _Known(host, port)
+        schedule = self._schedule(known.address, now)
         if connected:
             known.connected = True
-            known.delay = 0.0
-            known.attempts = 0
+            self._answered(schedule, peer_id)
+        elif not known.connected and schedule.answered_by == peer_id:
+            schedule.next_at = now
+            schedule.delay = 0.0
+        return dropped
 
     def gone(self, peer_id: str) -> None:
         """The peer withdrew its announcement: stop dialling it."""
         self._known.pop(peer_id, None)
 
     def due(self, now: float, connected: Collection[str]) -> list[Dial]:
-        """The peers to dial now; each one returned is not returned again before its delay."""
+        """The peers to dial now: one per address, none returned again before its delay."""
+        self._refill(now)
+        live = {k.address for peer_id, k in self._known.items() if peer_id in connected}
         dials = []
         for peer_id, known in self._known.items():
+            schedule = self._schedule(known.address, now)
             if peer_id in connected:
                 known.connected = True
-                known.delay = 0.0
-                known.attempts = 0
+                self._answered(schedule, peer_id)
                 continue
             if known.connected:
                 # Just lost: give a peer that is shutting down the time to withdraw.
                 known.connected = False
-                known.delay = self.first_delay
-                known.next_at = now + self.first_delay
+                schedule.delay = self.first_delay
+                schedule.next_at = now + self.first_delay
                 continue
-            if now >= known.next_at:
-                dials.append(Dial(peer_id, known.host, known.port, known.attempts))
-                known.attempts += 1
-                known.delay = min(max(known.delay * 2, self.first_delay), self.max_delay)
-                known.next_at = now + known.delay
+            if known.address in live or now < schedule.next_at:
+                continue
+            if schedule.answered_by is None:
+                if self._budget < 1:
+                    continue  # a new address: its turn comes with the budget
+                self._budget -= 1
+            dials.append(Dial(peer_id, known.host, known.port, schedule.attempts))
+            live.add(known.address)  # one dial per address, whatever ids claim it
+            schedule.attempts += 1
+            if schedule.answered_by is None:
+                first, cap = self.silent_first_delay, self.silent_max_delay
+            else:
+                first, cap = self.first_delay, self.max_delay
+            schedule.delay = min(max(schedule.delay * 2, first), cap)
+            schedule.next_at = now + schedule.delay
         return dials
 
     def next_wake(self, now: float) -> float:
         """Seconds until the next peer may be due (at most one second, to notice drops)."""
-        waits = [k.next_at - now for k in self._known.values() if not k.connected]
-        return max(0.0, min([1.0, *waits]))
+        waits = [1.0]
+        for known in self._known.values():
+            schedule = self._schedules.get(known.address)
+            if known.connected or schedule is None:
+                continue
+            wait = schedule.next_at - now
+            if schedule.answered_by is None and self._budget < 1:
+                wait = max(wait, (1 - self._budget) / self.new_dials_per_second)
+            waits.append(wait)
+        return max(0.0, min(waits))
+
+    def _answered(self, schedule: _Schedule, peer_id: str) -> None:
+        schedule.answered_by = peer_id
+        schedule.delay = 0.0
+        schedule.attempts = 0
+
+    def _make_room(self, peer_id: str) -> str | None:
+        """Room for one more unconnected peer; the one left out, if any.
+
+        Pushed out first: a peer whose address was dialled and never answered, then
+        one claiming an address another peer claims too (one dial serves both), the
+        oldest first. Otherwise the newcomer waits outside.
+        """
+        unconnected = [p for p, k in self._known.items() if not k.connected and p != peer_id]
+        if len(unconnected) < self.max_unconnected:
+            return None
+        claims = Counter(self._known[p].address for p in unconnected)
+        silent = (p for p in unconnected if self._silent(self._known[p].address))
+        shared = (p for p in unconnected if claims[self._known[p].address] > 1)
+        candidate = next(silent, None) or next(shared, None)
+        if candidate is None:
+            return peer_id
+        del self._known[candidate]
+        return candidate
+
+    def _silent(self, address: Address) -> bool:
+        schedule = self._schedules.get(address)
+        return schedule is not None and schedule.attempts > 0 and schedule.answered_by is None
+
+    def _schedule(self, address: Address, now: float) -> _Schedule:
+        schedule = self._schedules.get(address)
+        if schedule is None:
+            schedule = self._schedules[address] = _Schedule(next_at=now)
+            if len(self._schedules) > MAX_ADDRESSES:
+                self._forget_one()
+        return schedule
+
+    def _forget_one(self) -> None:
+        """Forget the oldest schedule no known peer uses (a fake's, most likely)."""
+        in_use = {k.address for k in self._known.values()}
+        for address in self._schedules:
+            if address not in in_use:
+                del self._schedules[address]
+                return
+
+    def _refill(self, now: float) -> None:
+        if self._budget_at is not None:
+            gained = (now - self._budget_at) * self.new_dials_per_second
+            self._budget = min(self.new_dial_burst, self._budget + gained)
+        self._budget_at = now
