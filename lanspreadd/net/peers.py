@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aioquic.asyncio.client import connect as quic_connect
-from aioquic.asyncio.server import QuicServer
-from aioquic.asyncio.server import serve as quic_serve
 
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError, PeerError
 from lanspreadd.net.dataclient import CONNECT_TIMEOUT
+from lanspreadd.net.quicserver import GuardedQuicServer, serve
 from lanspreadd.net.requests import PendingRequests
 from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
@@ -88,7 +87,7 @@ class PeerManager:
         self._connecting: set[str] = set()
         self._requests = PendingRequests()
         self._tg: asyncio.TaskGroup | None = None
-        self._server: QuicServer | None = None
+        self._server: GuardedQuicServer | None = None
         self._last_snapshot: dict[str, str] = {}
         self.ready = asyncio.Event()
 
@@ -96,13 +95,14 @@ class PeerManager:
     async def run(self) -> None:
         """The QUIC server and every connection; returns only when cancelled."""
         config = quic_configuration(self.identity, is_client=False)
-        self._server = await quic_serve(
+        self._server = await serve(
             self.host,
             self.port,
             configuration=config,
             create_protocol=functools.partial(
                 self._new_protocol, role=Role.SERVER, expected_peer_id=None
             ),
+            refusals=self.refusals,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -183,8 +183,10 @@ class PeerManager:
                     expected_peer_id=expected,
                     established=established,
                 ),
+                wait_connected=False,  # ours is `established`; aioquic's leaked an error
             ) as conn:
                 assert isinstance(conn, PeerConnection)
+                conn.transmit()
                 await conn.closed.wait()
                 if not established.done():
                     reason = conn.session.close_reason or "connection closed"

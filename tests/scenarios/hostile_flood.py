@@ -1,0 +1,170 @@
+"""Flooding attacks from a hostile host, each a separate process as it would be on the LAN.
+
+- `quic-flood HOST PORT COUNT SECONDS SOURCE...`: sends COUNT QUIC Initials, each for a
+  new connection, evenly over SECONDS, round-robin from sockets bound to the SOURCE
+  addresses (many hosts, or one host spoofing its address); answers nothing. Prints
+  `ready` once its packets are built and waits for a line on stdin, then `sent N`.
+- `quic-hold HOST PORT COUNT SOURCE...`: opens COUNT QUIC connections (answering the
+  Retry, completing the TLS handshake) from the SOURCE addresses in turn, then says
+  nothing on them; prints `held N of COUNT` and holds them until its stdin closes.
+- `mdns-fake COUNT HOST PORT INTERFACE`: registers COUNT lanspread services with made-up
+  peer ids, all pointing at HOST:PORT, until its stdin closes. Prints `announced N`.
+- `count HOST PORT`: counts the UDP datagrams that reach HOST:PORT, where nothing
+  answers; prints the running count after each line read on stdin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import ssl
+import sys
+import time
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from lanspreadd.protocol import ALPN, PROTOCOL_VERSION
+
+
+def build_initials(host: str, port: int, count: int) -> list[bytes]:
+    """`count` client Initials, each opening its own connection (its own connection id)."""
+    packets = []
+    for _ in range(count):
+        conn = QuicConnection(
+            configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+        )
+        conn.connect((host, port), now=time.monotonic())
+        packets.append(conn.datagrams_to_send(now=time.monotonic())[0][0])
+    return packets
+
+
+def quic_flood(host: str, port: int, count: int, seconds: float, sources: list[str]) -> None:
+    packets = build_initials(host, port, count)
+    sockets = []
+    for source in sources:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        sockets.append(sock)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    start = time.monotonic()
+    sent = 0
+    for i, packet in enumerate(packets):
+        delay = start + seconds * i / count - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            sockets[i % len(sockets)].sendto(packet, (host, port))
+            sent += 1
+        except OSError:
+            pass  # a full socket buffer: the packet is lost, as on a real LAN
+    print(f"sent {sent}", flush=True)
+    for sock in sockets:
+        sock.close()
+
+
+async def open_quic(
+    source: str, host: str, port: int, timeout: float = 5.0
+) -> QuicConnectionProtocol | None:
+    """A QUIC connection from `source` (Retry answered, TLS done); None if refused."""
+    config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+    config.verify_mode = ssl.CERT_NONE
+    connection = QuicConnection(configuration=config)
+    loop = asyncio.get_running_loop()
+    _, protocol = await loop.create_datagram_endpoint(
+        lambda: QuicConnectionProtocol(connection), local_addr=(source, 0)
+    )
+    protocol.connect((host, port))
+    try:
+        await asyncio.wait_for(protocol.wait_connected(), timeout)
+    except (TimeoutError, ConnectionError):
+        protocol.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(protocol.wait_closed(), 3)
+        assert protocol._transport is not None
+        protocol._transport.close()
+        return None
+    return protocol
+
+
+async def quic_hold(host: str, port: int, count: int, sources: list[str]) -> None:
+    gate = asyncio.Semaphore(64)
+
+    async def one(i: int) -> QuicConnectionProtocol | None:
+        async with gate:
+            return await open_quic(sources[i % len(sources)], host, port)
+
+    opened = await asyncio.gather(*(one(i) for i in range(count)))
+    held = [p for p in opened if p is not None]
+    print(f"held {len(held)} of {count}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for protocol in held:
+        protocol.close()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*(p.wait_closed() for p in held)), 5)
+
+
+async def mdns_fake(count: int, host: str, port: int, interface: str) -> None:
+    from zeroconf import IPVersion
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    from lanspreadd.net.discovery import SERVICE_TYPE
+
+    azc = AsyncZeroconf(interfaces=[interface], ip_version=IPVersion.V4Only)
+    try:
+        for i in range(count):
+            peer_id = os.urandom(32).hex()
+            info = AsyncServiceInfo(
+                SERVICE_TYPE,
+                f"{peer_id}.{SERVICE_TYPE}",
+                port=port,
+                properties={"id": peer_id, "v": str(PROTOCOL_VERSION), "name": f"fake{i}"},
+                addresses=[socket.inet_aton(host)],
+                server=f"fake-{peer_id[:12]}.local.",
+            )
+            await (await azc.async_register_service(info))
+        print(f"announced {count}", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    finally:
+        await azc.async_unregister_all_services()
+        await azc.async_close()
+
+
+def count_datagrams(host: str, port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, port))
+    sock.setblocking(False)
+    print("listening", flush=True)
+    received = 0
+    for _line in sys.stdin:
+        while True:
+            try:
+                sock.recv(65536)
+            except BlockingIOError:
+                break
+            received += 1
+        print(received, flush=True)
+    sock.close()
+
+
+def main(argv: list[str]) -> None:
+    mode, args = argv[0], argv[1:]
+    if mode == "quic-flood":
+        quic_flood(args[0], int(args[1]), int(args[2]), float(args[3]), args[4:])
+    elif mode == "quic-hold":
+        asyncio.run(quic_hold(args[0], int(args[1]), int(args[2]), args[3:]))
+    elif mode == "mdns-fake":
+        asyncio.run(mdns_fake(int(args[0]), args[1], int(args[2]), args[3]))
+    elif mode == "count":
+        count_datagrams(args[0], int(args[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
