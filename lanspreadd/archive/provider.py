@@ -92,8 +92,7 @@ class _ToolOutput:
 
     def read(self, size: int) -> bytes:
         if not self.poll.poll(self.stall_timeout * 1000):
-            self.proc.kill()
-            raise self._stalled()
+            raise self._kill_stalled()
         data = os.read(self.fd, size)
         if not data:
             self._check_exit()
@@ -103,15 +102,18 @@ class _ToolOutput:
         try:
             code = self.proc.wait(self.stall_timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            raise self._stalled() from None
+            raise self._kill_stalled() from None
         if code != 0:
             self.errors.seek(0)
             text = self.errors.read()[-4096:].decode("utf-8", "replace")
             tail = " / ".join(text.strip().splitlines()[-3:])
             raise ArchiveError(f"unar failed on {self.archive} (exit {code}): {tail}")
 
-    def _stalled(self) -> UnpackStalled:
+    def _kill_stalled(self) -> UnpackStalled:
+        """Kill the stuck tool and reap it: once the error is raised, the tool is gone
+        (a stopped process dies only when next scheduled, late on a busy machine)."""
+        self.proc.kill()
+        self.proc.wait()
         return UnpackStalled(
             f"unar wrote nothing for {self.stall_timeout:g} s while unpacking {self.archive} "
             "and was stopped"
