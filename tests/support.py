@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +30,47 @@ BUS_NAME = "org.lanspread.Lanspread1"
 ROOT = "/org/lanspread/Lanspread1"
 MANAGER = "org.lanspread.Lanspread1.Manager"
 ERR = "org.lanspread.Lanspread1.Error."
+POLL_EVERY = 0.05
+
+
+class TimedOut(AssertionError):
+    """What `wait_for` waited on never came."""
+
+
+def wait_for(
+    check: Callable[[], object], timeout: float, what: str, every: float = POLL_EVERY
+) -> float:
+    """Ask `check` until it holds; fail naming `what`. Returns the seconds it took.
+
+    For state only another process can tell (a daemon's answers, /proc, its files);
+    something in this process is waited on through its own event instead. `every` is
+    for a race against another process, where a cheap check must be asked often."""
+    started = time.monotonic()
+    while True:
+        asked = time.monotonic()
+        if check():
+            return time.monotonic() - started
+        now = time.monotonic()
+        if now - started > timeout:
+            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}")
+        # A check that starts a process is not repeated back to back: on a busy machine
+        # it would take the CPU from the daemons it is waiting for.
+        time.sleep(max(every, now - asked))
+
+
+async def wait_for_async(
+    check: Callable[[], Awaitable[object]], timeout: float, what: str
+) -> float:
+    """`wait_for` inside an event loop, for checks that are themselves calls."""
+    started = time.monotonic()
+    while True:
+        asked = time.monotonic()
+        if await check():
+            return time.monotonic() - started
+        now = time.monotonic()
+        if now - started > timeout:
+            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}")
+        await asyncio.sleep(max(POLL_EVERY, now - asked))
 
 
 class PrivateBus:
@@ -104,19 +145,28 @@ class SystemBus:
         self.log = self.base / "dbus-daemon.log"
         with self.log.open("w") as log:
             self.proc = subprocess.Popen(
-                [tool("dbus-daemon"), f"--config-file={config}", "--nofork", "--nopidfile"],
-                stdout=subprocess.DEVNULL,
+                [
+                    tool("dbus-daemon"),
+                    f"--config-file={config}",
+                    "--nofork",
+                    "--nopidfile",
+                    "--print-address=1",
+                ],
+                stdout=subprocess.PIPE,
                 stderr=log,
+                text=True,
             )
-        deadline = time.monotonic() + 10
-        while not socket_path.exists():
-            assert self.proc.poll() is None, self.log.read_text()
-            assert time.monotonic() < deadline, "the bus did not start"
-            time.sleep(0.05)
+        # The address is printed once the bus listens. Its socket file appears earlier,
+        # at bind(): a daemon that connected then was refused on a busy machine.
+        assert self.proc.stdout is not None
+        printed = self.proc.stdout.readline()
+        assert printed.startswith(self.address), self.log.read_text()
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
         shutil.rmtree(self.base, ignore_errors=True)
 
 
@@ -200,15 +250,16 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise AssertionError(f"lanspreadd exited early:\n{self.stderr()}")
-            if name_has_owner(self.bus.address, BUS_NAME):
-                return
-            time.sleep(0.05)
-        raise AssertionError(f"lanspreadd did not come up:\n{self.stderr()}")
+            return name_has_owner(self.bus.address, BUS_NAME)
+
+        try:
+            wait_for(ready, timeout, "lanspreadd on the bus")
+        except TimedOut:
+            raise AssertionError(f"lanspreadd did not come up:\n{self.stderr()}") from None
 
     def stderr(self) -> str:
         path = self.state_dir / "stderr.log"
@@ -280,6 +331,45 @@ def name_has_owner(address: str, name: str) -> bool:
             await disconnect(bus)
 
     return asyncio.run(check())
+
+
+def match_rules(address: str, pid: int) -> list[str]:
+    """The match rules that process `pid` has on the bus, from the bus's statistics: a
+    client listens for signals once its rule is there."""
+
+    async def ask() -> list[str]:
+        bus = await MessageBus(bus_address=address).connect()
+        try:
+            reply = await bus.call(
+                Message(
+                    destination="org.freedesktop.DBus",
+                    path="/org/freedesktop/DBus",
+                    interface="org.freedesktop.DBus.Debug.Stats",
+                    member="GetAllMatchRules",
+                )
+            )
+            assert reply is not None
+            assert reply.message_type is not MessageType.ERROR, reply.body
+            found: list[str] = []
+            for name, rules in reply.body[0].items():
+                owner = await bus.call(
+                    Message(
+                        destination="org.freedesktop.DBus",
+                        path="/org/freedesktop/DBus",
+                        interface="org.freedesktop.DBus",
+                        member="GetConnectionUnixProcessID",
+                        signature="s",
+                        body=[name],
+                    )
+                )
+                # A connection that left meanwhile answers with an error.
+                if owner is not None and owner.body == [pid]:
+                    found += rules
+            return found
+        finally:
+            await disconnect(bus)
+
+    return asyncio.run(ask())
 
 
 async def disconnect(bus: MessageBus) -> None:

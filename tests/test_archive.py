@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -37,7 +38,7 @@ from tests.crafted_rar import (
     write_raw_rar4,
     write_raw_rar5,
 )
-from tests.support import SAMPLES
+from tests.support import SAMPLES, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -279,7 +280,6 @@ def test_unpack_tool_dies_with_the_daemon(tmp_path: Path) -> None:
     import signal
     import subprocess
     import sys
-    import time
 
     archive = tmp_path / "big.rar"
     write_rar5(archive, [Entry(f"f{i}.bin", bytes(64 << 20)) for i in range(8)])
@@ -298,10 +298,11 @@ def test_unpack_tool_dies_with_the_daemon(tmp_path: Path) -> None:
     child.send_signal(signal.SIGKILL)
     child.wait(10)
     child.stdout.close()
-    deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{pid}").exists() for pid in tools):
-        assert time.monotonic() < deadline, "the unpack tool outlived the daemon"
-        time.sleep(0.05)
+    wait_for(
+        lambda: not any(Path(f"/proc/{pid}").exists() for pid in tools),
+        10,
+        "the unpack tool to die with the daemon",
+    )
 
 
 SPECIAL_MEMBERS = [
@@ -431,17 +432,19 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in found.stdout.split()]
 
 
-def _running_tool(parent: int, name: str, deadline: float) -> int:
+def _running_tool(parent: int, name: str) -> int:
     """The pid of `name` started by `parent`, once it is exec'd."""
-    while True:
+    found: list[int] = []
+
+    def running() -> bool:
         for pid in _children(parent):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 if Path(f"/proc/{pid}/comm").read_text().strip() == name:
-                    return pid
-            except FileNotFoundError:
-                pass
-        assert time.monotonic() < deadline, f"{name} never ran under {parent}"
-        time.sleep(0.05)
+                    found.append(pid)
+        return bool(found)
+
+    wait_for(running, 30, f"{name} to run under {parent}")
+    return found[0]
 
 
 @pytest.fixture
@@ -497,7 +500,7 @@ def test_cancel_stops_a_running_tool_within_5_s(stuck_unar: tuple[Listing, Path]
     extraction = Extraction(listing, dest, lambda _n: running.set(), cancel)
     done, raised = _in_thread(extraction.run)
     assert running.wait(30)
-    tool = _running_tool(os.getpid(), "unar", time.monotonic() + 30)
+    tool = _running_tool(os.getpid(), "unar")
     cancel.set()
     cancelled = time.monotonic()
     assert done.wait(30)
@@ -556,16 +559,13 @@ def test_unpack_tool_dies_with_a_killed_daemon_without_capabilities(
     try:
         assert child.stdout is not None
         assert child.stdout.readline().startswith("progress"), "unar never started"
-        tool = _running_tool(child.pid, "unar", time.monotonic() + 30)
+        tool = _running_tool(child.pid, "unar")
         child.send_signal(signal.SIGKILL)
         child.wait(30)
     finally:
         child.kill()
         child.communicate()
-    deadline = time.monotonic() + 10
-    while _alive(tool):
-        assert time.monotonic() < deadline, "the unpack tool outlived the daemon"
-        time.sleep(0.05)
+    wait_for(lambda: not _alive(tool), 10, "the unpack tool to die with the daemon")
 
 
 def test_stream_source_reports_the_tools_own_failure(tmp_path: Path) -> None:

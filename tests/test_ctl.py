@@ -9,7 +9,6 @@ import pty
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from lanspreadd.archive.writer import Entry
 from lanspreadd.core.catalog import CatalogGame, write_catalog
 from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.errors import Busy
-from tests.support import Daemon, make_game
+from tests.support import BUS_NAME, Daemon, make_game, match_rules, wait_for
 
 GAME = "sample-game"
 
@@ -80,7 +79,12 @@ def test_monitor_prints_events_until_the_daemon_stops(daemon: Daemon, game_dir: 
         stdout=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # let the monitor subscribe before anything happens
+
+    def subscribed() -> bool:
+        rules = ",".join(match_rules(daemon.bus.address, proc.pid))
+        return f"sender='{BUS_NAME}'" in rules and "member='NameOwnerChanged'" in rules
+
+    wait_for(subscribed, 30, "the monitor to subscribe")  # before anything happens
     assert daemon.ctl("install", GAME).returncode == 0
     daemon.stop()
     assert proc.wait(30) == 3

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -24,6 +23,7 @@ from tests.support import (
     ERR,
     ROOT,
     Daemon,
+    TimedOut,
     bus_driver_call,
     call,
     disconnect,
@@ -31,6 +31,8 @@ from tests.support import (
     make_game,
     run_ctl,
     tree,
+    wait_for,
+    wait_for_async,
 )
 
 T = TypeVar("T")
@@ -58,13 +60,11 @@ async def props(bus: MessageBus, path: str, iface: str) -> dict[str, Any]:
 
 
 async def wait_job(bus: MessageBus, path: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = await props(bus, path, JOB_IFACE)
-        if state["State"] != "running":
-            return state
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"job {path} did not end")
+    async def ended() -> bool:
+        return bool((await props(bus, path, JOB_IFACE))["State"] != "running")
+
+    await wait_for_async(ended, timeout, f"job {path} to end")
+    return await props(bus, path, JOB_IFACE)
 
 
 def big_game(game_dir: Path, size: int = 256 << 20) -> Path:
@@ -75,24 +75,34 @@ async def add_match(bus: MessageBus, rule: str) -> None:
     await bus_driver_call(bus, "AddMatch", rule)
 
 
-def collect_signals(bus: MessageBus) -> list[Message]:
-    seen: list[Message] = []
+class Signals(list[Message]):
+    """The signals a bus received, in order; `until` waits for the one wanted."""
 
-    def handler(msg: Message) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrived = asyncio.Event()
+
+    def take(self, msg: Message) -> None:
         if msg.message_type is MessageType.SIGNAL:
-            seen.append(msg)
+            self.append(msg)
+            self.arrived.set()
 
-    bus.add_message_handler(handler)
+    async def until(
+        self, wanted: Callable[[Message], bool], what: str, timeout: float = 10
+    ) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not any(wanted(m) for m in self):
+                    self.arrived.clear()
+                    await self.arrived.wait()
+        except TimeoutError:
+            raise TimedOut(f"timed out after {timeout:g} s waiting for {what}") from None
+
+
+def collect_signals(bus: MessageBus) -> Signals:
+    seen = Signals()
+    bus.add_message_handler(seen.take)
     return seen
-
-
-async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def test_introspection_matches_contract(make_peer: Callable[..., Daemon]) -> None:
@@ -131,7 +141,9 @@ def test_object_manager_and_state_through_an_install(daemon: Daemon, game_dir: P
         state = await wait_job(bus, job_path)
         assert state["State"] == "finished"
         assert state["BytesDone"] == state["BytesTotal"] > 0
-        await until(lambda: _has_signal(seen, "Completed", job_path))
+        await seen.until(
+            lambda m: m.member == "Completed" and m.path == job_path, "the job's Completed"
+        )
         added = [m for m in seen if m.member == "InterfacesAdded"]
         assert any(m.body[0] == job_path for m in added)
         game = await props(bus, GAME_PATH, GAME_IFACE)
@@ -143,10 +155,6 @@ def test_object_manager_and_state_through_an_install(daemon: Daemon, game_dir: P
 
     run(scenario())
     assert (game_dir / GAME / "local" / "VERSION.txt").read_text() == "1.0"
-
-
-async def _has_signal(seen: list[Message], member: str, path: str) -> bool:
-    return any(m.member == member and m.path == path for m in seen)
 
 
 def test_ctl_install_update_uninstall_remove(daemon: Daemon, game_dir: Path) -> None:
@@ -222,25 +230,15 @@ def test_hand_copied_and_deleted_games_show_up(daemon: Daemon, game_dir: Path) -
         seen = collect_signals(bus)
         make_game(game_dir, GAME)
 
-        async def ready() -> bool:
-            return any(
-                unwrap(m.body[1]).get("Availability") == "Ready"
-                for m in seen
-                if m.member == "PropertiesChanged"
+        def availability(wanted: str) -> Callable[[Message], bool]:
+            return lambda m: (
+                m.member == "PropertiesChanged" and unwrap(m.body[1]).get("Availability") == wanted
             )
 
-        await until(ready, timeout=5)
+        await seen.until(availability("Ready"), "the game to be Ready", timeout=5)
         seen.clear()
         (game_dir / GAME / "version.ini").unlink()
-
-        async def absent() -> bool:
-            return any(
-                unwrap(m.body[1]).get("Availability") == "Absent"
-                for m in seen
-                if m.member == "PropertiesChanged"
-            )
-
-        await until(absent, timeout=5)
+        await seen.until(availability("Absent"), "the game to be Absent", timeout=5)
         await disconnect(bus)
 
     run(scenario())
@@ -340,11 +338,10 @@ def test_daemon_killed_mid_install_recovers_on_restart(daemon: Daemon, game_dir:
     archives = {p.name: p.stat().st_size for p in root.iterdir()}
     daemon.start()
     assert daemon.ctl("install", "--no-wait", GAME).returncode == 0
-    deadline = time.monotonic() + 30
     staged = root / ".local.installing" / "big.bin"
-    while not (staged.exists() and staged.stat().st_size > 0):
-        assert time.monotonic() < deadline, "unpacking never started"
-        time.sleep(0.01)
+    wait_for(
+        lambda: staged.exists() and staged.stat().st_size > 0, 30, "unpacking to start", every=0.01
+    )
     daemon.stop(signal.SIGKILL)
     assert (root / ".lanspread.json").exists(), "killed mid-operation"
     daemon.start()
@@ -368,10 +365,9 @@ def test_logs_history_and_live_lines(daemon: Daemon, game_dir: Path) -> None:
         assert any("lanspreadd ready" in line for line in lines)
         await call(bus, "Install", "s", [GAME])
 
-        async def finished() -> bool:
-            return any("finished" in m.body[2] for m in seen if m.member == "LogLine")
-
-        await until(finished)
+        await seen.until(
+            lambda m: m.member == "LogLine" and "finished" in m.body[2], "the finished line"
+        )
         seqs = [m.body[0] for m in seen if m.member == "LogLine"]
         assert seqs == sorted(seqs)
         assert seqs[0] == watermark + 1
@@ -393,10 +389,11 @@ def test_set_game_dir_switches_watch_and_persists(
     assert daemon.ctl_json("status")["game_dir"] == str(other)
     make_game(other, GAME)
 
-    deadline = time.monotonic() + 5
-    while daemon.ctl_json("show", GAME)["availability"] != "Ready":
-        assert time.monotonic() < deadline, "a game copied into the new directory was not seen"
-        time.sleep(0.1)
+    wait_for(
+        lambda: daemon.ctl_json("show", GAME)["availability"] == "Ready",
+        5,
+        "a game copied into the new directory to be seen",
+    )
     assert daemon.stop() == 0
     daemon.extra_args = ()
     daemon.game_dir = game_dir

@@ -27,7 +27,7 @@ from lanspreadd.core.install import (
 )
 from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
 from tests.crafted_rar import Raw, directory, fifo, setuid_file, symlink, write_raw_rar5
-from tests.support import Daemon, default_entries, make_game, tree
+from tests.support import Daemon, default_entries, make_game, tree, wait_for
 
 CATALOG_GAME = "sample-game"  # in the daemon's embedded catalog
 BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
@@ -326,21 +326,22 @@ def gone(pid: int) -> bool:
 def block_unar(root: Path, daemon_pid: int) -> int:
     """Plant the FIFO as soon as staging appears; return unar's pid once it blocks."""
     staging = root / INSTALLING
-    deadline = time.monotonic() + 60
-    while not staging.is_dir():
-        assert time.monotonic() < deadline, "the install never started"
-        time.sleep(0.001)
+    wait_for(staging.is_dir, 60, "the install to start", every=0.001)
     os.mkfifo(staging / "z.txt")
-    while True:
-        assert time.monotonic() < deadline, "unar never reached the FIFO"
+    blocked: list[int] = []
+
+    def blocked_on_the_fifo() -> bool:
         tools = subprocess.run(
             ["pgrep", "-P", str(daemon_pid), "-x", "unar"], capture_output=True, text=True
         ).stdout.split()
         # A FIFO's open waits in the kernel's wait_for_partner.
         if tools and Path(f"/proc/{tools[0]}/wchan").read_text() == "wait_for_partner":
-            assert (staging / "a.bin").stat().st_size == 256 << 20
-            return int(tools[0])
-        time.sleep(0.05)
+            blocked.append(int(tools[0]))
+        return bool(blocked)
+
+    wait_for(blocked_on_the_fifo, 60, "unar to reach the FIFO")
+    assert (staging / "a.bin").stat().st_size == 256 << 20
+    return blocked[0]
 
 
 @pytest.mark.parametrize("how", ["cancel", "SIGTERM"])
@@ -355,9 +356,7 @@ def test_cancel_and_sigterm_stop_a_running_tool_within_5_s(
     asked = time.monotonic()
     if how == "cancel":
         assert daemon.ctl("cancel", CATALOG_GAME).returncode == 0
-        while (root / INTENT).exists():
-            assert time.monotonic() - asked < 5, "cancel did not stop the install"
-            time.sleep(0.05)
+        wait_for(lambda: not (root / INTENT).exists(), 5 - (time.monotonic() - asked), "cancel")
         assert daemon.ctl_json("show", CATALOG_GAME)["installed"] is False
     else:
         assert daemon.stop(signal.SIGTERM, timeout=30) == 0

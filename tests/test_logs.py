@@ -3,7 +3,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from lanspreadd.app.logs import (
     UnpackLogs,
     clean_terminal_output,
 )
-from tests.support import Daemon
+from tests.support import Daemon, wait_for
 
 
 def test_terminal_output_is_cleaned() -> None:
@@ -144,9 +143,11 @@ def test_quic_connections_log_no_info_lines(make_peer: Callable[..., Daemon]) ->
         return [json.loads(line)["line"] for line in out.splitlines()]
 
     for daemon in (first, second):
-        deadline = time.monotonic() + 20
-        while not any("connected from" in line for line in logged(daemon)):  # the log works
-            assert time.monotonic() < deadline, logged(daemon)
+        wait_for(  # the log works
+            lambda d=daemon: any("connected from" in line for line in logged(d)),
+            20,
+            f"{daemon.name} to log the connection",
+        )
         lines = logged(daemon)
         assert not [line for line in lines if " quic: " in line], lines
         assert "quic: [" not in daemon.stderr()

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import pytest
 from lanspreadd.app.downloader import SOURCES_GRACE
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.hashes import HashCache
-from tests.support import Daemon, make_game, tree
+from tests.support import Daemon, make_game, tree, wait_for
 
 GAME = "sample-game"
 MiB = 1 << 20
@@ -52,13 +51,6 @@ def downloads(root: Path) -> dict[str, bytes | None]:
 def connect(a: Daemon, b: Daemon) -> str:
     result: dict[str, Any] = a.ctl_json("connect", f"127.0.0.1:{b.port}")
     return str(result["peer_id"])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def sources_of(peer: Daemon) -> int:
@@ -167,11 +159,10 @@ def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> N
         "some verified chunks",
     )
     source.stop(signal.SIGKILL)
-    started = time.monotonic()
-    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 30, "peers-gone")
+    took = wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 30, "peers-gone")
     # Liveness notices within seconds; then the download waits out the grace for a
     # source to come back, and no longer.
-    assert time.monotonic() - started < SOURCES_GRACE + 15, "peers-gone came too late"
+    assert took < SOURCES_GRACE + 15, "peers-gone came too late"
     assert receiver.ctl_json("show", GAME)["availability"] == "Absent"
     assert not (receiver.game_dir / GAME / "version.ini").exists()
     log = receiver.stderr()

@@ -8,7 +8,6 @@ import os
 import pty
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from tests.support import (
     make_game,
     name_has_owner,
     tool,
+    wait_for,
 )
 
 GAME = "sample-game"
@@ -56,10 +56,11 @@ class PolkitMock:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 20
-        while not name_has_owner(bus.address, "org.freedesktop.PolicyKit1"):
-            assert time.monotonic() < deadline, "polkitd mock did not start"
-            time.sleep(0.05)
+        wait_for(
+            lambda: name_has_owner(bus.address, "org.freedesktop.PolicyKit1"),
+            20,
+            "the polkitd mock on the bus",
+        )
 
     def _mock_call(self, member: str, signature: str = "", body: list[object] | None = None) -> Any:
         async def go() -> Any:

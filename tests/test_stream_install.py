@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import zlib
 from collections.abc import Callable
 from pathlib import Path
@@ -26,8 +25,8 @@ from lanspreadd.core.library import INSTALLED_VERSION
 from lanspreadd.errors import ArchiveError, DiskFull, PeerError
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.errors import RemoteProtocolError
-from tests.support import SAMPLES, Daemon, make_game, tree
-from tests.test_peers import GAME, MiB, connect, game_entries, wait_for
+from tests.support import SAMPLES, Daemon, make_game, tree, wait_for
+from tests.test_peers import GAME, MiB, connect, game_entries
 
 MakePeer = Callable[..., Daemon]
 
@@ -298,9 +297,8 @@ def test_low_disk_download_streams_and_peak_use_stays_near_install_size(
     stop = threading.Event()
 
     def sample_usage() -> None:
-        while not stop.is_set():
+        while not stop.wait(0.01):
             peak[0] = max(peak[0], _used(receiver.game_dir) - base_used)
-            time.sleep(0.01)
 
     sampler = threading.Thread(target=sample_usage)
     sampler.start()

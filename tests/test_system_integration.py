@@ -12,11 +12,10 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from tests.support import SystemBus, as_user, free_port, tool
+from tests.support import SystemBus, as_user, free_port, name_has_owner, tool, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "lanspreadd.service"
@@ -106,26 +105,26 @@ def test_system_bus_policy_as_non_root(service_user: str) -> None:
             cwd=ROOT,
         )
         busctl = [tool("busctl"), f"--address={address}"]
-        deadline = time.monotonic() + 20
-        while True:
-            reply = subprocess.run(
-                as_user(
-                    "nobody",
-                    *busctl,
-                    "call",
-                    BUS_NAME,
-                    "/org/lanspread/Lanspread1",
-                    "org.lanspread.Lanspread1.Manager",
-                    "ListGames",
-                ),
-                capture_output=True,
-                text=True,
-            )
-            if reply.returncode == 0:
-                break
+
+        def on_the_bus(daemon: subprocess.Popen[str] = daemon) -> bool:
             assert daemon.poll() is None, daemon.stderr.read() if daemon.stderr else ""
-            assert time.monotonic() < deadline, reply.stderr
-            time.sleep(0.2)
+            return name_has_owner(address, BUS_NAME)
+
+        wait_for(on_the_bus, 20, "lanspreadd on the system-like bus")
+        reply = subprocess.run(
+            as_user(
+                "nobody",
+                *busctl,
+                "call",
+                BUS_NAME,
+                "/org/lanspread/Lanspread1",
+                "org.lanspread.Lanspread1.Manager",
+                "ListGames",
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert reply.returncode == 0, reply.stderr
         assert reply.stdout.startswith("aa{sv} 6"), reply.stdout
         changed = subprocess.run(
             as_user(
