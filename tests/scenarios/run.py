@@ -37,7 +37,7 @@ from dbus_fast.aio import MessageBus
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from tests.netns import Lan
-from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree
+from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree, wait_for
 
 GAME = "sample-game"
 MiB = 1 << 20
@@ -57,15 +57,6 @@ class ScenarioFailed(AssertionError):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise ScenarioFailed(message)
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not cond():
-        if time.monotonic() - start > timeout:
-            raise ScenarioFailed(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.1)
-    return time.monotonic() - start
 
 
 def payload(size: int, seed: int = 0) -> list[Entry]:
@@ -140,6 +131,11 @@ def show(peer: Daemon) -> dict[str, Any]:
 
 def idle(peer: Daemon) -> bool:
     return str(show(peer)["operation"]) == ""
+
+
+def serving(source: Daemon) -> bool:
+    """The source is sending the game to someone: a download is under way."""
+    return int(show(source)["outbound_transfers"]) > 0
 
 
 def consistent(root: Path) -> None:
@@ -240,7 +236,7 @@ def churn(runs: int, size: int) -> Outcome:
                     connect(r, s)
                 wait_for(lambda: show(r)["sources"] == 3, 20, "three sources")
                 r.ctl("download", "--no-wait", GAME)
-            time.sleep(1.0)
+            wait_for(lambda: serving(sources[0]), 20, "the downloads to start")
             sources[0].stop()  # leaves with Goodbye
             time.sleep(1.0)
             sources[1].stop(signal.SIGKILL)
@@ -338,7 +334,7 @@ def disk_full(runs: int) -> Outcome:
                 connect(receiver, source)
                 wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source")
                 receiver.ctl("download", "--no-wait", GAME)
-                time.sleep(0.4)
+                wait_for(lambda: serving(source), 20, "the download to start")
                 filler = mount / "filler.bin"  # someone else fills the disk mid-download
                 with filler.open("wb") as fh, contextlib.suppress(OSError):
                     while True:
