@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+import asyncio
+import asyncio.runners
 import os
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +15,38 @@ import pytest
 from tests.support import Daemon, PrivateBus, system_user
 
 pytest_plugins = ("dbusmock.pytest_fixtures",)
+
+FINISHING_GRACE = 5.0  # for a thread that is on its way out when its test ends
+
+
+@pytest.fixture(autouse=True)
+def leaves_nothing_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A test fails if it leaves a thread running or an asyncio task pending: either
+    hides a missed cancel or join, and would go on disturbing the tests after it.
+
+    Threads: every thread the test started, daemon or not, must end within a short
+    grace after the test's fixtures are torn down. Tasks: tests run their own loops
+    with asyncio.run, which silently cancels what is still pending when the main
+    coroutine returns; the hook below records those tasks instead of letting them go.
+    """
+    before = set(threading.enumerate())
+    left_pending: list[str] = []
+    cancel_all_tasks = asyncio.runners._cancel_all_tasks  # type: ignore[attr-defined]
+
+    def recording(loop: asyncio.AbstractEventLoop) -> None:
+        left_pending.extend(repr(task) for task in asyncio.all_tasks(loop))
+        cancel_all_tasks(loop)
+
+    monkeypatch.setattr(asyncio.runners, "_cancel_all_tasks", recording)
+    yield
+    deadline = time.monotonic() + FINISHING_GRACE
+    started = [t for t in threading.enumerate() if t not in before]
+    for thread in started:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    left = [f"thread {t!r}" for t in started if t.is_alive()]
+    left += [f"asyncio task {task}" for task in left_pending]
+    if left:
+        pytest.fail("left running by the test:\n  " + "\n  ".join(left), pytrace=False)
 
 
 @pytest.fixture
