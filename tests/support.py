@@ -73,6 +73,47 @@ async def wait_for_async(
         await asyncio.sleep(max(POLL_EVERY, now - asked))
 
 
+class FakeClock:
+    """Time that moves only when the test says so: call it for the time, give code its
+    `sleep`, and `advance` wakes every sleeper whose time has come."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        woken = asyncio.get_running_loop().create_future()
+        entry = (self.now + seconds, woken)
+        self._sleepers.append(entry)
+        self._changed.set()
+        try:
+            await woken
+        finally:
+            if entry in self._sleepers:  # cancelled rather than woken
+                self._sleepers.remove(entry)
+
+    @property
+    def sleeping(self) -> int:
+        return len(self._sleepers)
+
+    async def until_sleeping(self, count: int = 1) -> None:
+        """Until `count` sleepers wait on this clock (the code got to its sleep)."""
+        while self.sleeping < count:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+        due = [entry for entry in self._sleepers if entry[0] <= self.now]
+        for entry in due:
+            self._sleepers.remove(entry)
+            entry[1].set_result(None)
+
+
 class PrivateBus:
     """A real dbus-daemon with a session-bus configuration in a temporary directory."""
 

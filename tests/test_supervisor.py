@@ -1,26 +1,31 @@
-"""Supervision policies with real asyncio tasks, and a required service failing for real."""
+"""Supervision policies with real asyncio tasks on a fake clock, and a required service
+failing for real."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections import Counter
 
 from lanspreadd.app.supervisor import Policy, Service, Supervisor
-from tests.support import Daemon
+from tests.support import Daemon, FakeClock
+
+RESTART_DELAY = 5.0
 
 
 def test_policies() -> None:
-    async def scenario() -> tuple[list[tuple[str, str]], dict[str, int]]:
+    async def scenario() -> tuple[list[tuple[str, str]], Counter[str]]:
+        clock = FakeClock()
         failures: list[tuple[str, str]] = []
-        runs = {"required": 0, "restart": 0, "best-effort": 0}
-        supervisor = Supervisor(lambda name, error: failures.append((name, error)))
+        runs: Counter[str] = Counter()
+        supervisor = Supervisor(lambda name, error: failures.append((name, error)), clock.sleep)
 
         def failing(name: str) -> Service:
             async def run() -> None:
                 runs[name] += 1
                 raise RuntimeError(f"{name} broke")
 
-            return Service(name, run, Policy(name), restart_delay=0.01)
+            return Service(name, run, Policy(name), restart_delay=RESTART_DELAY)
 
         async with asyncio.TaskGroup() as tg:
             required = tg.create_task(supervisor.supervise(failing("required")))
@@ -28,16 +33,22 @@ def test_policies() -> None:
             restart = tg.create_task(supervisor.supervise(failing("restart")))
             await required
             await best
-            await asyncio.sleep(0.2)
-            supervisor.stopping.set()
+            for done in range(1, 4):
+                await clock.until_sleeping()
+                assert runs["restart"] == done
+                clock.advance(RESTART_DELAY - 0.1)
+                assert clock.sleeping == 1, "restarted before its delay"
+                clock.advance(0.1)
+            await clock.until_sleeping()
+            supervisor.stopping.set()  # ends the delay without the clock moving
             await restart
         return failures, runs
 
-    failures, runs = asyncio.run(scenario())
+    failures, runs = asyncio.run(asyncio.wait_for(scenario(), 30))
     assert failures == [("required", "RuntimeError: required broke")]
     assert runs["required"] == 1
     assert runs["best-effort"] == 1
-    assert runs["restart"] > 3, "a Restart service comes back until shutdown"
+    assert runs["restart"] == 4, "a Restart service comes back after each delay until shutdown"
 
 
 def test_port_in_use_stops_the_daemon_with_a_named_component(daemon: Daemon) -> None:

@@ -31,11 +31,14 @@ class Service:
 
 
 FailureHandler = Callable[[str, str], None]
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class Supervisor:
-    def __init__(self, on_required_failure: FailureHandler) -> None:
+    def __init__(self, on_required_failure: FailureHandler, sleep: Sleep = asyncio.sleep) -> None:
         self.on_required_failure = on_required_failure
+        # Injected so tests can run restart delays on a fake clock without waiting them out.
+        self.sleep = sleep
         self.stopping = asyncio.Event()
 
     async def supervise(self, service: Service) -> None:
@@ -62,7 +65,15 @@ class Supervisor:
                 error,
                 service.restart_delay,
             )
-            try:
-                await asyncio.wait_for(self.stopping.wait(), service.restart_delay)
-            except TimeoutError:
-                continue
+            await self._pause(service.restart_delay)
+
+    async def _pause(self, delay: float) -> None:
+        """Wait out a restart delay, cut short when the daemon stops."""
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        paused = asyncio.ensure_future(self.sleep(delay))
+        try:
+            await asyncio.wait((stopped, paused), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            paused.cancel()
+            await asyncio.gather(stopped, paused, return_exceptions=True)
