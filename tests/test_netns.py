@@ -67,6 +67,7 @@ def lan_peer(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
         daemon.bus.stop()
 
 
+@pytest.mark.slow
 def test_discovery_download_and_a_killed_source_across_namespaces(
     lan_peer: Callable[..., Daemon],
 ) -> None:

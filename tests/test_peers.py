@@ -122,6 +122,7 @@ def two_sources(make_peer: MakePeer, size: int, *args: str) -> tuple[Daemon, Dae
     return first, second, receiver, root
 
 
+@pytest.mark.slow
 def test_killed_source_mid_download(make_peer: MakePeer) -> None:
     first, _second, receiver, root = two_sources(
         make_peer, 96 * MiB, "--upload-limit", str(16 * MiB)
@@ -150,6 +151,7 @@ def one_slow_source(make_peer: MakePeer, size: int, rate: int) -> tuple[Daemon, 
     return source, receiver, root
 
 
+@pytest.mark.slow
 def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> None:
     source, receiver, root = one_slow_source(make_peer, 96 * MiB, 16 * MiB)
     resume = receiver.game_dir / GAME / ".lanspread-download.json"
@@ -180,6 +182,7 @@ def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> N
     assert downloads(receiver.game_dir / GAME) == downloads(root)
 
 
+@pytest.mark.slow
 def test_corrupt_source_is_demoted_and_honest_ones_finish(make_peer: MakePeer) -> None:
     honest = [make_peer("honest1"), make_peer("honest2")]
     liar = make_peer("liar")
@@ -209,6 +212,7 @@ def test_corrupt_source_is_demoted_and_honest_ones_finish(make_peer: MakePeer) -
     assert "dropping liar as a source" in log
 
 
+@pytest.mark.slow
 def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) -> None:
     good = make_peer("good")
     outdated = make_peer("outdated")
@@ -234,6 +238,7 @@ def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) ->
         assert "asked for the file list" not in peer.stderr()
 
 
+@pytest.mark.slow
 def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
     first, _second, receiver, root = two_sources(make_peer, 160 * MiB)
     expected = downloads(root)
@@ -247,6 +252,7 @@ def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
     assert downloads(receiver.game_dir / GAME) == expected
 
 
+@pytest.mark.slow
 def test_goodbye_and_killed_peers_leave_the_table(make_peer: MakePeer) -> None:
     a, b, c = make_peer("a"), make_peer("b"), make_peer("c")
     for peer in (a, b, c):
@@ -261,6 +267,7 @@ def test_goodbye_and_killed_peers_leave_the_table(make_peer: MakePeer) -> None:
     wait_for(lambda: len(a.ctl_json("peers")) == 0, 15, "the silent peer to time out")
 
 
+@pytest.mark.slow
 def test_download_errors_are_named(make_peer: MakePeer) -> None:
     lonely = make_peer("lonely")
     lonely.start()
@@ -282,6 +289,7 @@ def test_connecting_to_itself_is_refused(make_peer: MakePeer, target: str) -> No
     assert "connected to itself" in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mdns", [False, True], ids=["manual", "mdns"])
 def test_a_peer_that_came_back_is_reconnected(make_peer: MakePeer, mdns: bool) -> None:
     """A laptop that slept or a cable pulled for a while: the peers find each other again."""
@@ -303,6 +311,7 @@ def test_a_peer_that_came_back_is_reconnected(make_peer: MakePeer, mdns: bool) -
     wait_for(lambda: [p["name"] for p in b.ctl_json("peers")] == ["a"], 10, "b to see a again")
 
 
+@pytest.mark.slow
 def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
     """Peers never wait on a file list while the source reads a big game for hashing."""
     source, receiver = make_peer("source"), make_peer("receiver")
@@ -331,6 +340,7 @@ def test_a_game_is_announced_only_once_hashed(make_peer: MakePeer) -> None:
     assert source.ctl_json("show", GAME)["served"] is True
 
 
+@pytest.mark.slow
 def test_a_peer_that_gets_the_game_mid_download_joins_as_a_source(make_peer: MakePeer) -> None:
     """The first finisher at a party serves the others still downloading."""
     first = make_peer("first", extra_args=("--upload-limit", str(8 * MiB)))
@@ -357,6 +367,7 @@ def test_a_peer_that_gets_the_game_mid_download_joins_as_a_source(make_peer: Mak
     assert "late 0 MiB" not in summary
 
 
+@pytest.mark.slow
 def test_a_download_survives_its_only_source_dropping_out_for_a_while(
     make_peer: MakePeer,
 ) -> None:

@@ -240,6 +240,7 @@ def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sam
     assert peers[0]["games"] == {}
 
 
+@pytest.mark.slow
 def test_stream_install_cancel_and_source_death(make_peer: MakePeer) -> None:
     slow = ("--upload-limit", str(8 * MiB))
     first, second = make_peer("first", extra_args=slow), make_peer("second")

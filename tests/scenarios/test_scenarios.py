@@ -8,9 +8,15 @@ import pytest
 
 from tests.scenarios.run import SCENARIOS
 
+# Quick variants that still take more than about 5 s on the 2-core machine.
+SLOW = {"churn", "crash-recovery", "disk-full", "fan-in", "fan-out", "hostile-lan", "soak", "swarm"}
+
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="scenarios need root (namespaces, tc, tmpfs)")
-@pytest.mark.parametrize("name", sorted(SCENARIOS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=pytest.mark.slow if n in SLOW else ()) for n in sorted(SCENARIOS)],
+)
 @pytest.mark.timeout(300)
 def test_quick_scenario(name: str) -> None:
     quick, _full = SCENARIOS[name]
