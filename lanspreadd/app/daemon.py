@@ -67,11 +67,17 @@ class Daemon:
             self.ops,
             self.refusals,
             game_changed=lambda game_id: self.games.notify(game_id),
-            served_changed=lambda: self.peers.announce(),
+            served_changed=lambda: self.games.changes.served(),
             peer_changed=self._peer_changed,
         )
         self.peers = PeerManager(
-            self.identity, config.name, config.listen, config.port, self.host, self.refusals
+            self.identity,
+            config.name,
+            config.listen,
+            config.port,
+            self.host,
+            self.refusals,
+            known=self._is_game,
         )
         self.games = Games(
             config, self.library, self.ops, self.host, self.peers, self.observers, self.unpack_logs
@@ -139,6 +145,7 @@ class Daemon:
             Service("redial", self._redial, Policy.RESTART),
             Service("preparer", self.host.preparer, Policy.RESTART),
             Service("refusal-report", self._report_refusals, Policy.RESTART),
+            Service("changes", self.games.tell_changes, Policy.RESTART),
         ]
         if self.config.mdns:
             services.append(Service("discovery", self._discovery, Policy.RESTART))
@@ -228,8 +235,7 @@ class Daemon:
         if peer is not None and reason == "connected":
             # Incoming and manual peers are redialled too once the connection drops.
             self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic(), connected=True)
-        self.observers.peer_changed(peer_id, peer)
-        self.games.notify_all()  # each game's source count may have changed
+        self.games.peer_changed(peer_id, peer, reason)
 
     # ---- management ---------------------------------------------------------------------
     async def connect_peer(self, host: str, port: int | None) -> str:
@@ -259,10 +265,9 @@ class Daemon:
         self.library.catalog = catalog
         for game_id in old - set(catalog.games):
             self.library.states.pop(game_id, None)
-            self.games.notify(game_id, removed=True)
-        self.games.rescan(None)
-        for game_id in sorted(set(catalog.games) - old):
             self.games.notify(game_id)
+        self.games.rescan(None)
+        self.games.catalog_changed()
         log.info("catalog reloaded from %s: %d games", catalog.source, len(catalog.games))
         return len(catalog.games)
 

@@ -4,6 +4,11 @@ A job is started here, runs in the daemon's task group, and ends in exactly one
 outcome. Starting a writer job hides the game from peers (the host stops serving
 a game under an operation) and drains its outbound transfers before the
 filesystem is touched.
+
+Changes to views and to what we serve are marked in `PendingChanges` and told to
+observers and peers a few times a second at most (`tell_changes`); a job's own
+start and end are told at once, in order with the job's signals. A peer's
+announcement recounts the sources of the games it touched, and no others.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from lanspreadd.app.changes import Batch, PendingChanges
 from lanspreadd.app.config import Config
 from lanspreadd.app.host import Host
 from lanspreadd.app.jobs import JobRunner
@@ -21,6 +27,7 @@ from lanspreadd.app.logs import UnpackLogs
 from lanspreadd.app.memory import release_freed_memory
 from lanspreadd.app.views import GameView, Observers
 from lanspreadd.archive.extract import free_bytes
+from lanspreadd.core.announced import SourceIndex
 from lanspreadd.core.library import Availability, Library
 from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.errors import (
@@ -29,7 +36,7 @@ from lanspreadd.errors import (
     NoSources,
     NotFound,
 )
-from lanspreadd.net.peers import PeerManager
+from lanspreadd.net.peers import Peer, PeerManager
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +65,9 @@ class Games:
         self.peers = peers
         self.observers = observers
         self.unpack_logs = unpack_logs
+        self._changes_wake = asyncio.Event()
+        self.changes = PendingChanges(on_pending=self._changes_wake.set)
+        self.sources = SourceIndex()
         self._spawn: Spawn | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
         self.runner = JobRunner(
@@ -88,7 +98,7 @@ class Games:
             availability=state.availability,
             operation=str(job.kind) if job else "",
             job_id=job.id if job else 0,
-            sources=len(self.peers.holding(game_id, entry.version)),
+            sources=self.sources.count(game_id),
             outbound_transfers=self.host.transfers.count(game_id),
             served=self.host.serves(game_id, state),
         )
@@ -96,16 +106,70 @@ class Games:
     def all(self) -> list[GameView]:
         return [self.view(game_id) for game_id in sorted(self.library.catalog.games)]
 
-    def notify(self, game_id: str, removed: bool = False) -> None:
-        """Tell observers a game changed (or left the catalog)."""
-        if removed:
-            self.observers.game_removed(game_id)
-        elif game_id in self.library.catalog.games:
-            self.observers.game_changed(self.view(game_id))
+    def notify(self, game_id: str) -> None:
+        """A game changed (or left the catalog): told with the next batch."""
+        self.changes.game(game_id)
 
     def notify_all(self) -> None:
-        for game_id in sorted(self.library.catalog.games):
-            self.notify(game_id)
+        self.changes.games(set(self.library.catalog.games))
+
+    async def tell_changes(self) -> None:
+        """The daemon's one teller of changes; asleep while none wait."""
+        while True:
+            due = self.changes.due()
+            if due is None:
+                self._changes_wake.clear()
+                await self._changes_wake.wait()
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            self.tell(self.changes.take())
+
+    def tell(self, batch: Batch) -> None:
+        """Tell observers and peers what changed, each game and peer once."""
+        for peer_id in sorted(batch.peers):
+            self.observers.peer_changed(peer_id, self.peers.peers.get(peer_id))
+        for game_id in sorted(batch.games):
+            self._tell(game_id)
+        if batch.served:
+            self.peers.announce()
+
+    def _tell(self, game_id: str) -> None:
+        if game_id in self.library.catalog.games:
+            self.observers.game_changed(self.view(game_id))
+        else:
+            self.observers.game_removed(game_id)
+
+    def _tell_now(self, game_id: str) -> None:
+        self.changes.told(game_id)
+        self._tell(game_id)
+
+    def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
+        """Recount only the sources of the games the peer's change touched."""
+        if peer is None:
+            moved = self.sources.drop(peer_id)
+        else:
+            touched = peer.announced.take_changed()
+            moved = set()
+            if reason == "connected":  # a new connection: whatever the old one held is gone
+                moved = self.sources.drop(peer_id)
+                touched.update(peer.games)
+            elif not touched:
+                return
+            catalog = self.library.catalog
+            moved |= self.sources.update(peer_id, peer.games, touched, catalog)
+        self.changes.peer(peer_id)
+        self.changes.games(moved)
+
+    def catalog_changed(self) -> None:
+        """Our catalog changed: each peer's games are sorted again, every source recounted."""
+        catalog = self.library.catalog
+        self.sources = SourceIndex()
+        for peer in self.peers.peers.values():
+            peer.announced.reclassify(catalog.games.__contains__)
+            peer.announced.take_changed()
+            self.sources.update(peer.peer_id, peer.games, peer.games, catalog)
+            self.changes.peer(peer.peer_id)
+        self.notify_all()
 
     def rescan(self, game_ids: set[str] | None) -> None:
         """Rescan games (all when None); games under an operation keep their state."""
@@ -113,11 +177,11 @@ class Games:
         for game_id in sorted(ids):
             if game_id in self.ops.jobs:
                 continue
-            state, changed = self.library.rescan(game_id)
+            _, changed = self.library.rescan(game_id)
             if changed:
-                self.notify(game_id, removed=state is None)
+                self.notify(game_id)
         self.host.prepare_wake.set()
-        self.peers.announce()
+        self.changes.served()
 
     # ---- jobs ---------------------------------------------------------------------------
     def accept_jobs(self, spawn: Spawn | None) -> None:
@@ -137,8 +201,8 @@ class Games:
         job.install_after = install
         log.info("%s of %s started (job %d)", kind, game.id, job.id)
         self.observers.job_started(job)
-        self.notify(game.id)
-        self.peers.announce()  # the game is hidden from peers while the job runs
+        self._tell_now(game.id)
+        self.changes.served()  # the game is hidden from peers while the job runs
         task = self._spawn(self._run(job))
         self._job_tasks.add(task)
         task.add_done_callback(self._job_tasks.discard)
@@ -191,10 +255,10 @@ class Games:
         self.ops.end(job)
         release_freed_memory()
         self.host.prepare_wake.set()
-        state, _ = self.library.rescan(job.game_id)
+        self.library.rescan(job.game_id)
         self.observers.job_finished(job)
-        self.notify(job.game_id, removed=state is None)
-        self.peers.announce()
+        self._tell_now(job.game_id)
+        self.changes.served()
 
     def free_space(self) -> int:
         try:

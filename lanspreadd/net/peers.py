@@ -17,6 +17,7 @@ from typing import Protocol
 
 from aioquic.asyncio.client import connect as quic_connect
 
+from lanspreadd.core.announced import Announced, IsKnown
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError, PeerError
@@ -49,8 +50,13 @@ class Peer:
     data_port: int
     connection: PeerConnection
     outgoing: bool
-    games: dict[str, str] = field(default_factory=dict)
+    announced: Announced = field(default_factory=Announced)
     since: float = field(default_factory=time.time)
+
+    @property
+    def games(self) -> dict[str, str]:
+        """The games in our catalog this peer serves, by version."""
+        return self.announced.known
 
 
 class PeerHost(Protocol):
@@ -73,9 +79,11 @@ class PeerManager:
         port: int,
         owner: PeerHost,
         refusals: RefusalTally,
+        known: IsKnown = lambda game_id: True,
     ):
         self.identity = identity
         self.refusals = refusals
+        self._known = known  # games in our catalog: others are capped (`Announced`)
         self.local = LocalPeer(
             identity.peer_id, name, port, identity.cert_der, identity.sign, verify_signature
         )
@@ -246,14 +254,9 @@ class PeerManager:
         peer = self._peer_of(conn)
         if peer is None:
             return
-        if isinstance(message, Snapshot):
-            peer.games = dict(message.games)
-            self.owner.peer_changed(peer.peer_id, peer, "snapshot")
-        elif isinstance(message, Delta):
-            for game_id in message.removed:
-                peer.games.pop(game_id, None)
-            peer.games.update(message.changed)
-            self.owner.peer_changed(peer.peer_id, peer, "delta")
+        if isinstance(message, Snapshot | Delta):
+            if take_announcement(peer, message, self._known, self.refusals):
+                self.owner.peer_changed(peer.peer_id, peer, type(message).__name__.lower())
         elif isinstance(message, FileListRequest | StreamInstallRequest):
             if self._tg is not None:
                 self._tg.create_task(answer(self.owner, self.refusals, peer, message))
@@ -338,6 +341,27 @@ async def answer(
         reply = ErrorReply(request.request_id, "InternalError", f"could not answer: {exc}")
     if not peer.connection.session.closed:
         peer.connection.send_message(reply)
+
+
+def take_announcement(
+    peer: Peer, message: Snapshot | Delta, known: IsKnown, refusals: RefusalTally
+) -> bool:
+    """Take in a peer's Snapshot or Delta; True when a game of our catalog changed.
+
+    Only such a change is passed on: a flood of games we do not know costs its
+    parsing and no more, and those beyond the few kept are counted as refused.
+    """
+    if isinstance(message, Snapshot):
+        ignored = peer.announced.replace(message.games, known)
+    else:
+        ignored = peer.announced.apply(message.changed, message.removed, known)
+    if ignored:
+        refusals.note(
+            "peer-unknown-games",
+            f"{peer.name} ({peer.peer_id[:8]}) announced {ignored} game(s) not in our "
+            f"catalog beyond the {peer.announced.cap} kept",
+        )
+    return bool(peer.announced.changed)
 
 
 def keep_new_connection(local_id: str, peer_id: str, existing: Peer, outgoing: bool) -> bool:
