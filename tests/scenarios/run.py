@@ -37,6 +37,7 @@ from dbus_fast.aio import MessageBus
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from tests.netns import Lan
+from tests.scenarios.hostile_announce import scenario as hostile_announce
 from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree, wait_for
 
 GAME = "sample-game"
@@ -759,6 +760,10 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "hostile-archive": (lambda: hostile_archive(1), lambda: hostile_archive(3)),
     "hostile-client": (lambda: hostile_client(1, 2), lambda: hostile_client(3, 3)),
     "hostile-relay": (lambda: hostile_relay(1), lambda: hostile_relay(3)),
+    "hostile-announce": (
+        lambda: Outcome(*hostile_announce(1, 2)),
+        lambda: Outcome(*hostile_announce(3, 6)),
+    ),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
     "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
     "dbus-abuse": (lambda: dbus_abuse(1), lambda: dbus_abuse(3)),
