@@ -5,6 +5,9 @@ snapshot of 10,000 games outside the catalog, then 20,000 deltas flipping one ca
 game on and off, each naming one more unknown game. A D-Bus client on the daemon's
 private bus counts what it is told. Before game-table changes were coalesced, the
 daemon fell silent for seconds and the flooder's connection died of it.
+
+A few hundred unknown games are kept per peer all the same: a catalog reload finds
+the peers that already hold a newly listed game.
 """
 
 from __future__ import annotations
@@ -19,18 +22,22 @@ from dbus_fast.aio import MessageBus
 
 from lanspreadctl.client import unwrap
 from lanspreadd.app.changes import FLUSH_INTERVAL
-from lanspreadd.core.catalog import Catalog
+from lanspreadd.core.catalog import Catalog, CatalogGame, write_catalog
+from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.net.peers import PeerManager
 from lanspreadd.protocol.messages import Delta
 from tests.scenarios.hostile_announce import (
     DELTAS,
     TOGGLED,
     UNKNOWN,
+    SilentHost,
     flood_frames,
     flood_manager,
     send,
     taken_in,
 )
-from tests.support import BUS_NAME, ROOT, Daemon, bus_driver_call, call, disconnect
+from tests.support import BUS_NAME, ROOT, Daemon, bus_driver_call, call, disconnect, free_port
 
 MARKER = "teeworlds"  # announced last: its source appearing means the flood was read
 GAMES = f"{ROOT}/games/"
@@ -150,3 +157,50 @@ def test_an_announcement_flood_is_told_a_few_times_a_second(daemon: Daemon, tmp_
         assert unwrap(refusals.body[0])["peer-unknown-games"] == 1 + DELTAS
 
     asyncio.run(asyncio.wait_for(scenario(), 300))
+
+
+class Holder(SilentHost):
+    """A peer holding a game our catalog does not list yet."""
+
+    def snapshot(self) -> dict[str, str]:
+        return {"newgame": "1"}
+
+
+def test_a_game_announced_before_the_catalog_listed_it_is_found_after_a_reload(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    db = tmp_path / "game.db"
+    write_catalog(db, [CatalogGame("alpha", "Alpha", "", 1, "1.0")])
+    daemon.extra_args = ("--catalog", str(db))
+    daemon.start()
+    holder = PeerManager(
+        load_or_create(tmp_path / "holder", "holder"),
+        "holder",
+        "127.0.0.1",
+        free_port(),
+        Holder(),
+        RefusalTally(),
+    )
+
+    async def ctl(*args: str) -> Any:
+        """lanspreadctl, run while the holder's loop goes on answering."""
+        return await asyncio.to_thread(daemon.ctl_json, *args)
+
+    async def scenario() -> None:
+        async with asyncio.TaskGroup() as tg:
+            running = tg.create_task(holder.run())
+            await holder.ready.wait()
+            victim = await holder.connect("127.0.0.1", daemon.port)
+            await taken_in(holder, victim)  # our snapshot was read: newgame is unknown there
+            assert (await ctl("peers"))[0]["games"] == {}
+            listed = [
+                CatalogGame("alpha", "Alpha", "", 1, "1.0"),
+                CatalogGame("newgame", "N", "", 1, "1"),
+            ]
+            write_catalog(db, listed)
+            assert (await ctl("reload-catalog"))["games"] == 2
+            assert (await ctl("show", "newgame"))["sources"] == 1
+            assert (await ctl("peers"))[0]["games"] == {"newgame": "1"}
+            running.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 120))
