@@ -182,7 +182,6 @@ def test_all_peers_gone_then_resume_without_refetching(make_peer: MakePeer) -> N
     assert downloads(receiver.game_dir / GAME) == downloads(root)
 
 
-@pytest.mark.slow
 def test_corrupt_source_is_demoted_and_honest_ones_finish(make_peer: MakePeer) -> None:
     honest = [make_peer("honest1"), make_peer("honest2")]
     liar = make_peer("liar")
@@ -212,7 +211,6 @@ def test_corrupt_source_is_demoted_and_honest_ones_finish(make_peer: MakePeer) -
     assert "dropping liar as a source" in log
 
 
-@pytest.mark.slow
 def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) -> None:
     good = make_peer("good")
     outdated = make_peer("outdated")
@@ -238,7 +236,6 @@ def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) ->
         assert "asked for the file list" not in peer.stderr()
 
 
-@pytest.mark.slow
 def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
     first, _second, receiver, root = two_sources(make_peer, 160 * MiB)
     expected = downloads(root)
