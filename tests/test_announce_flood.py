@@ -43,6 +43,7 @@ MARKER = "teeworlds"  # announced last: its source appearing means the flood was
 GAMES = f"{ROOT}/games/"
 PEERS = f"{ROOT}/peers/"
 PROPERTIES = "org.freedesktop.DBus.Properties"
+GAME_IFACE = "org.lanspread.Lanspread1.Game"
 
 
 def game_path(game_id: str) -> str:
@@ -198,8 +199,14 @@ def test_a_game_announced_before_the_catalog_listed_it_is_found_after_a_reload(
                 CatalogGame("newgame", "N", "", 1, "1"),
             ]
             write_catalog(db, listed)
+            bus = await MessageBus(bus_address=daemon.bus.address).connect()
             assert (await ctl("reload-catalog"))["games"] == 2
-            assert (await ctl("show", "newgame"))["sources"] == 1
+            # The new game's object is there when the reload returns, its source counted.
+            game = await call(
+                bus, "GetAll", "s", [GAME_IFACE], path=game_path("newgame"), interface=PROPERTIES
+            )
+            await disconnect(bus)
+            assert unwrap(game.body[0])["Sources"] == 1
             assert (await ctl("peers"))[0]["games"] == {"newgame": "1"}
             running.cancel()
 

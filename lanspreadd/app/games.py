@@ -161,7 +161,9 @@ class Games:
         self.changes.games(moved)
 
     def catalog_changed(self) -> None:
-        """Our catalog changed: each peer's games are sorted again, every source recounted."""
+        """Our catalog changed: each peer's games are sorted again, every source recounted.
+
+        Told at once, so the games' objects come and go before the reload returns."""
         catalog = self.library.catalog
         self.sources = SourceIndex()
         for peer in self.peers.peers.values():
@@ -170,6 +172,7 @@ class Games:
             self.sources.update(peer.peer_id, peer.games, peer.games, catalog)
             self.changes.peer(peer.peer_id)
         self.notify_all()
+        self.tell(self.changes.take())
 
     def rescan(self, game_ids: set[str] | None) -> None:
         """Rescan games (all when None); games under an operation keep their state."""
