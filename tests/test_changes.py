@@ -62,14 +62,17 @@ def test_a_flood_is_one_batch_per_interval_with_each_game_once() -> None:
     assert len(woken) == len(batches) + 1
 
 
-def test_a_game_told_out_of_turn_is_not_told_again() -> None:
+def test_what_was_told_out_of_turn_is_not_told_again() -> None:
     changes, _clock, _ = pending()
     changes.game("teeworlds")
     changes.game("xonotic")
-    changes.told("teeworlds")
-    assert changes.take().games == {"xonotic"}
+    changes.peer("p1")
+    changes.told_game("teeworlds")  # a job began: its game was told with the job
+    changes.told_peer("p1")  # the peer left: told at once
+    batch = changes.take()
+    assert batch.games == {"xonotic"} and not batch.peers
     changes.game("teeworlds")
-    changes.told("teeworlds")
+    changes.told_game("teeworlds")
     assert changes.due() is None  # nothing left: the teller goes back to sleep
 
 

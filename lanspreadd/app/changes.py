@@ -54,9 +54,13 @@ class PendingChanges:
         self._mark()
         self._served = True
 
-    def told(self, game_id: str) -> None:
+    def told_game(self, game_id: str) -> None:
         """The game's view was told out of turn (a job began or ended): not again."""
         self._games.discard(game_id)
+
+    def told_peer(self, peer_id: str) -> None:
+        """The peer was told out of turn (it came or left): not again."""
+        self._peers.discard(peer_id)
 
     def due(self) -> float | None:
         """When the next batch is due, or None while nothing waits."""

@@ -140,24 +140,27 @@ class Games:
             self.observers.game_removed(game_id)
 
     def _tell_now(self, game_id: str) -> None:
-        self.changes.told(game_id)
+        self.changes.told_game(game_id)
         self._tell(game_id)
 
     def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
-        """Recount only the sources of the games the peer's change touched."""
-        if peer is None:
+        """Recount only the sources of the games the peer's change touched.
+
+        A peer that comes or goes is told at once (its object is there when a
+        connect returns); what it announces is told with the next batch."""
+        moved: set[str] = set()
+        if peer is None or reason == "connected":
+            # A new connection starts empty: whatever an old one held is gone.
             moved = self.sources.drop(peer_id)
-        else:
+            self.changes.told_peer(peer_id)
+            self.observers.peer_changed(peer_id, peer)
+        if peer is not None:
             touched = peer.announced.take_changed()
-            moved = set()
-            if reason == "connected":  # a new connection: whatever the old one held is gone
-                moved = self.sources.drop(peer_id)
+            if reason == "connected":
                 touched.update(peer.games)
-            elif not touched:
-                return
-            catalog = self.library.catalog
-            moved |= self.sources.update(peer_id, peer.games, touched, catalog)
-        self.changes.peer(peer_id)
+            elif touched:
+                self.changes.peer(peer_id)
+            moved |= self.sources.update(peer_id, peer.games, touched, self.library.catalog)
         self.changes.games(moved)
 
     def catalog_changed(self) -> None:
