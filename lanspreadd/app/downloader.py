@@ -15,9 +15,10 @@ import logging
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lanspreadd.core.partial import PartialDownload
 from lanspreadd.core.plan import (
@@ -37,7 +38,7 @@ from lanspreadd.errors import (
     PeersGone,
 )
 from lanspreadd.net.dataclient import fetch_chunk, in_thread, open_data_channel
-from lanspreadd.net.peers import Peer, PeerManager
+from lanspreadd.net.peers import Peer
 from lanspreadd.protocol.datachannel import (
     ChunkRequest,
 )
@@ -51,6 +52,16 @@ SAVE_INTERVAL = 2.0
 RECRUIT_INTERVAL = 1.0  # how often a running download looks for new sources
 RECRUIT_RETRY = 30.0  # a peer whose file list did not fit is asked again after this
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
+
+
+class PeerSource(Protocol):
+    """What a download needs of the peer layer (`PeerManager`): who holds the game now,
+    the connected peers, and their file lists. Small, so a test can stand in for it."""
+
+    @property
+    def peers(self) -> Mapping[str, Peer]: ...
+    def holding(self, game_id: str, version: str) -> list[Peer]: ...
+    async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList: ...
 
 
 @dataclass
@@ -67,7 +78,7 @@ class Downloader:
     root: Path
     game_id: str
     version: str
-    peers: PeerManager
+    peers: PeerSource
     progress: Callable[[int, int], None]
     # Injected so tests can run the grace periods without waiting them out.
     clock: Callable[[], float] = time.monotonic
