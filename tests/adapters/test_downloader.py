@@ -28,6 +28,7 @@ from lanspreadd.net.dataserver import DataServer, Grant, OutboundTransfers
 from lanspreadd.net.peers import Peer
 from lanspreadd.net.transport import PeerConnection
 from lanspreadd.protocol.messages import FileEntry, FileList
+from tests.support import FakeClock
 
 T = TypeVar("T")
 GAME = "quake"
@@ -84,18 +85,18 @@ def tree(root: Path) -> dict[str, bytes]:
     }
 
 
-class Clock:
-    """The downloader's clock: still until a test moves it; counts who looked."""
+class Clock(FakeClock):
+    """The shared fake clock, counting the times the downloader looked at it."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        super().__init__()
         self.reads = 0
         self._read = asyncio.Event()
 
     def __call__(self) -> float:
         self.reads += 1
         self._read.set()
-        return self.now
+        return super().__call__()
 
     async def until_read(self, times: int) -> None:
         """Wait until the clock was read `times` more times."""
@@ -353,14 +354,14 @@ def test_every_source_gone_is_peers_gone_after_the_grace_and_the_rest_resumes(
             await only.until_asked(3 + 2)  # three chunks sent, both workers waiting
             await only.vanish()
             await watch.until(f"every source of {GAME} left; waiting")
-            lan.clock.now += SOURCES_GRACE - 1
+            lan.clock.advance(SOURCES_GRACE - 1)
             # Within the grace it waits on: looked at the clock again (the recruiter and
             # the settling loop each look about once a second), and still running.
             looked = asyncio.ensure_future(lan.clock.until_read(3))
             await asyncio.wait([looked, task], return_when=asyncio.FIRST_COMPLETED)
             assert not task.done(), "gave up within the grace"
             await looked
-            lan.clock.now += 2  # past the grace: the next look at the clock gives up
+            lan.clock.advance(2)  # past the grace: the next look at the clock gives up
             with pytest.raises(PeersGone) as caught:
                 await task
             kept = 3 * CHUNK
@@ -396,7 +397,7 @@ def test_a_source_back_within_the_grace_finishes_the_download(
             await flaky.until_asked(3 + 2)
             await flaky.vanish()
             await watch.until(f"every source of {GAME} left; waiting")
-            lan.clock.now += SOURCES_GRACE - 1
+            lan.clock.advance(SOURCES_GRACE - 1)
             flaky.resume_serving()
             flaky.reconnect()
             lan.peers.join(flaky)  # the recruiter takes it on its next round
