@@ -2,9 +2,9 @@
 
 Each peer's QUIC server is the `GuardedQuicServer` that `PeerManager.run` listens with
 (Retry first, then caps), each dial a client `QuicConnection` (what `PeerManager.connect`
-gets from aioquic's `connect`); only the sockets are gone. A datagram is handed to its receiver on
-the loop's next turn, and a link between two hosts can be cut to make a peer fall
-silent. The layer above the peer table, `PeerHost`, is `FakeHost`.
+gets from aioquic's `connect`); only the sockets are gone. A datagram is handed to its
+receiver on the loop's next turn, and a link between two hosts can be cut to make a
+peer fall silent. The layer above the peer table, `PeerHost`, is `FakeHost`.
 """
 
 from __future__ import annotations
