@@ -111,6 +111,7 @@ class PeerManager:
                 self._new_protocol, role=Role.SERVER, expected_peer_id=None
             ),
             refusals=self.refusals,
+            settled=authenticated,
         )
         try:
             async with asyncio.TaskGroup() as tg:
@@ -341,6 +342,11 @@ async def answer(
         reply = ErrorReply(request.request_id, "InternalError", f"could not answer: {exc}")
     if not peer.connection.session.closed:
         peer.connection.send_message(reply)
+
+
+def authenticated(conn: object) -> bool:
+    """A connection whose peer proved its identity: never pushed out for a newcomer."""
+    return isinstance(conn, PeerConnection) and conn.session.peer is not None
 
 
 def take_announcement(

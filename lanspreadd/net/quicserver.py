@@ -6,7 +6,9 @@ Initial that names a new connection id, and keeps it until the handshake times o
 returned. So every new connection first proves its address with a Retry round trip
 (measured on loopback: 11 ms to connect without, 15 ms with), and a forged source
 address costs us one small packet and no state at all. A proven address then takes a
-slot under per-address and total caps, given back when its connection ends.
+slot under per-address and total caps, given back when its connection ends. When
+all are taken, the oldest connection that has not authenticated yet makes room: a
+host with many addresses holding half-open connections cannot lock newcomers out.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from aioquic._buffer import Buffer
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.asyncio.server import QuicServer
-from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicPacketType, pull_quic_header
 
+from lanspreadd.core.admission import TOTAL as TOTAL_REFUSED
 from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.core.refusals import RefusalTally
 
@@ -46,10 +49,12 @@ class GuardedQuicServer(QuicServer):
         create_protocol: Callable[..., QuicConnectionProtocol],
         caps: ConnectionCaps,
         refusals: RefusalTally,
+        settled: Callable[[QuicConnectionProtocol], bool] = lambda protocol: False,
     ) -> None:
         super().__init__(configuration=configuration, create_protocol=self._admitted, retry=True)
         self.caps = caps
         self.refusals = refusals
+        self.settled = settled  # an authenticated connection is never pushed out
         self._create = create_protocol
         self._admitting: str | None = None
         self._slots: dict[QuicConnectionProtocol, str] = {}
@@ -60,6 +65,8 @@ class GuardedQuicServer(QuicServer):
             return
         address = address_of(addr)
         refused = self.caps.admit(address)
+        if refused == TOTAL_REFUSED and self._push_out_oldest_unsettled():
+            refused = self.caps.admit(address)
         if refused is not None:
             # Dropped unanswered: the client's own timer gives up, ours holds nothing.
             self.refusals.note(f"quic-{refused}", f"a QUIC connection from {address}")
@@ -92,6 +99,16 @@ class GuardedQuicServer(QuicServer):
             and header.destination_cid not in self._protocols
         )
 
+    def _push_out_oldest_unsettled(self) -> bool:
+        for protocol, address in self._slots.items():
+            if not self.settled(protocol):
+                del self._slots[protocol]
+                self.caps.release(address)
+                self.refusals.note("quic-pushed-out", f"a half-open connection from {address}")
+                protocol.close(reason_phrase="too many connections")
+                return True
+        return False
+
     def _admitted(self, *args: Any, **kwargs: Any) -> QuicConnectionProtocol:
         """aioquic's hook for a new connection: the slot taken for it is now its own."""
         protocol = self._create(*args, **kwargs)
@@ -120,6 +137,7 @@ async def serve(
     configuration: QuicConfiguration,
     create_protocol: Callable[..., QuicConnectionProtocol],
     refusals: RefusalTally,
+    settled: Callable[[QuicConnectionProtocol], bool] = lambda protocol: False,
     caps: ConnectionCaps | None = None,
 ) -> GuardedQuicServer:
     """Listen for peers on `host`:`port`, as aioquic's `serve` does, guarded."""
@@ -130,6 +148,7 @@ async def serve(
             create_protocol=create_protocol,
             caps=caps or ConnectionCaps(PER_ADDRESS, TOTAL),
             refusals=refusals,
+            settled=settled,
         ),
         local_addr=(host, port),
     )

@@ -11,8 +11,9 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import pytest
 from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
@@ -35,39 +36,44 @@ def run(coro: Awaitable[T]) -> T:
 
 
 class Server:
-    def __init__(self, server: GuardedQuicServer, refusals: RefusalTally, port: int) -> None:
-        self.server = server
+    def __init__(self, refusals: RefusalTally, port: int) -> None:
         self.refusals = refusals
         self.port = port
         self.refused = asyncio.Event()
+        self.made: list[QuicConnectionProtocol] = []  # the server's ends, oldest first
+        self.settled: set[QuicConnectionProtocol] = set()  # as if authenticated
+        self.server: GuardedQuicServer
+
+    def protocol(self, *args: Any, **kwargs: Any) -> QuicConnectionProtocol:
+        protocol = QuicConnectionProtocol(*args, **kwargs)
+        self.made.append(protocol)
+        return protocol
 
     async def connect(self, source: str, timeout: float = 10.0) -> QuicConnectionProtocol | None:
         return await open_quic(source, "127.0.0.1", self.port, timeout)
 
-    async def until_open(self, open_: dict[str, int]) -> None:
-        while dict(self.server.caps.open) != open_:
-            await asyncio.sleep(0.05)
+    async def until_closed(self, *server_ends: QuicConnectionProtocol) -> None:
+        """Wait for the server's ends; each gives its slot back as it ends."""
+        await asyncio.gather(*(end.wait_closed() for end in server_ends))
 
 
 @asynccontextmanager
 async def guarded(tmp_path: Path, per_address: int = 32, total: int = 256) -> AsyncIterator[Server]:
     identity = load_or_create(tmp_path / "server", "server")
-    port = free_port()
-    holder: list[Server] = []
-    refusals = RefusalTally(emit=lambda line: holder[0].refused.set() if holder else None)
-    server = await serve(
+    s = Server(RefusalTally(emit=lambda line: s.refused.set()), free_port())
+    s.server = await serve(
         "127.0.0.1",
-        port,
+        s.port,
         configuration=quic_configuration(identity, is_client=False),
-        create_protocol=QuicConnectionProtocol,
-        refusals=refusals,
+        create_protocol=s.protocol,
+        refusals=s.refusals,
+        settled=s.settled.__contains__,
         caps=ConnectionCaps(per_address, total),
     )
-    holder.append(Server(server, refusals, port))
     try:
-        yield holder[0]
+        yield s
     finally:
-        server.close()
+        s.server.close()
 
 
 async def close_all(protocols: list[QuicConnectionProtocol | None]) -> None:
@@ -80,6 +86,7 @@ async def close_all(protocols: list[QuicConnectionProtocol | None]) -> None:
             protocol._transport.close()
 
 
+@pytest.mark.slow
 def test_connections_are_capped_per_address_and_in_total(tmp_path: Path) -> None:
     async def body() -> None:
         async with guarded(tmp_path, per_address=2, total=3) as s:
@@ -89,15 +96,44 @@ def test_connections_are_capped_per_address_and_in_total(tmp_path: Path) -> None
             assert s.refusals.totals["quic-too-many-from-address"] > 0
             other = await s.connect("127.0.0.3")
             assert other is not None
+            s.settled.update(s.made)  # all authenticated: none is pushed out
             assert await s.connect("127.0.0.4", REFUSED_AFTER) is None
             assert s.refusals.totals["quic-too-many-connections"] > 0
             # A connection that ends gives its slot back.
             await close_all(first[:1])
-            await s.until_open({"127.0.0.2": 1, "127.0.0.3": 1})
+            await s.until_closed(s.made[0])
+            assert dict(s.server.caps.open) == {"127.0.0.2": 1, "127.0.0.3": 1}
             late = await s.connect("127.0.0.4")
             assert late is not None
             await close_all([*first[1:], other, late])
-            await s.until_open({})
+            await s.until_closed(*s.made)
+            assert not s.server.caps.open
+
+    run(body())
+
+
+@pytest.mark.slow
+def test_when_all_are_taken_the_oldest_unauthenticated_connection_makes_room(
+    tmp_path: Path,
+) -> None:
+    """A host with many addresses holding half-open connections locks nobody out."""
+
+    async def body() -> None:
+        async with guarded(tmp_path, per_address=2, total=3) as s:
+            held = [await s.connect(source) for source in ("127.0.0.2", "127.0.0.3", "127.0.0.3")]
+            assert all(held)
+            s.settled.add(s.made[0])  # the first one authenticated
+            newcomer = await s.connect("127.0.0.4")
+            assert newcomer is not None
+            assert s.refusals.totals["quic-pushed-out"] == 1
+            pushed_out = held[1]
+            assert pushed_out is not None
+            await pushed_out.wait_closed()
+            assert held[0] is not None and not held[0]._closed.is_set()
+            s.settled.update(s.made)
+            assert await s.connect("127.0.0.5", REFUSED_AFTER) is None
+            assert s.refusals.totals["quic-too-many-connections"] > 0
+            await close_all([*held, newcomer])
 
     run(body())
 
