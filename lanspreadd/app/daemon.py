@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from lanspreadd.app.config import Config
+from lanspreadd.app.floods import release_after_floods
 from lanspreadd.app.games import Games
 from lanspreadd.app.host import Host
 from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
@@ -145,6 +146,7 @@ class Daemon:
             Service("redial", self._redial, Policy.RESTART),
             Service("preparer", self.host.preparer, Policy.RESTART),
             Service("refusal-report", self._report_refusals, Policy.RESTART),
+            Service("after-floods", lambda: release_after_floods(self.refusals), Policy.RESTART),
             Service("changes", self.games.tell_changes, Policy.RESTART),
         ]
         if self.config.mdns:
