@@ -12,9 +12,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
+
 from lanspreadd.app.config import Config
 from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogSink
+from lanspreadd.app.views import GameView
+from lanspreadd.core.operations import Job
+from lanspreadd.net.peers import Peer
 from tests.support import free_port
 
 FAKES = 200
@@ -30,7 +35,7 @@ class Counter(asyncio.DatagramProtocol):
 
 
 def fake(i: int) -> str:
-    return f"{i:064x}"
+    return f"{i:032x}"
 
 
 @asynccontextmanager
@@ -56,12 +61,26 @@ async def running(tmp_path: Path, name: str) -> AsyncIterator[Daemon]:
         await run
 
 
-async def until(condition: object, what: str) -> None:
-    async with asyncio.timeout(20):
-        while not condition():  # type: ignore[operator]
-            await asyncio.sleep(0.05)
+class PeerWatch:
+    """An observer of the daemon: when the peer we wait for has connected."""
+
+    def __init__(self, peer_id: str) -> None:
+        self.peer_id = peer_id
+        self.connected = asyncio.Event()
+
+    def peer_changed(self, peer_id: str, peer: Peer | None) -> None:
+        if peer_id == self.peer_id and peer is not None:
+            self.connected.set()
+
+    def game_changed(self, game: GameView) -> None: ...
+    def game_removed(self, game_id: str) -> None: ...
+    def job_started(self, job: Job) -> None: ...
+    def job_progress(self, job: Job) -> None: ...
+    def job_finished(self, job: Job) -> None: ...
+    def runtime_failed(self, component: str, error: str) -> None: ...
 
 
+@pytest.mark.slow
 def test_fake_announcements_cost_a_few_packets_and_honest_peers_still_connect(
     tmp_path: Path,
 ) -> None:
@@ -75,8 +94,10 @@ def test_fake_announcements_cost_a_few_packets_and_honest_peers_still_connect(
             async with running(tmp_path, "victim") as victim, running(tmp_path, "honest") as honest:
                 for i in range(FAKES):
                     victim.found(fake(i), "127.0.0.1", target_port)
+                watch = PeerWatch(honest.identity.peer_id)
+                victim.observers.append(watch)
                 victim.found(honest.identity.peer_id, "127.0.0.1", honest.config.port)
-                await until(lambda: honest.identity.peer_id in victim.peers.peers, "honest")
+                await watch.connected.wait()
                 for _ in range(WINDOW):
                     # Announced again and again, as a hostile responder may.
                     await asyncio.sleep(1)

@@ -1,5 +1,8 @@
 """Flooding attacks from a hostile host, each a separate process as it would be on the LAN.
 
+`hostile_flood` is the scenario (`tests.scenarios.run --only hostile-flood`); the
+modes below are what the hostile host runs.
+
 - `quic-flood HOST PORT COUNT SECONDS SOURCE...`: sends COUNT QUIC Initials, each for a
   new connection, evenly over SECONDS, round-robin from sockets bound to the SOURCE
   addresses (many hosts, or one host spoofing its address); answers nothing. Prints
@@ -20,6 +23,7 @@ import contextlib
 import os
 import socket
 import ssl
+import subprocess
 import sys
 import time
 
@@ -83,6 +87,9 @@ async def open_quic(
     try:
         await asyncio.wait_for(protocol.wait_connected(), timeout)
     except (TimeoutError, ConnectionError):
+        waiter = protocol._connected_waiter  # abandoned: its error is ours to take
+        if waiter is not None:
+            waiter.add_done_callback(lambda done: done.cancelled() or done.exception())
         protocol.close()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(protocol.wait_closed(), 3)
@@ -117,8 +124,9 @@ async def mdns_fake(count: int, host: str, port: int, interface: str) -> None:
 
     azc = AsyncZeroconf(interfaces=[interface], ip_version=IPVersion.V4Only)
     try:
+        registered = []
         for i in range(count):
-            peer_id = os.urandom(32).hex()
+            peer_id = os.urandom(16).hex()
             info = AsyncServiceInfo(
                 SERVICE_TYPE,
                 f"{peer_id}.{SERVICE_TYPE}",
@@ -127,7 +135,9 @@ async def mdns_fake(count: int, host: str, port: int, interface: str) -> None:
                 addresses=[socket.inet_aton(host)],
                 server=f"fake-{peer_id[:12]}.local.",
             )
-            await (await azc.async_register_service(info))
+            # A hostile responder does not probe for conflicts first.
+            registered.append(await azc.async_register_service(info, cooperating_responders=True))
+        await asyncio.gather(*registered)  # probed all at once, not one after another
         print(f"announced {count}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     finally:
@@ -150,6 +160,126 @@ def count_datagrams(host: str, port: int) -> None:
             received += 1
         print(received, flush=True)
     sock.close()
+
+
+# ---- the scenario ------------------------------------------------------------------------
+PER_DIAL = 8  # datagrams of one dial: an Initial and its retransmissions until it gives up
+HOSTILE = [sys.executable, "-m", "tests.scenarios.hostile_flood"]
+
+
+def hostile_flood(
+    runs: int, fakes: int, window: float, initials: int, seconds: float
+) -> tuple[int, int, str]:
+    """Fake mDNS services aimed at a target that never answers, then a QUIC Initial
+    flood from 50 addresses of a hostile host. Honest peers meet, download and connect
+    all the while; the target gets a few packets; the victim's memory comes back."""
+    from tests.netns import SUBNET, ip
+    from tests.scenarios.run import (  # run.py registers this scenario: imported late
+        GAME,
+        MiB,
+        _rss_kib,
+        check,
+        cluster,
+        downloads,
+        payload,
+        show,
+    )
+    from tests.support import make_game, wait_for
+
+    passed = 0
+    figures = []
+    for run in range(runs):
+        with cluster(use_lan=True) as c:
+            victim, receiver, late = c.add("victim"), c.add("receiver"), c.add("late")
+            root = make_game(victim.game_dir, GAME, "1.0", payload(16 * MiB, run))
+            assert c.lan is not None
+            ns, target = c.lan.add_host(len(c.peers))
+            hostile = ["ip", "netns", "exec", ns, *HOSTILE]
+            counter = _started([*hostile, "count", target, "9"], "listening")
+            fake = _started([*hostile, "mdns-fake", str(fakes), target, "9", target], "announced")
+            announced = time.monotonic()
+            try:
+                victim.start()
+                receiver.start()
+                wait_for(lambda: show(receiver)["sources"] == 1, 60, "the victim as a source")
+                result = receiver.ctl_json("download", GAME)
+                check(result["state"] == "finished", f"download among fakes: {result}")
+                check(downloads(receiver.game_dir / GAME) == downloads(root), "content differs")
+                time.sleep(max(0.0, window - (time.monotonic() - announced)))
+                packets = _ask(counter)
+                bound = 2 * PER_DIAL * (1 + int(window // 60))
+                check(packets <= bound, f"{packets} packets at the target (at most {bound})")
+            finally:
+                _finish(fake)
+                _finish(counter)
+            refusals = victim.ctl_json("status")["refusals"]
+            check(refusals.get("mdns-too-many-peers", 0) > 0, f"refusals {refusals}")
+
+            sources = [f"{SUBNET}.{100 + i}" for i in range(50)]
+            for address in sources:
+                ip("-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
+            assert victim.proc is not None
+            rss_before = _rss_kib(victim.proc.pid)
+            flood_args = ["quic-flood", victim.listen, str(victim.port), str(initials)]
+            flood = _started([*hostile, *flood_args, str(seconds), *sources], "ready")
+            try:
+                late.start()
+                assert flood.stdin is not None
+                flood.stdin.write("go\n")
+                flood.stdin.flush()
+                started = time.monotonic()
+                answer = late.ctl("connect", f"{victim.listen}:{victim.port}")
+                connect_time = time.monotonic() - started
+                check(answer.returncode == 0, f"an honest connect during the flood: {answer}")
+                result = late.ctl_json("download", GAME)
+                check(result["state"] == "finished", f"download during the flood: {result}")
+                check(downloads(late.game_dir / GAME) == downloads(root), "content differs")
+                assert flood.stdout is not None
+                sent = flood.stdout.readline().split()
+                check(sent[:1] == ["sent"], f"flood: {sent}")
+            finally:
+                _finish(flood)
+            grew = wait_for(
+                lambda: _rss_kib(victim.proc.pid) - rss_before < 20 * 1024,  # type: ignore[union-attr]
+                60,
+                "the victim's memory back within 20 MiB",
+            )
+            check(victim.ctl("status").returncode == 0, "the victim stopped serving")
+            figures.append(
+                f"{packets} packets at the fakes' target in {window:.0f} s; {sent[1]} Initials: "
+                f"honest connect {connect_time:.2f} s (lanspreadctl), memory back in {grew:.0f} s"
+            )
+            passed += 1
+    return runs, passed, "; ".join(figures[-1:])
+
+
+def _started(cmd: list[str], first_word: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith(first_word):
+        _finish(proc)
+        raise AssertionError(f"{cmd[5:7]}: {line!r}")
+    return proc
+
+
+def _ask(counter: subprocess.Popen[str]) -> int:
+    assert counter.stdin is not None and counter.stdout is not None
+    counter.stdin.write("\n")
+    counter.stdin.flush()
+    return int(counter.stdout.readline())
+
+
+def _finish(proc: subprocess.Popen[str]) -> None:
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
 
 
 def main(argv: list[str]) -> None:

@@ -38,6 +38,7 @@ from lanspreadd.archive.writer import Entry
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from tests.netns import Lan
 from tests.scenarios.hostile_announce import scenario as hostile_announce
+from tests.scenarios.hostile_flood import hostile_flood
 from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree, wait_for
 
 GAME = "sample-game"
@@ -763,6 +764,10 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "hostile-announce": (
         lambda: Outcome(*hostile_announce(1, 2)),
         lambda: Outcome(*hostile_announce(3, 6)),
+    ),
+    "hostile-flood": (
+        lambda: Outcome(*hostile_flood(1, 200, 20, 3000, 10)),
+        lambda: Outcome(*hostile_flood(2, 500, 75, 6000, 10)),
     ),
     "crash-recovery": (lambda: crash_recovery(4, 64 * MiB), lambda: crash_recovery(16, 128 * MiB)),
     "disk-full": (lambda: disk_full(1), lambda: disk_full(3)),
