@@ -38,9 +38,12 @@ class PendingRequests:
             self._pending.pop(request_id, None)
 
     def reply(self, peer_id: str, peer_name: str, message: Reply) -> None:
-        pending = self._pending.pop(message.request_id, None)
+        """Settle the request this reply answers, if `peer_id` is who was asked: a reply
+        from anyone else (guessing the next id) must not cost the real one its answer."""
+        pending = self._pending.get(message.request_id)
         if pending is None or pending[0] != peer_id or pending[1].done():
             return
+        del self._pending[message.request_id]
         if isinstance(message, ErrorReply):
             pending[1].set_exception(PeerError(f"{peer_name}: {message.message}"))
         else:

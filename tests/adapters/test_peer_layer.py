@@ -257,11 +257,6 @@ def test_a_new_connection_in_the_same_direction_replaces_the_stale_one(
     run(body())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PendingRequests.reply pops the request before checking who answered: a "
-    "forged reply from another peer drops the real one, and the request times out",
-)
 def test_a_reply_counts_only_from_the_peer_that_was_asked(tmp_path: Path) -> None:
     lan = MemoryLan(tmp_path)
     a, b, c = lan.peer("alpha"), lan.peer("bravo"), lan.peer("charlie")
