@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.netns import Lan
 from tests.support import Daemon, PrivateBus, system_user
 
 pytest_plugins = ("dbusmock.pytest_fixtures",)
@@ -96,6 +97,55 @@ def make_peer(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
             daemon.proc.kill()
             daemon.proc.wait(10)
         bus.stop()
+
+
+@pytest.fixture
+def lan() -> Iterator[Lan]:
+    if os.geteuid() != 0:
+        pytest.skip("network namespaces need root")
+    try:
+        network = Lan()
+    except subprocess.CalledProcessError as exc:
+        pytest.skip(f"cannot create network namespaces here: {exc.stderr!r}")
+    try:
+        yield network
+    finally:
+        network.delete()
+        leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert network.tag not in leftover
+
+
+@pytest.fixture
+def lan_peer(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Real daemons with mDNS, each in its own namespace on the test's own bridge:
+    mDNS on loopback would also find every other test's daemons on this machine."""
+    made: list[Daemon] = []
+
+    def make(name: str, *extra_args: str) -> Daemon:
+        ns, address = lan.add_host(len(made))
+        base = tmp_path / name
+        (base / "bus").mkdir(parents=True)
+        (base / "games").mkdir()
+        daemon = Daemon(
+            PrivateBus(base / "bus"),
+            base / "games",
+            base / "state",
+            name=name,
+            listen=address,
+            mdns=True,
+            netns=ns,
+            port=41800,
+            extra_args=extra_args,
+        )
+        made.append(daemon)
+        return daemon
+
+    yield make
+    for daemon in made:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.proc.kill()
+            daemon.proc.wait(10)
+        daemon.bus.stop()
 
 
 @pytest.fixture

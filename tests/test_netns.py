@@ -7,64 +7,14 @@ so lanspreadctl reaches it from here), and deletes every namespace by name.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
 
-from tests.netns import Lan
-from tests.support import Daemon, PrivateBus, make_game, tree, wait_for
+from tests.support import Daemon, make_game, tree, wait_for
 from tests.test_peers import GAME, MiB, downloads, game_entries
-
-
-@pytest.fixture
-def lan() -> Iterator[Lan]:
-    if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
-    try:
-        network = Lan()
-    except subprocess.CalledProcessError as exc:
-        pytest.skip(f"cannot create network namespaces here: {exc.stderr!r}")
-    try:
-        yield network
-    finally:
-        network.delete()
-        leftover = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-        assert network.tag not in leftover
-
-
-@pytest.fixture
-def lan_peer(lan: Lan, tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    made: list[Daemon] = []
-
-    def make(name: str, *extra_args: str) -> Daemon:
-        ns, address = lan.add_host(len(made))
-        base = tmp_path / name
-        (base / "bus").mkdir(parents=True)
-        (base / "games").mkdir()
-        daemon = Daemon(
-            PrivateBus(base / "bus"),
-            base / "games",
-            base / "state",
-            name=name,
-            listen=address,
-            mdns=True,
-            netns=ns,
-            port=41800,
-            extra_args=extra_args,
-        )
-        made.append(daemon)
-        return daemon
-
-    yield make
-    for daemon in made:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.proc.kill()
-            daemon.proc.wait(10)
-        daemon.bus.stop()
 
 
 @pytest.mark.slow

@@ -49,7 +49,7 @@ def downloads(root: Path) -> dict[str, bytes | None]:
 
 
 def connect(a: Daemon, b: Daemon) -> str:
-    result: dict[str, Any] = a.ctl_json("connect", f"127.0.0.1:{b.port}")
+    result: dict[str, Any] = a.ctl_json("connect", f"{b.listen}:{b.port}")
     return str(result["peer_id"])
 
 
@@ -57,9 +57,9 @@ def sources_of(peer: Daemon) -> int:
     return int(peer.ctl_json("show", GAME)["sources"])
 
 
-def test_mdns_discovery_download_and_install(make_peer: MakePeer) -> None:
-    source = make_peer("alpha", mdns=True)
-    receiver = make_peer("beta", mdns=True)
+def test_mdns_discovery_download_and_install(lan_peer: MakePeer) -> None:
+    source = lan_peer("alpha")
+    receiver = lan_peer("beta")
     root = seed_game(source, game_entries(6 * MiB))
     source.start()
     receiver.start()
@@ -288,9 +288,10 @@ def test_connecting_to_itself_is_refused(make_peer: MakePeer, target: str) -> No
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mdns", [False, True], ids=["manual", "mdns"])
-def test_a_peer_that_came_back_is_reconnected(make_peer: MakePeer, mdns: bool) -> None:
+def test_a_peer_that_came_back_is_reconnected(request: pytest.FixtureRequest, mdns: bool) -> None:
     """A laptop that slept or a cable pulled for a while: the peers find each other again."""
-    a, b = make_peer("a", mdns=mdns), make_peer("b", mdns=mdns)
+    make_peer: MakePeer = request.getfixturevalue("lan_peer" if mdns else "make_peer")
+    a, b = make_peer("a"), make_peer("b")
     a.start()
     b.start()
     if mdns:
