@@ -4,6 +4,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from lanspreadd.app.logs import (
@@ -142,12 +143,11 @@ def test_quic_connections_log_no_info_lines(make_peer: Callable[..., Daemon]) ->
         out = daemon.ctl("--json", "logs").stdout
         return [json.loads(line)["line"] for line in out.splitlines()]
 
-    for daemon in (first, second):
-        wait_for(  # the log works
-            lambda d=daemon: any("connected from" in line for line in logged(d)),
-            20,
-            f"{daemon.name} to log the connection",
-        )
+    def connection_logged(daemon: Daemon) -> bool:
+        return any("connected from" in line for line in logged(daemon))
+
+    for daemon in (first, second):  # the log works
+        wait_for(partial(connection_logged, daemon), 20, f"{daemon.name} to log the connection")
         lines = logged(daemon)
         assert not [line for line in lines if " quic: " in line], lines
         assert "quic: [" not in daemon.stderr()
