@@ -223,7 +223,8 @@ class Daemon:
                         tg.create_task(self._connect_quietly(dial))
                 self._redial_wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._redial_wake.wait(), self.redial.next_wake(now))
+                    async with asyncio.timeout(self.redial.next_wake(now)):
+                        await self._redial_wake.wait()
 
     async def _connect_quietly(self, dial: Dial) -> None:
         try:

@@ -204,8 +204,11 @@ class Downloader:
                     "was corrupt from every source"
                 )
             self._changed.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (a job's
+            # Cancel) that arrives in the step the event fires.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._changed.wait()
 
     async def _save_periodically(self, plan: DownloadPlan) -> None:
         files = self._files
@@ -214,7 +217,8 @@ class Downloader:
             # Woken at once when the download settles: a sleeping saver held every
             # finished download back by up to SAVE_INTERVAL.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settled.wait(), SAVE_INTERVAL)
+                async with asyncio.timeout(SAVE_INTERVAL):
+                    await self._settled.wait()
                 return
             # in_thread joins the thread even when cancelled: no save outlives the job.
             await in_thread(None, files.save_resume, plan)
@@ -241,7 +245,8 @@ class Downloader:
                     asked[key] = now + RECRUIT_RETRY
                     joining.create_task(self._join(peer, plan, tg))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._settled.wait(), RECRUIT_INTERVAL)
+                    async with asyncio.timeout(RECRUIT_INTERVAL):
+                        await self._settled.wait()
 
     async def _join(self, peer: Peer, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
         source = await self._enlist(peer)
@@ -288,7 +293,8 @@ class Downloader:
                         return
                     self._changed.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._changed.wait(), 0.5)
+                        async with asyncio.timeout(0.5):
+                            await self._changed.wait()
                     continue
                 if await in_thread(sock, self._fetch, sock, buffer, plan, chunk):
                     plan.completed(chunk)

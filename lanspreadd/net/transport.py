@@ -131,6 +131,8 @@ class PeerConnection(QuicConnectionProtocol):
                 await self.closed.wait()
                 return
             try:
-                await asyncio.wait_for(self.closed.wait(), max(0.0, at - time.monotonic()))
+                # asyncio.timeout: on 3.11 wait_for can swallow a cancel (see downloader).
+                async with asyncio.timeout(max(0.0, at - time.monotonic())):
+                    await self.closed.wait()
             except TimeoutError:
                 self._deliver(self.session.handle_timer(time.monotonic()))
