@@ -98,16 +98,19 @@ def test_a_silent_address_is_not_hurried_by_announcements() -> None:
     assert dialled(redial, 60) == [A]
 
 
-def test_new_addresses_are_dialled_at_a_bounded_rate_with_a_burst_for_a_party() -> None:
-    redial = Redial(new_dials_per_second=4, new_dial_burst=32)
+def test_new_addresses_are_dialled_at_a_bounded_rate() -> None:
+    redial = Redial(new_dials_per_second=2, new_dial_burst=8)
     for i in range(31):  # a 32-seat party: every other seat at once
         redial.seen(fake(i), f"10.0.1.{i + 1}", 7777, now=0)
-    assert len(dialled(redial, 0)) == 31
-    for i in range(31, 95):  # then fakes, each at an address of its own
-        redial.seen(fake(i), f"10.0.2.{i}", 7777, now=0.5)
-    counts = [len(dialled(redial, t / 2)) for t in range(1, 21)]  # ten seconds
-    assert sum(counts) <= 1 + 4 * 10
-    assert redial.next_wake(0.5) <= 1.0
+    assert len(dialled(redial, 0)) == 8
+    assert redial.next_wake(0) == 0.5  # when the budget has the next one
+    counts = [len(dialled(redial, t / 2)) for t in range(1, 24)]  # the next 11.5 s
+    assert sum(counts) == 23
+    assert max(counts) == 1
+    # Fakes, each at an address of its own, wait their turn in the same queue.
+    for i in range(31, 95):
+        redial.seen(fake(i), f"10.0.2.{i}", 7777, now=12)
+    assert sum(len(dialled(redial, 12 + t / 2)) for t in range(1, 21)) <= 8 + 2 * 10
 
 
 def test_unconnected_peers_are_capped_and_a_silent_one_makes_room() -> None:
