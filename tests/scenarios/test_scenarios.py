@@ -9,7 +9,18 @@ import pytest
 from tests.scenarios.run import SCENARIOS
 
 # Quick variants that still take more than about 5 s on the 2-core machine.
-SLOW = {"churn", "crash-recovery", "disk-full", "fan-in", "fan-out", "hostile-lan", "soak", "swarm"}
+SLOW = {
+    "churn",
+    "crash-recovery",
+    "disk-full",
+    "fan-in",
+    "fan-out",
+    "hostile-announce",
+    "hostile-flood",
+    "hostile-lan",
+    "soak",
+    "swarm",
+}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="scenarios need root (namespaces, tc, tmpfs)")
