@@ -52,26 +52,26 @@ def test_a_peer_that_answered_before_is_redialled_with_backoff_to_a_minute() -> 
 
 
 def test_an_address_that_never_answers_backs_off_to_once_an_hour() -> None:
-    redial = Redial(silent_first_delay=60, silent_max_delay=3600)
+    redial = Redial(silent_retry=10, silent_first_delay=60, silent_max_delay=3600)
     redial.seen(A, "10.0.0.2", 7777, now=0)
     times = dial_times(redial, 6 * 3600, step=5)
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[0] == 0
-    assert gaps[:6] == [60, 120, 240, 480, 960, 1920]
-    assert set(gaps[6:]) == {3600}
-    assert len([t for t in times if t < 3600]) <= 7
+    assert gaps[:7] == [10, 60, 120, 240, 480, 960, 1920]
+    assert set(gaps[7:]) == {3600}
+    assert len([t for t in times if t < 3600]) <= 8
 
 
 def test_fake_announcements_do_not_multiply_dials_to_one_address() -> None:
     """200 made-up ids, all at one host:port that never answers, announced again and
-    again: the address is dialled once, then a minute later, and so on."""
+    again: the address is dialled once, again 10 s later, then a minute later and so on."""
     redial = Redial()
     dials: list[tuple[float, Dial]] = []
     for now in range(0, 600):
         for i in range(200) if now % 5 == 0 else ():
             redial.seen(fake(i), "10.0.0.66", 9, now=now)
         dials += [(now, d) for d in redial.due(now, frozenset())]
-    assert [t for t, _ in dials] == [0, 60, 180, 420]
+    assert [t for t, _ in dials] == [0, 10, 70, 190, 430]
 
 
 def test_an_announcement_restarts_the_backoff_only_for_the_peer_that_answered_there() -> None:
@@ -89,13 +89,15 @@ def test_an_announcement_restarts_the_backoff_only_for_the_peer_that_answered_th
 
 
 def test_a_silent_address_is_not_hurried_by_announcements() -> None:
-    redial = Redial(silent_first_delay=60)
+    redial = Redial(silent_retry=10, silent_first_delay=60)
     redial.seen(A, "10.0.0.2", 7777, now=0)
     assert dialled(redial, 0) == [A]
-    for now in range(1, 60):
+    for now in [*range(1, 10), *range(11, 70)]:
         redial.seen(A, "10.0.0.2", 7777, now=now)
-        assert dialled(redial, now) == []
-    assert dialled(redial, 60) == [A]
+        assert dialled(redial, now) == [], now
+        if now == 9:
+            assert dialled(redial, 10) == [A]
+    assert dialled(redial, 70) == [A]
 
 
 def test_new_addresses_are_dialled_at_a_bounded_rate() -> None:

@@ -9,8 +9,10 @@ attempt a minute.
 Anyone on the LAN can announce peers, though: 200 made-up services pointing at one
 host:port made every daemon dial all of them, for ever, a packet source against a
 chosen target. So the schedule belongs to the address, whatever ids claim it: an
-address that never completed a handshake is dialled a minute later, then less and
-less often, down to once an hour, and an announcement does not hurry it. Addresses
+address that never completed a handshake is tried once more 10 s later (a peer too
+busy to answer the first time: 32 daemons starting on one 2-core machine), then a
+minute later, then less and less often, down to once an hour, and an announcement
+does not hurry it. Addresses
 new to us are dialled at a bounded rate, and only so many unconnected peers are kept.
 The rate was measured with 32 daemons on one 2-core machine: 8 at once and then 2 a
 second meshed them 12.5 s after the last had started; 32 at once and 4 a second
@@ -26,7 +28,8 @@ from dataclasses import dataclass
 
 FIRST_DELAY = 2.0  # an address that answered before and dropped
 MAX_DELAY = 60.0
-SILENT_FIRST_DELAY = 60.0  # an address that never completed a handshake
+SILENT_RETRY = 10.0  # an address that never completed a handshake, tried again
+SILENT_FIRST_DELAY = 60.0  # and after that
 SILENT_MAX_DELAY = 3600.0
 MAX_UNCONNECTED = 64
 MAX_ADDRESSES = 1024  # the schedules remembered, busiest first: one per seat, and fakes
@@ -68,6 +71,7 @@ class Redial:
         self,
         first_delay: float = FIRST_DELAY,
         max_delay: float = MAX_DELAY,
+        silent_retry: float = SILENT_RETRY,
         silent_first_delay: float = SILENT_FIRST_DELAY,
         silent_max_delay: float = SILENT_MAX_DELAY,
         max_unconnected: int = MAX_UNCONNECTED,
@@ -76,6 +80,7 @@ class Redial:
     ) -> None:
         self.first_delay = first_delay
         self.max_delay = max_delay
+        self.silent_retry = silent_retry
         self.silent_first_delay = silent_first_delay
         self.silent_max_delay = silent_max_delay
         self.max_unconnected = max_unconnected
@@ -148,11 +153,7 @@ class Redial:
             dials.append(Dial(peer_id, known.host, known.port, schedule.attempts))
             live.add(known.address)  # one dial per address, whatever ids claim it
             schedule.attempts += 1
-            if schedule.answered_by is None:
-                first, cap = self.silent_first_delay, self.silent_max_delay
-            else:
-                first, cap = self.first_delay, self.max_delay
-            schedule.delay = min(max(schedule.delay * 2, first), cap)
+            schedule.delay = self._next_delay(schedule)
             schedule.next_at = now + schedule.delay
         return dials
 
@@ -168,6 +169,13 @@ class Redial:
                 wait = max(wait, (1 - self._budget) / self.new_dials_per_second)
             waits.append(wait)
         return max(0.0, min(waits))
+
+    def _next_delay(self, schedule: _Schedule) -> float:
+        if schedule.answered_by is not None:
+            return min(max(schedule.delay * 2, self.first_delay), self.max_delay)
+        if schedule.attempts == 1:
+            return self.silent_retry
+        return min(max(schedule.delay * 2, self.silent_first_delay), self.silent_max_delay)
 
     def _answered(self, schedule: _Schedule, peer_id: str) -> None:
         schedule.answered_by = peer_id
