@@ -15,9 +15,10 @@ minute later, then less and less often, down to once an hour, and an announcemen
 does not hurry it. Addresses
 new to us are dialled at a bounded rate, and only so many unconnected peers are kept.
 The rate was measured with 32 daemons on one 2-core machine: 8 at once and then 2 a
-second meshed them 12.5 s after the last had started; 32 at once and 4 a second
-overloaded it, handshakes timed out and the silent backoff held pairs apart for
-minutes. Sans-IO: the caller passes the clock and the connected set.
+second meshed them 12.5 s after the last had started on a quiet machine (45-85 s
+while other test suites loaded it too); 32 at once and 4 a second overloaded it,
+handshakes timed out and the silent backoff held pairs apart for 189 s. Sans-IO: the
+caller passes the clock and the connected set.
 """
 
 from __future__ import annotations
