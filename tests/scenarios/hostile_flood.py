@@ -195,8 +195,10 @@ def hostile_flood(
             assert c.lan is not None
             ns, target = c.lan.add_host(len(c.peers))
             hostile = ["ip", "netns", "exec", ns, *HOSTILE]
-            counter = _started([*hostile, "count", target, "9"], "listening")
-            fake = _started([*hostile, "mdns-fake", str(fakes), target, "9", target], "announced")
+            counter = start_hostile([*hostile, "count", target, "9"], "listening")
+            fake = start_hostile(
+                [*hostile, "mdns-fake", str(fakes), target, "9", target], "announced"
+            )
             announced = time.monotonic()
             try:
                 victim.start()
@@ -206,13 +208,13 @@ def hostile_flood(
                 check(result["state"] == "finished", f"download among fakes: {result}")
                 check(downloads(receiver.game_dir / GAME) == downloads(root), "content differs")
                 time.sleep(max(0.0, window - (time.monotonic() - announced)))
-                packets = _ask(counter)
+                packets = ask(counter)
                 # Per daemon: a dial, another 10 s later, then one a minute at most.
                 bound = 2 * PER_DIAL * (2 + int(window // 60))
                 check(packets <= bound, f"{packets} packets at the target (at most {bound})")
             finally:
-                _finish(fake)
-                _finish(counter)
+                finish(fake)
+                finish(counter)
             refusals = victim.ctl_json("status")["refusals"]
             check(refusals.get("mdns-too-many-peers", 0) > 0, f"refusals {refusals}")
 
@@ -222,7 +224,7 @@ def hostile_flood(
             assert victim.proc is not None
             rss_before = _rss_kib(victim.proc.pid)
             flood_args = ["quic-flood", victim.listen, str(victim.port), str(initials)]
-            flood = _started([*hostile, *flood_args, str(seconds), *sources], "ready")
+            flood = start_hostile([*hostile, *flood_args, str(seconds), *sources], "ready")
             try:
                 late.start()
                 assert flood.stdin is not None
@@ -239,7 +241,7 @@ def hostile_flood(
                 sent = flood.stdout.readline().split()
                 check(sent[:1] == ["sent"], f"flood: {sent}")
             finally:
-                _finish(flood)
+                finish(flood)
             grew = wait_for(
                 lambda: _rss_kib(victim.proc.pid) - rss_before < 20 * 1024,  # type: ignore[union-attr]
                 60,
@@ -254,24 +256,24 @@ def hostile_flood(
     return runs, passed, "; ".join(figures[-1:])
 
 
-def _started(cmd: list[str], first_word: str) -> subprocess.Popen[str]:
+def start_hostile(cmd: list[str], first_word: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith(first_word):
-        _finish(proc)
+        finish(proc)
         raise AssertionError(f"{cmd[5:7]}: {line!r}")
     return proc
 
 
-def _ask(counter: subprocess.Popen[str]) -> int:
+def ask(counter: subprocess.Popen[str]) -> int:
     assert counter.stdin is not None and counter.stdout is not None
     counter.stdin.write("\n")
     counter.stdin.flush()
     return int(counter.stdout.readline())
 
 
-def _finish(proc: subprocess.Popen[str]) -> None:
+def finish(proc: subprocess.Popen[str]) -> None:
     if proc.stdin is not None:
         proc.stdin.close()
     try:
