@@ -64,6 +64,17 @@ class PeerSource(Protocol):
     async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList: ...
 
 
+async def woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; True if it was set. asyncio.timeout, not
+    wait_for: on 3.11 wait_for swallows a cancel (a job's Cancel) that arrives in the
+    step the event fires."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+            return True
+    return False
+
+
 @dataclass
 class Source:
     peer_id: str
@@ -204,11 +215,7 @@ class Downloader:
                     "was corrupt from every source"
                 )
             self._changed.clear()
-            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancel (a job's
-            # Cancel) that arrives in the step the event fires.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1.0):
-                    await self._changed.wait()
+            await woken(self._changed, 1.0)
 
     async def _save_periodically(self, plan: DownloadPlan) -> None:
         files = self._files
@@ -216,9 +223,7 @@ class Downloader:
         while not plan.finished:
             # Woken at once when the download settles: a sleeping saver held every
             # finished download back by up to SAVE_INTERVAL.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(SAVE_INTERVAL):
-                    await self._settled.wait()
+            if await woken(self._settled, SAVE_INTERVAL):
                 return
             # in_thread joins the thread even when cancelled: no save outlives the job.
             await in_thread(None, files.save_resume, plan)
@@ -244,9 +249,7 @@ class Downloader:
                         continue
                     asked[key] = now + RECRUIT_RETRY
                     joining.create_task(self._join(peer, plan, tg))
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(RECRUIT_INTERVAL):
-                        await self._settled.wait()
+                await woken(self._settled, RECRUIT_INTERVAL)
 
     async def _join(self, peer: Peer, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
         source = await self._enlist(peer)
@@ -292,9 +295,7 @@ class Downloader:
                     if plan.finished or source.peer_id not in plan.sources:
                         return
                     self._changed.clear()
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.5):
-                            await self._changed.wait()
+                    await woken(self._changed, 0.5)
                     continue
                 if await in_thread(sock, self._fetch, sock, buffer, plan, chunk):
                     plan.completed(chunk)
