@@ -484,13 +484,15 @@ def test_a_stuck_unpack_tool_is_stopped_with_a_named_error(
 ) -> None:
     listing, dest = stuck_unar
     extraction = Extraction(listing, dest, lambda _n: None, threading.Event(), stall_timeout=1.0)
+    # Session fixtures (the booted machines) may have children of their own running.
+    before = set(_children(os.getpid()))
     started = time.monotonic()
     done, raised = _in_thread(extraction.run)
     assert done.wait(30), "the stuck tool was never stopped"
     assert isinstance(raised[0], UnpackStalled), raised
     assert "unar wrote nothing for 1 s while unpacking rar5-solid.rar" in str(raised[0])
     assert 1.0 <= time.monotonic() - started < 30
-    assert not [pid for pid in _children(os.getpid()) if _alive(pid)]
+    assert not [pid for pid in set(_children(os.getpid())) - before if _alive(pid)]
 
 
 def test_cancel_stops_a_running_tool_within_5_s(stuck_unar: tuple[Listing, Path]) -> None:
@@ -587,11 +589,17 @@ def test_stream_source_stops_a_stuck_unar(tmp_path: Path) -> None:
     """A stopped unar stands in for a hung one: the source's reader must not wait forever."""
     shutil.copy(SAMPLES / "rar5-solid.rar", tmp_path)
     children = Path(f"/proc/self/task/{threading.get_native_id()}/children")
+
+    def started_here() -> set[int]:
+        return {int(pid) for pid in children.read_text().split()}
+
+    # Session fixtures (the booted machines) may have children of this thread running.
+    before = started_here()
     for _attempt in range(10):
         provider = RarStreamProvider([tmp_path / "rar5-solid.rar"], stall_timeout=1.0)
         entries = provider.entries()
         next(entries)  # unar has been started by this thread
-        (tool,) = (int(pid) for pid in children.read_text().split())
+        (tool,) = started_here() - before
         os.kill(tool, signal.SIGSTOP)
         if _alive(tool):
             break
