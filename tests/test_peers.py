@@ -236,8 +236,13 @@ def test_outdated_and_local_only_peers_are_never_sources(make_peer: MakePeer) ->
         assert "asked for the file list" not in peer.stderr()
 
 
+@pytest.mark.slow
 def test_removing_a_game_on_a_source_mid_download(make_peer: MakePeer) -> None:
-    first, _second, receiver, root = two_sources(make_peer, 160 * MiB)
+    # Sources at a set rate: unlimited on loopback, the download could end before the
+    # test saw a transfer, and the removal would not land mid-download.
+    first, _second, receiver, root = two_sources(
+        make_peer, 96 * MiB, "--upload-limit", str(16 * MiB)
+    )
     expected = downloads(root)
     receiver.ctl("download", "--no-wait", GAME)
     wait_for(lambda: first.ctl_json("show", GAME)["outbound_transfers"] > 0, 30, "transfers")

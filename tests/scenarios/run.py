@@ -135,6 +135,11 @@ def idle(peer: Daemon) -> bool:
     return str(show(peer)["operation"]) == ""
 
 
+def written(root: Path) -> int:
+    """Bytes stored under `root`: a download's files are sparse until chunks land."""
+    return sum(p.stat().st_blocks * 512 for p in root.rglob("*") if p.is_file())
+
+
 def serving(source: Daemon) -> bool:
     """The source is sending the game to someone: a download is under way."""
     return int(show(source)["outbound_transfers"]) > 0
@@ -336,7 +341,8 @@ def disk_full(runs: int) -> Outcome:
                 connect(receiver, source)
                 wait_for(lambda: show(receiver)["sources"] == 1, 20, "the source")
                 receiver.ctl("download", "--no-wait", GAME)
-                wait_for(lambda: serving(source), 20, "the download to start")
+                # Asked often and cheaply: the download lasts 1.5 s at the source's rate.
+                wait_for(lambda: written(mount / GAME) > 0, 20, "the first chunk", every=0.01)
                 filler = mount / "filler.bin"  # someone else fills the disk mid-download
                 with filler.open("wb") as fh, contextlib.suppress(OSError):
                     while True:
