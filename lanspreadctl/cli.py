@@ -21,6 +21,7 @@ from lanspreadctl.client import (
     EXIT_USAGE,
     JOB_IFACE,
     ROOT_PATH,
+    UNKNOWN_OBJECT,
     Client,
     ClientError,
     unwrap,
@@ -126,7 +127,7 @@ async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
             props.update(unwrap(msg.body[1]))
             bar.show(
                 props.get("BytesDone", 0),
-                props.get("BytesTotal", 0),
+                props.get("Bytes", 0),
                 props.get("Rate", 0),
                 sources=len(props.get("Sources", {})),
             )
@@ -135,15 +136,23 @@ async def wait_job(client: Client, path: str, label: str, out: Output) -> int:
 
     await client.subscribe(f"type='signal',sender='{BUS_NAME}',path='{path}'", on_signal)
     await client.watch_daemon()
-    props.update(await client.get_all(path, JOB_IFACE))
-    if props["State"] == "running":
-        try:
-            await client.until_daemon_gone(done, label)
-        except ClientError:
-            bar.close()  # the message goes on a line of its own
-            raise
+    try:
         props.update(await client.get_all(path, JOB_IFACE))
-    bar.show(props["BytesDone"], props["BytesTotal"], 0, force=True)
+        if props["State"] == "running":
+            try:
+                await client.until_daemon_gone(done, label)
+            except ClientError:
+                bar.close()  # the message goes on a line of its own
+                raise
+            props.update(await client.get_all(path, JOB_IFACE))
+    except ClientError as exc:
+        if exc.name != UNKNOWN_OBJECT:
+            raise
+        # Ended jobs leave the bus after a while: this one ended before we looked.
+        bar.close()
+        out.emit({"job": path, "state": "ended"}, f"{label}: ended (see lanspreadctl log)")
+        return EXIT_OK
+    bar.show(props["BytesDone"], props["Bytes"], 0, force=True)
     bar.close()
     state = props["State"]
     text = f"{label}: {state}"

@@ -44,6 +44,7 @@ EXIT_UNREACHABLE = 3
 EXIT_DENIED = 4
 
 DAEMON_STOPPED = "daemon-stopped"
+UNKNOWN_OBJECT = "org.freedesktop.DBus.Error.UnknownObject"
 
 UNREACHABLE_ERRORS = {
     "org.freedesktop.DBus.Error.ServiceUnknown",

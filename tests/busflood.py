@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from lanspreadd.dbus.busconnect import connect_bus
 from tests.support import BUS_NAME, MANAGER, ROOT, as_user
@@ -27,7 +28,7 @@ FLOOD_DEADLINE = 90
 
 
 async def flood(address: str, calls: int, in_flight: int) -> dict[str, Any]:
-    bus = await connect_bus(address)
+    bus = await connect_bus(address, MessageBus)
     daemon_serials: list[int] = []
     daemon = (
         await bus.call(

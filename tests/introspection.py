@@ -14,6 +14,7 @@ from tests.support import disconnect
 
 XML = Path(__file__).resolve().parent.parent / "dbus" / "org.lanspread.Lanspread1.xml"
 OURS = "org.lanspread.Lanspread1."
+EMITS_CHANGED = "org.freedesktop.DBus.Property.EmitsChangedSignal"
 
 
 def describe(iface: Interface) -> dict[str, Any]:
@@ -21,13 +22,16 @@ def describe(iface: Interface) -> dict[str, Any]:
     return {
         "methods": {
             m.name: (
-                tuple(a.signature for a in m.in_args),
-                tuple(a.signature for a in m.out_args),
+                tuple((a.name, a.signature) for a in m.in_args),
+                tuple((a.name, a.signature) for a in m.out_args),
             )
             for m in iface.methods
         },
-        "signals": {s.name: tuple(a.signature for a in s.args) for s in iface.signals},
-        "properties": {p.name: (p.signature, p.access.value) for p in iface.properties},
+        "signals": {s.name: tuple((a.name, a.signature) for a in s.args) for s in iface.signals},
+        "properties": {
+            p.name: (p.signature, p.access.value, p.annotations.get(EMITS_CHANGED))
+            for p in iface.properties
+        },
     }
 
 

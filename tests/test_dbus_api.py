@@ -140,7 +140,7 @@ def test_object_manager_and_state_through_an_install(daemon: Daemon, game_dir: P
         job_path = reply.body[0]
         state = await wait_job(bus, job_path)
         assert state["State"] == "finished"
-        assert state["BytesDone"] == state["BytesTotal"] > 0
+        assert state["BytesDone"] == state["Bytes"] > 0
         await seen.until(
             lambda m: m.member == "Completed" and m.path == job_path, "the job's Completed"
         )
@@ -261,16 +261,26 @@ def test_bad_input_gets_named_errors_and_daemon_keeps_serving(
             ("SetGameDir", "s", ["relative/dir"], ERR + "InvalidArgument"),
             ("SetGameDir", "s", ["/no/such/dir"], ERR + "InvalidArgument"),
             ("SetGameDir", "s", [""], ERR + "InvalidArgument"),
-            ("GetGame", "u", [7], "org.freedesktop.DBus.Error.UnknownMethod"),
-            ("Install", "", [], "org.freedesktop.DBus.Error.UnknownMethod"),
+            ("ConnectPeer", "s", ["h" * 100_000], ERR + "InvalidArgument"),
+            ("GetGame", "u", [7], "org.freedesktop.DBus.Error.InvalidArgs"),
+            ("Install", "", [], "org.freedesktop.DBus.Error.InvalidArgs"),
             ("NoSuchMethod", "", [], "org.freedesktop.DBus.Error.UnknownMethod"),
         ]
         for member, sig, body, expected in cases:
             reply = await call(bus, member, sig, body)
             assert error_name(reply) == expected, (member, body[:1], reply.body)
             assert reply.body and reply.body[0], "every error has a message"
+            # What the caller sent comes back cut to 80 characters, not whole.
+            assert len(reply.body[0]) < 200, (member, reply.body[0][:300])
         bogus = await call(bus, "GetAll", "s", ["x"], path="/org/lanspread/Lanspread1/games/zz")
-        assert error_name(bogus) is not None
+        assert error_name(bogus) == "org.freedesktop.DBus.Error.UnknownObject"
+        gone = await call(bus, "Cancel", path=f"{ROOT}/jobs/99999", interface=JOB_IFACE)
+        assert error_name(gone) == "org.freedesktop.DBus.Error.UnknownObject"
+        # The object manager lives at the root only.
+        here = await call(
+            bus, "GetManagedObjects", path=GAME_PATH, interface="org.freedesktop.DBus.ObjectManager"
+        )
+        assert error_name(here) == "org.freedesktop.DBus.Error.UnknownInterface"
         games = await call(bus, "ListGames")
         assert len(games.body[0]) == 6
         await disconnect(bus)

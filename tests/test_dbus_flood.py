@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from dbus_fast import Message, MessageType
+from dbus_fast.aio import MessageBus
 
 from lanspreadd.dbus.busconnect import PatientWriter, connect_bus
 from tests.busflood import flood_as
@@ -125,8 +126,8 @@ def test_writer_waits_out_a_full_socket_without_losing_or_reordering(tmp_path: P
     count, size = 4000, 8192
 
     async def run() -> list[tuple[int, bytes]]:
-        sender = await connect_bus(private.address)
-        receiver = await connect_bus(private.address)
+        sender = await connect_bus(private.address, MessageBus)
+        receiver = await connect_bus(private.address, MessageBus)
         assert isinstance(sender._writer, PatientWriter)
         got: list[tuple[int, bytes]] = []
         all_in = asyncio.Event()

@@ -98,9 +98,11 @@ def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
     result = receiver.ctl_json("download", GAME)
     assert result["state"] == "finished"
     # The Job object says how much came from whom.
-    assert sorted(result["sources"]) == ["src0", "src1", "src2"]
+    # Keyed by peer id, which joins them to the Peer objects (names may collide).
+    assert set(result["sources"]) == {p.ctl_json("status")["peer_id"] for p in sources}
     assert all(n > 0 for n in result["sources"].values())
-    assert sum(result["sources"].values()) == result["bytes_total"]
+    assert sum(result["sources"].values()) == result["bytes"]
+    assert result["progress"] == 1.0 and result["progress_valid"] is True
     assert downloads(receiver.game_dir / GAME) == downloads(root)
     line = next(line for line in receiver.stderr().splitlines() if "downloaded sample-game" in line)
     assert "from 3 source(s)" in line

@@ -53,7 +53,7 @@ class Daemon:
         self.ops = OperationTable()
         self.unpack_logs = UnpackLogs(config.state_dir / "unpack-logs.json")
         self.identity = load_or_create(config.state_dir / "identity", config.name)
-        self.status = "starting"
+        self._phase = "starting"  # then serving, then stopping
         self.failure: str | None = None
         self.supervisor = Supervisor(self._required_failed)
         self._stopping = asyncio.Event()
@@ -121,15 +121,12 @@ class Daemon:
             await asyncio.wait([ready, stopping], return_when=asyncio.FIRST_COMPLETED)
             ready.cancel()
             if not self._stopping.is_set():
-                self.status = (
-                    f"serving {len(self.catalog.games)} catalog games as "
-                    f"{self.identity.peer_id[:8]} on port {self.config.port}"
-                )
+                self._enter("serving")
                 log.info("lanspreadd ready: game dir %s, %s", self.library.game_dir, self.status)
                 if on_ready is not None:
                     on_ready.set()
             await stopping
-            self.status = "stopping"
+            self._enter("stopping")
             await self.games.stop_jobs()
             await self.peers.say_goodbye("daemon shutting down")
             self.supervisor.stopping.set()
@@ -262,6 +259,20 @@ class Daemon:
         log.info("game directory is now %s", new)
         self.games.notify_all()
 
+    @property
+    def status(self) -> str:
+        """One line on what the daemon is doing, for `lanspreadctl status` and D-Bus."""
+        if self._phase != "serving":
+            return self._phase
+        return (
+            f"serving {len(self.catalog.games)} catalog games as "
+            f"{self.identity.peer_id[:8]} on port {self.config.port}"
+        )
+
+    def _enter(self, phase: str) -> None:
+        self._phase = phase
+        self.observers.status_changed(self.status)
+
     def reload_catalog(self) -> int:
         catalog = Catalog.load(self.catalog.source)
         old = set(self.catalog.games)
@@ -272,6 +283,7 @@ class Daemon:
         self.games.rescan(None)
         self.games.catalog_changed()
         log.info("catalog reloaded from %s: %d games", catalog.source, len(catalog.games))
+        self.observers.status_changed(self.status)
         return len(catalog.games)
 
     def logs(self, max_lines: int) -> tuple[int, list[str]]:

@@ -100,7 +100,7 @@ class Downloader:
     committed: FileList | None = None
     _files: PartialDownload | None = None
     _fingerprint: str = ""
-    received: Counter[str] = field(default_factory=Counter)
+    received: Counter[str] = field(default_factory=Counter)  # bytes per peer id
 
     def candidates(self) -> list[Peer]:
         return self.peers.holding(self.game_id, self.version)
@@ -126,8 +126,12 @@ class Downloader:
             self.game_id,
             self.version,
             len(self.received),
-            ", ".join(f"{name} {n >> 20} MiB" for name, n in sorted(self.received.items())),
+            ", ".join(f"{self._name(p)} {n >> 20} MiB" for p, n in sorted(self.received.items())),
         )
+
+    def _name(self, peer_id: str) -> str:
+        source = self.sources.get(peer_id)
+        return source.name if source is not None else peer_id[:8]
 
     async def _file_lists(self) -> dict[str, FileList]:
         """Every candidate's file list that passes the checks, asked all at once."""
@@ -299,7 +303,7 @@ class Downloader:
                     continue
                 if await in_thread(sock, self._fetch, sock, buffer, plan, chunk):
                     plan.completed(chunk)
-                    self.received[source.name] += chunk.length
+                    self.received[source.peer_id] += chunk.length
                     self.progress(plan.bytes_done, plan.total_bytes)
                 else:
                     log.warning(

@@ -194,7 +194,9 @@ class Games:
         """Jobs run as tasks of the daemon's group; None while it is not running."""
         self._spawn = spawn
 
-    def start(self, kind: OpKind, game_id: str, install: bool = False) -> Job:
+    def start(
+        self, kind: OpKind, game_id: str, install: bool = False, started_by_uid: int = 0
+    ) -> Job:
         game = self.view(game_id)
         if (running := self.ops.get(game.id)) is not None:
             raise Busy(f"{game.id} is busy: {running.kind} is running (job {running.id})")
@@ -205,6 +207,7 @@ class Games:
             raise self._no_sources(game.id, game.catalog_version)
         job = self.ops.begin(game.id, kind)
         job.install_after = install
+        job.started_by_uid = started_by_uid
         log.info("%s of %s started (job %d)", kind, game.id, job.id)
         self.observers.job_started(job)
         self._tell_now(game.id)
@@ -214,14 +217,20 @@ class Games:
         task.add_done_callback(self._job_tasks.discard)
         return job
 
-    def cancel(self, game_id: str) -> Job:
+    def job(self, game_id: str) -> Job:
+        """The game's running job."""
         job = self.ops.get(game_id)
         if job is None:
             raise NotFound(f"no operation is running for {game_id}")
+        return job
+
+    def cancel_job(self, job: Job) -> None:
+        """Ask a running job to stop: where it waits on peers at once, file work soon."""
+        if job.state is not JobState.RUNNING or job.cancel_event.is_set():
+            return
         job.cancel_event.set()
         self.runner.interrupt(job)
-        log.info("cancel requested for %s of %s (job %d)", job.kind, game_id, job.id)
-        return job
+        log.info("cancel requested for %s of %s (job %d)", job.kind, job.game_id, job.id)
 
     async def stop_jobs(self) -> None:
         """Cancel every job and wait for them to end, up to a grace period."""

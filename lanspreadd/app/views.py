@@ -38,6 +38,7 @@ class Observer(Protocol):
     def job_finished(self, job: Job) -> None: ...
     def runtime_failed(self, component: str, error: str) -> None: ...
     def peer_changed(self, peer_id: str, peer: Peer | None) -> None: ...
+    def status_changed(self, status: str) -> None: ...
 
 
 class Observers(list[Observer]):
@@ -70,3 +71,7 @@ class Observers(list[Observer]):
     def peer_changed(self, peer_id: str, peer: Peer | None) -> None:
         for obs in self:
             obs.peer_changed(peer_id, peer)
+
+    def status_changed(self, status: str) -> None:
+        for obs in self:
+            obs.status_changed(status)

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lanspreadd.core.escape import echoed
 from lanspreadd.errors import CatalogError, InvalidArgument
 
 GAME_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -16,7 +17,8 @@ GAME_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 def check_game_id(game_id: object) -> str:
     """Game ids become directory names and object paths, so only a safe alphabet passes."""
     if not isinstance(game_id, str) or not GAME_ID_RE.fullmatch(game_id):
-        raise InvalidArgument(f"invalid game id {game_id!r}: use a-z, 0-9, '.', '_' or '-'")
+        shown = echoed(game_id) if isinstance(game_id, str) else type(game_id).__name__
+        raise InvalidArgument(f"invalid game id {shown!r}: use a-z, 0-9, '.', '_' or '-'")
     return game_id
 
 
@@ -62,7 +64,7 @@ class Catalog:
         for row in rows:
             game_id = row["id"]
             if not isinstance(game_id, str) or not GAME_ID_RE.fullmatch(game_id):
-                raise CatalogError(f"catalog {source}: invalid game id {game_id!r}")
+                raise CatalogError(f"catalog {source}: invalid game id {echoed(str(game_id))!r}")
             version = str(row["version"] or "").strip()
             if not version:
                 raise CatalogError(f"catalog {source}: game {game_id} has no version")

@@ -16,6 +16,7 @@ import stat
 from pathlib import Path
 
 from lanspreadd.core import acl
+from lanspreadd.core.escape import echoed
 from lanspreadd.errors import InvalidArgument, NoAccess
 
 log = logging.getLogger(__name__)
@@ -43,39 +44,40 @@ def check_game_dir(path: object, state_dir: Path) -> Path:
     if not isinstance(path, str) or not path or "\x00" in path:
         raise InvalidArgument("the game directory must be a non-empty path")
     new = Path(path)
+    shown = echoed(path)  # what the caller sent comes back cut short
     if not new.is_absolute():
-        raise InvalidArgument(f"the game directory must be absolute: {path!r}")
+        raise InvalidArgument(f"the game directory must be absolute: {shown!r}")
     real = Path(os.path.realpath(new))
     state = Path(os.path.realpath(state_dir))
     if real == Path("/"):
         raise InvalidArgument("the game directory cannot be /")
     if state.is_relative_to(real):
-        raise InvalidArgument(f"{path} holds lanspreadd's state directory {state}")
+        raise InvalidArgument(f"{shown} holds lanspreadd's state directory {state}")
     if real.is_relative_to(state) and not real.is_relative_to(state / "games"):
         raise InvalidArgument(
-            f"{path} is inside lanspreadd's state directory; games go to {state / 'games'}"
+            f"{shown} is inside lanspreadd's state directory; games go to {state / 'games'}"
         )
     try:
         st = os.stat(new)
     except FileNotFoundError:
         raise InvalidArgument(
-            f"{path} does not exist where lanspreadd can see it: {fix_command(path)}, "
+            f"{shown} does not exist where lanspreadd can see it: {fix_command(shown)}, "
             "which creates it and gives the service access"
         ) from None
     except OSError as exc:
         raise NoAccess(
-            f"lanspreadd cannot reach {path} ({exc.strerror}): {fix_command(path)} "
+            f"lanspreadd cannot reach {shown} ({exc.strerror}): {fix_command(shown)} "
             "to give the service access"
         ) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise InvalidArgument(f"{path} is not a directory")
+        raise InvalidArgument(f"{shown} is not a directory")
     probe = new / f".lanspread-probe-{secrets.token_hex(6)}"
     try:
         os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o600))
         os.unlink(probe)
     except OSError as exc:
         raise NoAccess(
-            f"lanspreadd cannot write in {path} ({exc.strerror}): {fix_command(path)} "
+            f"lanspreadd cannot write in {shown} ({exc.strerror}): {fix_command(shown)} "
             "to give the service access"
         ) from None
     return new

@@ -46,9 +46,11 @@ class Job:
     error_name: str = ""
     error_message: str = ""
     started: float = field(default_factory=time.monotonic)
+    started_at: float = field(default_factory=time.time)  # wall clock, for clients
+    started_by_uid: int = 0  # who asked for it (0: root, or the daemon itself)
     cancel_event: threading.Event = field(default_factory=threading.Event)
     install_after: bool = False
-    sources: dict[str, int] = field(default_factory=dict)  # bytes received per peer name
+    sources: dict[str, int] = field(default_factory=dict)  # bytes received per peer id
     _samples: list[tuple[float, int]] = field(default_factory=list)
 
     def update(self, done: int, total: int, now: float) -> None:
@@ -61,6 +63,19 @@ class Job:
         first_t, first_done = self._samples[0]
         span = now - first_t
         self.rate = (done - first_done) / span if span > 0 else 0.0
+
+    @property
+    def fraction(self) -> float | None:
+        """How far along, 0..1; None while the total is unknown."""
+        if self.state is JobState.FINISHED:
+            return 1.0
+        return min(1.0, self.bytes_done / self.bytes_total) if self.bytes_total else None
+
+    def expected_end(self, now: float) -> float | None:
+        """When it should end at the current rate (wall clock); None if nobody can tell."""
+        if self.state is not JobState.RUNNING or not self.bytes_total or self.rate <= 0:
+            return None
+        return now + max(0, self.bytes_total - self.bytes_done) / self.rate
 
     def finish(self, state: JobState, error_name: str = "", message: str = "") -> bool:
         """Settle the job once; later calls are ignored so there is exactly one outcome."""

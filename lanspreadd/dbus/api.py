@@ -10,7 +10,7 @@ import contextlib
 import contextvars
 import logging
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 from dbus_fast import (
     Message,
@@ -22,19 +22,26 @@ from dbus_fast import (
     Variant,
 )
 from dbus_fast.aio import MessageBus
-from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+from dbus_fast.service import dbus_property, method, signal
 
 from lanspreadd import __version__
 from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogLine
 from lanspreadd.app.views import GameView
 from lanspreadd.core.escape import escape_unsafe
-from lanspreadd.core.operations import Job, OpKind
+from lanspreadd.core.operations import Job, JobState, OpKind
 from lanspreadd.dbus import args
 from lanspreadd.dbus.busconnect import connect_bus
-from lanspreadd.dbus.errors import dbus_error_name, dbus_errors
+from lanspreadd.dbus.conventions import Exported, ObjectManagerBus
+from lanspreadd.dbus.errors import dbus_errors
+from lanspreadd.dbus.job import JobInterface
 from lanspreadd.dbus.polkit import check_authorization
-from lanspreadd.errors import InvalidArgument, LanspreadError, NotAuthorized
+from lanspreadd.errors import (
+    InvalidArgument,
+    InvalidState,
+    LanspreadError,
+    NotAuthorized,
+)
 from lanspreadd.net.peers import Peer
 
 log = logging.getLogger(__name__)
@@ -44,8 +51,8 @@ ROOT_PATH = "/org/lanspread/Lanspread1"
 MANAGER_IFACE = "org.lanspread.Lanspread1.Manager"
 GAME_IFACE = "org.lanspread.Lanspread1.Game"
 PEER_IFACE = "org.lanspread.Lanspread1.Peer"
-JOB_IFACE = "org.lanspread.Lanspread1.Job"
-KEEP_FINISHED_JOBS = 32
+JOB_LINGER = 10.0  # seconds an ended job stays on the bus for clients that look late
+FREE_SPACE_EVERY = 10.0  # how often free space is looked at while nothing else tells
 
 ACTIONS = {
     OpKind.INSTALL: "org.lanspread.install-game",
@@ -116,7 +123,13 @@ def peer_dict(peer: Peer) -> dict[str, Variant]:
     }
 
 
-class GameInterface(ServiceInterface):
+class LanspreadBus(ObjectManagerBus):
+    manager_path = ROOT_PATH
+
+
+class GameInterface(Exported):
+    CONSTANT = frozenset({"Id"})
+
     def __init__(self, game: GameView) -> None:
         super().__init__(GAME_IFACE)
         self.game = game
@@ -194,7 +207,9 @@ class GameInterface(ServiceInterface):
         return self.game.outbound_transfers
 
 
-class PeerInterface(ServiceInterface):
+class PeerInterface(Exported):
+    CONSTANT = frozenset({"Id", "Address", "Direction", "ConnectedSince"})
+
     def __init__(self, peer: Peer) -> None:
         super().__init__(PEER_IFACE)
         self.peer = peer
@@ -238,81 +253,29 @@ class PeerInterface(ServiceInterface):
         return dict(self.peer.games)
 
 
-class JobInterface(ServiceInterface):
-    def __init__(self, job: Job, api: "DBusApi") -> None:
-        super().__init__(JOB_IFACE)
-        self.job = job
-        self.api = api
+class ManagerInterface(Exported):
+    ARG_NAMES: ClassVar[dict[str, tuple[str, ...]]] = {
+        "Cancel": ("job",),
+        "ConnectPeer": ("peer_id",),
+        "Download": ("job",),
+        "GetGame": ("game",),
+        "GetLogs": ("last_sequence", "lines"),
+        "GetUnpackLogs": ("runs",),
+        "Install": ("job",),
+        "ListGames": ("games",),
+        "ListPeers": ("peers",),
+        "ReloadCatalog": ("games",),
+        "RemoveDownload": ("job",),
+        "StreamInstall": ("job",),
+        "Uninstall": ("job",),
+        "Update": ("job",),
+        "LogLine": ("sequence", "level", "text"),
+        "RuntimeFailed": ("component", "error"),
+        "OutboundTransfersChanged": ("game_id", "count"),
+    }
+    CONSTANT = frozenset({"Version", "Name", "Catalog", "PeerId", "Port"})
+    UNTOLD = frozenset({"Refusals"})  # a flood must not become a signal storm: ask
 
-    def props(self) -> dict[str, Any]:
-        j = self.job
-        return {
-            "State": str(j.state),
-            "BytesDone": j.bytes_done,
-            "BytesTotal": j.bytes_total,
-            "Rate": float(j.rate),
-            "ErrorName": dbus_error_name(j.error_name),
-            "ErrorMessage": j.error_message,
-            "Sources": dict(j.sources),
-        }
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Id(self) -> "u":
-        return self.job.id
-
-    @dbus_property(access=PropertyAccess.READ)
-    def GameId(self) -> "s":
-        return self.job.game_id
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Game(self) -> "o":
-        return game_path(self.job.game_id)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Operation(self) -> "s":
-        return str(self.job.kind)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def State(self) -> "s":
-        return str(self.job.state)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def BytesDone(self) -> "t":
-        return self.job.bytes_done
-
-    @dbus_property(access=PropertyAccess.READ)
-    def BytesTotal(self) -> "t":
-        return self.job.bytes_total
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Rate(self) -> "d":
-        return float(self.job.rate)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ErrorName(self) -> "s":
-        return dbus_error_name(self.job.error_name)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Sources(self) -> "a{st}":
-        return dict(self.job.sources)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def ErrorMessage(self) -> "s":
-        return self.job.error_message
-
-    @method()
-    async def Cancel(self) -> None:
-        with dbus_errors():
-            await self.api.authorize(ACTION_CANCEL)
-            if self.job.state == "running":
-                self.job.cancel_event.set()
-
-    @signal()
-    def Completed(self) -> "sss":
-        return [str(self.job.state), dbus_error_name(self.job.error_name), self.job.error_message]
-
-
-class ManagerInterface(ServiceInterface):
     def __init__(self, api: "DBusApi") -> None:
         super().__init__(MANAGER_IFACE)
         self.api = api
@@ -372,7 +335,9 @@ class ManagerInterface(ServiceInterface):
         with dbus_errors():
             gid = args.known_game(self.daemon.catalog, game_id)
             await self.api.authorize(ACTION_DOWNLOAD)
-            return job_path(self.daemon.games.start(OpKind.DOWNLOAD, gid, install=install).id)
+            uid = await self.api.caller_uid()
+            job = self.daemon.games.start(OpKind.DOWNLOAD, gid, install, uid)
+            return job_path(job.id)
 
     @method()
     def ListGames(self) -> "aa{sv}":
@@ -387,7 +352,8 @@ class ManagerInterface(ServiceInterface):
         with dbus_errors():
             gid = args.known_game(self.daemon.catalog, game_id)
             await self.api.authorize(ACTIONS[kind])
-            return job_path(self.daemon.games.start(kind, gid).id)
+            uid = await self.api.caller_uid()
+            return job_path(self.daemon.games.start(kind, gid, False, uid).id)
 
     @method()
     async def Install(self, game_id: "s") -> "o":
@@ -413,8 +379,9 @@ class ManagerInterface(ServiceInterface):
     async def Cancel(self, game_id: "s") -> "o":
         with dbus_errors():
             gid = args.known_game(self.daemon.catalog, game_id)
-            await self.api.authorize(ACTION_CANCEL)
-            return job_path(self.daemon.games.cancel(gid).id)
+            job = self.daemon.games.job(gid)
+            await self.api.cancel(job)
+            return job_path(job.id)
 
     @method()
     async def SetGameDir(self, path: "s") -> None:
@@ -422,6 +389,7 @@ class ManagerInterface(ServiceInterface):
             await self.api.authorize(ACTION_CONFIGURE)
             await self.daemon.set_game_dir(path)
             self.emit_properties_changed({"GameDir": str(self.daemon.library.game_dir)})
+            self.api.look_at_free_space()
 
     @method()
     async def ReloadCatalog(self) -> "u":
@@ -470,24 +438,33 @@ class ManagerInterface(ServiceInterface):
 class DBusApi:
     """Owns the bus connection and the exported objects; observes the daemon."""
 
-    def __init__(self, daemon: Daemon, bus_spec: str, use_polkit: bool) -> None:
+    def __init__(
+        self, daemon: Daemon, bus_spec: str, use_polkit: bool, job_linger: float = JOB_LINGER
+    ) -> None:
         self.daemon = daemon
         self.bus_spec = bus_spec
         self.use_polkit = use_polkit
+        self.job_linger = job_linger
         self.bus: MessageBus | None = None
         self.manager = ManagerInterface(self)
         self.games: dict[str, GameInterface] = {}
         self.jobs: dict[int, JobInterface] = {}
         self.peer_objects: dict[str, PeerInterface] = {}
-        self.finished_jobs: list[int] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Timers this adapter owns; close() cancels them (job removals, free-space looks).
+        self._timers: dict[object, asyncio.TimerHandle] = {}
+        self._told: dict[str, Any] = {}  # the manager's changing properties as last told
+        self._space_looked = 0.0
 
     async def connect(self) -> None:
-        bus = await connect_bus(self.bus_spec)
+        bus = await connect_bus(self.bus_spec, LanspreadBus)
         bus.add_message_handler(self._remember_caller)
+        bus.add_message_handler(bus.check_call)
         self.bus = bus
         self._loop = asyncio.get_running_loop()
         bus.export(ROOT_PATH, self.manager)
+        self._told = {"Status": self.daemon.status, "FreeSpace": self.daemon.games.free_space()}
+        self.look_at_free_space()
         for game in self.daemon.games.all():
             self.game_changed(game)
         self.daemon.observers.append(self)
@@ -505,6 +482,11 @@ class DBusApi:
             self.daemon.sink.listeners.remove(self._log_line)
         if self in self.daemon.observers:
             self.daemon.observers.remove(self)
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        for job in self.jobs.values():
+            job.stop_telling()
         if self.bus is not None:
             self.bus.disconnect()
 
@@ -524,6 +506,32 @@ class DBusApi:
             raise NotAuthorized("cannot tell who is calling")
         assert self.bus is not None
         await check_authorization(self.bus, sender, action, interactive=_interactive.get())
+
+    async def caller_uid(self) -> int:
+        """The calling process's user, as the bus daemon vouches for it."""
+        sender = _caller.get()
+        assert self.bus is not None
+        reply = await self.bus.call(
+            Message(
+                destination="org.freedesktop.DBus",
+                path="/org/freedesktop/DBus",
+                interface="org.freedesktop.DBus",
+                member="GetConnectionUnixUser",
+                signature="s",
+                body=[sender],
+            )
+        )
+        if not sender or reply is None or reply.message_type is MessageType.ERROR:
+            raise NotAuthorized("cannot tell who is calling")
+        return int(reply.body[0])
+
+    async def cancel(self, job: Job) -> None:
+        """Cancel for whoever started the job; anybody else needs polkit's yes."""
+        if job.state is not JobState.RUNNING:
+            raise InvalidState(f"job {job.id} ({job.kind} of {job.game_id}) has ended")
+        if await self.caller_uid() != job.started_by_uid:
+            await self.authorize(ACTION_CANCEL)
+        self.daemon.games.cancel_job(job)
 
     # ---- Observer -----------------------------------------------------------------------
     def game_changed(self, game: GameView) -> None:
@@ -559,30 +567,56 @@ class DBusApi:
             self.bus.unexport(game_path(game_id), iface)
 
     def job_started(self, job: Job) -> None:
-        iface = JobInterface(job, self)
+        if self.bus is None or self._loop is None:
+            return
+        iface = JobInterface(job, game_path(job.game_id), self.cancel, self._loop)
         self.jobs[job.id] = iface
-        if self.bus is not None:
-            self.bus.export(job_path(job.id), iface)
+        self.bus.export(job_path(job.id), iface)
 
     def job_progress(self, job: Job) -> None:
         iface = self.jobs.get(job.id)
         if iface is not None:
-            iface.emit_properties_changed(iface.props())
+            iface.progressed()
+        if self._loop is not None and self._loop.time() - self._space_looked >= 1.0:
+            self.look_at_free_space()
 
     def job_finished(self, job: Job) -> None:
         iface = self.jobs.get(job.id)
-        if iface is None:
+        if iface is None or self._loop is None:
             return
-        iface.emit_properties_changed(iface.props())
-        iface.Completed()
-        self.finished_jobs.append(job.id)
-        while len(self.finished_jobs) > KEEP_FINISHED_JOBS:
-            old = self.jobs.pop(self.finished_jobs.pop(0), None)
-            if old is not None and self.bus is not None:
-                self.bus.unexport(job_path(old.job.id), old)
+        iface.ended()
+        self.look_at_free_space()
+        self._timers[job.id] = self._loop.call_later(self.job_linger, self._remove_job, job)
+
+    def status_changed(self, status: str) -> None:
+        self._tell_manager("Status", status)
 
     def runtime_failed(self, component: str, error: str) -> None:
         self.manager.RuntimeFailed(component, escape_unsafe(error))
+
+    def _remove_job(self, job: Job) -> None:
+        self._timers.pop(job.id, None)
+        iface = self.jobs.pop(job.id, None)
+        if iface is not None and self.bus is not None:
+            self.bus.unexport(job_path(job.id), iface)
+
+    def look_at_free_space(self) -> None:
+        """Tell FreeSpace when it changed: after jobs, and every few seconds otherwise."""
+        if self._loop is None:
+            return
+        self._space_looked = self._loop.time()
+        self._tell_manager("FreeSpace", self.daemon.games.free_space())
+        old = self._timers.pop("free-space", None)
+        if old is not None:
+            old.cancel()
+        self._timers["free-space"] = self._loop.call_later(
+            FREE_SPACE_EVERY, self.look_at_free_space
+        )
+
+    def _tell_manager(self, name: str, value: Any) -> None:
+        if self._told.get(name) != value:
+            self._told[name] = value
+            self.manager.emit_properties_changed({name: value})
 
     def _log_line(self, line: LogLine) -> None:
         loop = self._loop

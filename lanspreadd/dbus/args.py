@@ -6,6 +6,7 @@ The signature already fixed each argument's type; what is left is its content.
 from __future__ import annotations
 
 from lanspreadd.core.catalog import Catalog, check_game_id
+from lanspreadd.core.escape import echoed
 from lanspreadd.errors import InvalidArgument, NotFound
 
 MAX_ADDRESS = 255
@@ -32,8 +33,8 @@ def address(text: str) -> tuple[str, int | None]:
         try:
             port = int(port_text)
         except ValueError:
-            raise InvalidArgument(f"invalid port in {text!r}") from None
+            raise InvalidArgument(f"invalid port in {echoed(text)!r}") from None
     host = host.strip("[]")
     if not host or (port is not None and not 0 < port < 65536):
-        raise InvalidArgument(f"invalid address {text!r}")
+        raise InvalidArgument(f"invalid address {echoed(text)!r}")
     return host, port

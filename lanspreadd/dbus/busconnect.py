@@ -15,13 +15,15 @@ from __future__ import annotations
 import array
 import asyncio
 import socket
-from typing import Any
+from typing import Any, TypeVar
 
 from dbus_fast import BusType
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio.message_bus import _MessageWriter
 
 from lanspreadd.errors import LanspreadError
+
+B = TypeVar("B", bound=MessageBus)
 
 
 class PatientWriter(_MessageWriter):
@@ -77,21 +79,22 @@ def _set_result(fut: asyncio.Future[Any] | None) -> None:
         fut.set_result(None)
 
 
-def _bus_for(spec: str) -> MessageBus:
+def _bus_for(spec: str, bus_class: type[B]) -> B:
     if spec == "system":
-        return MessageBus(bus_type=BusType.SYSTEM)
+        return bus_class(bus_type=BusType.SYSTEM)
     if spec == "session":
-        return MessageBus(bus_type=BusType.SESSION)
-    return MessageBus(bus_address=spec)
+        return bus_class(bus_type=BusType.SESSION)
+    return bus_class(bus_address=spec)
 
 
-async def connect_bus(spec: str) -> MessageBus:
+async def connect_bus(spec: str, bus_class: type[B]) -> B:
     """Connect to `system`, `session` or a D-Bus address, with the patient writer in place.
 
     The writer is swapped right after the handshake, before anything of ours is sent;
     changing the class of the live object keeps whatever dbus-fast already queued.
     """
-    bus = await _bus_for(spec).connect()
+    bus = _bus_for(spec, bus_class)
+    await bus.connect()
     writer = bus._writer
     if type(writer) is not _MessageWriter:
         bus.disconnect()

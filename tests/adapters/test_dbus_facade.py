@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
+import pytest
 from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
@@ -31,7 +32,7 @@ from lanspreadd.core.catalog import Catalog, CatalogGame
 from lanspreadd.core.library import Availability
 from lanspreadd.core.operations import Job, JobState, OperationTable, OpKind
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.dbus.api import KEEP_FINISHED_JOBS, DBusApi
+from lanspreadd.dbus.api import DBusApi
 from lanspreadd.errors import InvalidState, LanspreadError, NoAccess, NotFound
 from lanspreadd.net.peers import Peer
 from lanspreadd.net.transport import PeerConnection
@@ -96,20 +97,25 @@ class FakeGames:
             raise NotFound(f"no game {game_id!r} in the catalog")
         return self.views[game_id]
 
-    def start(self, kind: OpKind, game_id: str, install: bool = False) -> Job:
+    def start(
+        self, kind: OpKind, game_id: str, install: bool = False, started_by_uid: int = 0
+    ) -> Job:
         if self.refusal is not None:
             raise self.refusal
         job = self.ops.begin(game_id, kind)
+        job.started_by_uid = started_by_uid
         self.started.append((kind, game_id, install))
         self.observers.job_started(job)
         return job
 
-    def cancel(self, game_id: str) -> Job:
+    def job(self, game_id: str) -> Job:
         job = self.ops.get(game_id)
         if job is None:
             raise NotFound(f"no operation is running for {game_id}")
-        job.cancel_event.set()
         return job
+
+    def cancel_job(self, job: Job) -> None:
+        job.cancel_event.set()
 
     def free_space(self) -> int:
         return 7 << 30
@@ -242,9 +248,9 @@ class Client:
 
 @asynccontextmanager
 async def serving(
-    bus: PrivateBus, daemon: FakeDaemon, use_polkit: bool = False
+    bus: PrivateBus, daemon: FakeDaemon, use_polkit: bool = False, job_linger: float = 10.0
 ) -> AsyncIterator[Client]:
-    api = DBusApi(cast(Daemon, daemon), bus.address, use_polkit)
+    api = DBusApi(cast(Daemon, daemon), bus.address, use_polkit, job_linger)
     await api.connect()
     client = await MessageBus(bus_address=bus.address).connect()
     signals = Signals(client)
@@ -335,69 +341,110 @@ def test_a_job_is_an_object_that_shows_its_progress_and_its_end(private_bus: Pri
     games = daemon.games
 
     async def body() -> None:
-        async with serving(private_bus, daemon) as client:
+        async with serving(private_bus, daemon, job_linger=0.5) as client:
+            before = time.time()
             reply = await client.ok("Download", "sb", ["quake", True])
             ((kind, game_id, install),) = games.started
             assert (kind, game_id, install) == (OpKind.DOWNLOAD, "quake", True)
             job = games.ops.jobs["quake"]
             path = f"{ROOT}/jobs/{job.id}"
             assert (reply.signature, reply.body) == ("o", [path])
-            assert await client.props(path, JOB_IFACE) == {
-                "Id": job.id,
+            # The object manager at the root tells of it, with every property.
+            added = await client.signals.next("InterfacesAdded", ROOT)
+            assert added.body[0] == path
+            shown = await client.props(path, JOB_IFACE)
+            assert unwrap(added.body[1])[JOB_IFACE] == shown
+            assert before * 1e6 <= shown.pop("StartTime") <= time.time() * 1e6
+            assert shown == {
+                "Operation": "download",
                 "GameId": "quake",
                 "Game": QUAKE_PATH,
-                "Operation": "download",
                 "State": "running",
+                "Progress": 0.0,
+                "ProgressValid": False,
+                "Bytes": 0,
                 "BytesDone": 0,
-                "BytesTotal": 0,
-                "Rate": 0.0,
+                "Rate": 0,
+                "ExpectedEndTime": 0,
+                "Cancelable": True,
+                "StartedByUID": os.getuid(),
+                "Sources": {},
                 "ErrorName": "",
                 "ErrorMessage": "",
-                "Sources": {},
             }
             managed = await client.ok(
                 "GetManagedObjects", path=ROOT, interface="org.freedesktop.DBus.ObjectManager"
             )
             assert JOB_IFACE in managed.body[0][path]
 
-            job.sources["bravo"] = 1 << 20
+            # Progress: only what changed, and not more often than every 0.2 s.
+            job.sources[PEER_ID] = 1 << 20
+            job.update(0, 300 << 20, time.monotonic() - 1)
             job.update(1 << 20, 300 << 20, time.monotonic())
             daemon.observers.job_progress(job)
             progress = await client.signals.changed(path, JOB_IFACE)
-            assert progress["BytesDone"] == 1 << 20 and progress["BytesTotal"] == 300 << 20
-            assert progress["Sources"] == {"bravo": 1 << 20}
+            told_at = time.monotonic()
+            assert progress["BytesDone"] == 1 << 20 and progress["Bytes"] == 300 << 20
+            assert progress["Sources"] == {PEER_ID: 1 << 20}
+            assert progress["Progress"] == pytest.approx(1 / 300)
+            assert progress["ProgressValid"] is True
+            assert 0 < progress["Rate"] <= 1 << 20
+            assert progress["ExpectedEndTime"] > time.time() * 1e6
+            assert set(progress) == {
+                "BytesDone", "Bytes", "Sources", "Progress", "ProgressValid", "Rate",
+                "ExpectedEndTime",
+            }  # fmt: skip
+            job.update(2 << 20, 300 << 20, time.monotonic())
+            daemon.observers.job_progress(job)
+            job.update(3 << 20, 300 << 20, time.monotonic())
+            daemon.observers.job_progress(job)  # within 0.2 s: folded into one
+            later = await client.signals.changed(path, JOB_IFACE)
+            assert time.monotonic() - told_at >= 0.2
+            assert later["BytesDone"] == 3 << 20 and "Bytes" not in later
 
             # Cancel on the job object asks the job to stop; the role decides the end.
             await client.ok("Cancel", path=path, interface=JOB_IFACE)
             assert job.cancel_event.is_set()
             games.finish(job, JobState.PEERS_GONE, "PeersGone", "every source of quake left")
             ended = await client.signals.changed(path, JOB_IFACE)
-            assert ended["State"] == "peers-gone"
+            assert ended["State"] == "peers-gone" and ended["Cancelable"] is False
             assert ended["ErrorName"] == f"{ERR}PeersGone"
             completed = await client.signals.next("Completed", path)
             assert (completed.signature, completed.body) == (
-                "sss",
-                ["peers-gone", f"{ERR}PeersGone", "every source of quake left"],
+                "bsss",
+                [False, "every source of quake left", "peers-gone", f"{ERR}PeersGone"],
             )
             assert (await client.props(path, JOB_IFACE))["State"] == "peers-gone"
+            # Cancelling what has ended is refused by name.
+            reply = await call(client.bus, "Cancel", path=path, interface=JOB_IFACE)
+            assert reply.error_name == f"{ERR}InvalidState"
+
+            # A while after its end the object goes, told by the root; then it is unknown.
+            removed = await client.signals.next("InterfacesRemoved", ROOT)
+            assert removed.body == [path, [JOB_IFACE]]
+            reply = await call(client.bus, "GetAll", "s", [JOB_IFACE], path, PROPS)
+            assert reply.error_name == "org.freedesktop.DBus.Error.UnknownObject"
+            reply = await call(client.bus, "Cancel", path=path, interface=JOB_IFACE)
+            assert reply.error_name == "org.freedesktop.DBus.Error.UnknownObject"
 
     run(body())
 
 
-def test_finished_jobs_stay_as_objects_up_to_a_limit(private_bus: PrivateBus) -> None:
+def test_a_finished_job_completes_with_success_and_full_progress(
+    private_bus: PrivateBus,
+) -> None:
     daemon = FakeDaemon()
     games = daemon.games
 
     async def body() -> None:
         async with serving(private_bus, daemon) as client:
-            paths = []
-            for _ in range(KEEP_FINISHED_JOBS + 1):
-                paths.append((await client.ok("Uninstall", "s", ["doom-2"])).body[0])
-                games.finish(games.ops.jobs["doom-2"], JobState.FINISHED)
-            reply = await call(client.bus, "GetAll", "s", [JOB_IFACE], paths[0], PROPS)
-            assert reply.error_name == "org.freedesktop.DBus.Error.UnknownObject"
-            for path in paths[1:]:
-                assert (await client.props(path, JOB_IFACE))["State"] == "finished"
+            path = (await client.ok("Uninstall", "s", ["doom-2"])).body[0]
+            games.finish(games.ops.jobs["doom-2"], JobState.FINISHED)
+            ended = await client.signals.changed(path, JOB_IFACE)
+            assert ended["State"] == "finished"
+            assert (ended["Progress"], ended["ProgressValid"]) == (1.0, True)
+            completed = await client.signals.next("Completed", path)
+            assert completed.body == [True, "", "finished", ""]
 
     run(body())
 
