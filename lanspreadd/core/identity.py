@@ -59,7 +59,9 @@ def load_or_create(directory: Path, name: str) -> Identity:
             return Identity(key, cert, cert_path, key_path)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"lanspread {name}"[:64])])
+    # cryptography counts a common name's 64 in UTF-8 bytes: a long non-ASCII name is cut.
+    common_name = f"lanspread {name}".encode()[:64].decode("utf-8", "ignore")
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
