@@ -54,7 +54,7 @@ class ArchiveError(LanspreadError):
 
 class UnsafeArchive(ArchiveError):
     """A member would land outside the install directory (`..`, absolute, links out),
-    or is not a file, directory or link (FIFOs, devices, sockets, hard links)."""
+    or is not a file, directory, link or copy of a file (FIFOs, devices, sockets)."""
 
     name = "UnsafeArchive"
 

@@ -2,7 +2,9 @@
 
 `lanspreadd.archive.writer` writes the archives games ship as; this test-only
 builder lets a member lie: any Unix file type and mode (FIFO, device, setuid),
-a declared size that is not its data's, a link record, an owner record.
+a declared size that is not its data's, a link record, an owner record. It also
+writes what WinRAR writes for `-oi` and hard links: a member with no data and a
+redirection record naming the member it copies.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from lanspreadd.archive.writer import RAR4_MARKER, RAR5_MARKER
 
 REDIR_SYMLINK = 1
 REDIR_HARD_LINK = 4
+REDIR_FILE_COPY = 5
 OWNER_UID_GID = 0x4 | 0x8
 
 
@@ -48,6 +51,16 @@ def directory(name: str, mode: int = 0o755, declared_size: int = 0) -> Raw:
 
 def symlink(name: str, target: str) -> Raw:
     return Raw(name, stat.S_IFLNK | 0o777, redir=(REDIR_SYMLINK, target))
+
+
+def file_copy(name: str, target: str, size: int, kind: int = REDIR_FILE_COPY) -> Raw:
+    """A copy of member `target` (of `size` bytes), as WinRAR's -oi stores it: no data,
+    the copied file's size in the header, a redirection record naming the member."""
+    return Raw(name, stat.S_IFREG | 0o644, declared_size=size, redir=(kind, target))
+
+
+def hard_link(name: str, target: str, size: int) -> Raw:
+    return file_copy(name, target, size, REDIR_HARD_LINK)
 
 
 def _vint(value: int) -> bytes:

@@ -33,6 +33,8 @@ from tests.crafted_rar import (
     Raw,
     directory,
     fifo,
+    file_copy,
+    hard_link,
     setuid_file,
     symlink,
     write_raw_rar4,
@@ -311,7 +313,9 @@ SPECIAL_MEMBERS = [
     (write_raw_rar5, Raw("game/tty", stat.S_IFCHR | 0o666), "a character device"),
     (write_raw_rar4, Raw("game/disk", stat.S_IFBLK | 0o660), "a block device"),
     (write_raw_rar5, Raw("game/sock", stat.S_IFSOCK | 0o755), "a socket"),
-    (write_raw_rar5, Raw("game/a", stat.S_IFREG, redir=(REDIR_HARD_LINK, "/etc/shadow")), "a hard"),
+    # A hard link's mode is a file's; one that says FIFO is refused as what bsdtar makes.
+    (write_raw_rar5, Raw("game/h", stat.S_IFIFO | 0o644, redir=(REDIR_HARD_LINK, "x")), "a FIFO"),
+    (write_raw_rar5, Raw("game/r", stat.S_IFREG | 0o644, redir=(9, "x")), "a redirection"),
     # A RAR5 link mode with no link record, and a BeOS host's link, which rarfile
     # reads as files but bsdtar creates as links: their targets would go unchecked.
     (write_raw_rar5, Raw("game/l", stat.S_IFLNK | 0o777, b"/etc/shadow"), "a link whose"),
@@ -331,10 +335,135 @@ def test_special_members_are_refused_by_name_before_unpacking(
     assert "game.rar" in str(refused.value)
 
 
-def test_hard_links_are_refused_by_name(tmp_path: Path) -> None:
-    shutil.copy(SAMPLES / "rar5-hlink.rar", tmp_path)
-    with pytest.raises(UnsafeArchive, match=r"'stest2\.txt' is a hard link"):
-        list_archive(tmp_path / "rar5-hlink.rar")
+def rarfile_reading(archive: Path) -> dict[str, bytes]:
+    """Every file as rarfile itself reads it: it reads a copy or hard link as its file."""
+    with rarfile.RarFile(str(archive)) as rf:
+        return {info.filename: rf.read(info) for info in rf.infolist() if not info.is_dir()}
+
+
+def installed_files(root: Path) -> dict[str, bytes]:
+    """The installed files as a user sees them, each checked to be a file of its own:
+    no link, no second name for one inode."""
+    files = {}
+    for path in root.rglob("*"):
+        st = path.lstat()
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, (path, oct(st.st_mode))
+        files[str(path.relative_to(root))] = path.read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("backend", ["unar", "bsdtar"])
+@pytest.mark.parametrize("sample", ["rar5-dups.rar", "rar5-hlink.rar"])
+def test_file_copies_and_hard_links_install_as_copies(
+    tmp_path: Path, sample: str, backend: str
+) -> None:
+    """WinRAR's -oi stores identical files once; unar made them links, bsdtar empty files
+    or hard links. Installed, each is a file of its own with its file's bytes."""
+    shutil.copy(SAMPLES / sample, tmp_path)
+    archive = tmp_path / sample
+    listing = list_archive(archive)
+    assert choose_backend(listing) == "unar"
+    assert listing.total_bytes == sum(len(data) for data in rarfile_reading(archive).values())
+    extract(archive, tmp_path / "out", backend)
+    installed = installed_files(tmp_path / "out")
+    assert installed == rarfile_reading(archive)
+    assert len(installed) == {"rar5-dups.rar": 9, "rar5-hlink.rar": 3}[sample]
+
+
+COPIED = os.urandom(100_000)
+WITH_COPIES = [
+    directory("data/"),
+    Raw("data/big.bin", stat.S_IFREG | 0o644, COPIED),
+    Raw("bin/run", stat.S_IFREG | 0o755, b"#!/bin/sh\n"),
+    # unar's link for this one pointed at data/sub/data/big.bin: the name is the archive's
+    file_copy("data/sub/copy.bin", "data/big.bin", len(COPIED)),
+    hard_link("other/link.bin", "data/big.bin", len(COPIED)),
+    file_copy("bin/run-again", "bin/run", 10),
+]
+
+
+@pytest.mark.parametrize("backend", ["rarfile", "unar", "bsdtar"])
+def test_crafted_copies_install_as_copies_with_every_backend(tmp_path: Path, backend: str) -> None:
+    archive = tmp_path / "game.rar"
+    write_raw_rar5(archive, WITH_COPIES)
+    out = tmp_path / "out"
+    assert extract(archive, out, backend) == backend
+    assert installed_files(out) == rarfile_reading(archive)
+    modes, owners = modes_and_owners(out)
+    assert modes["bin/run"] == 0o755 and modes["bin/run-again"] == 0o644  # each its own mode
+    assert modes["data/sub"] == modes["other"] == 0o755
+    assert owners == {(os.geteuid(), out.stat().st_gid)}
+
+
+@pytest.mark.parametrize("backend", ["rarfile", "unar", "bsdtar"])
+def test_a_copy_of_a_copy_holds_the_file(tmp_path: Path, backend: str) -> None:
+    """rarfile cannot read a copy of a copy; WinRAR copies the first copy from disk."""
+    archive = tmp_path / "game.rar"
+    write_raw_rar5(archive, [*WITH_COPIES, file_copy("chain.bin", "other/link.bin", len(COPIED))])
+    listing = list_archive(archive)
+    assert listing.members[-1].copy_of == PurePosixPath("data/big.bin")
+    extract(archive, tmp_path / "out", backend)
+    assert installed_files(tmp_path / "out")["chain.bin"] == COPIED
+
+
+@pytest.mark.parametrize(
+    ("members", "error", "complaint"),
+    [
+        ([hard_link("game/a", "/etc/shadow", 4)], UnsafeArchive, "is a hard link to '/etc/shadow'"),
+        ([file_copy("game/a", "../../x", 4)], UnsafeArchive, "is a copy of '../../x', outside"),
+        ([file_copy("game/a", "game/gone", 4)], ArchiveError, "which the archive does not hold"),
+        ([directory("game/d/"), file_copy("game/a", "game/d", 0)], UnsafeArchive, "a directory"),
+        ([symlink("game/l", "ok.txt"), hard_link("game/a", "game/l", 6)], UnsafeArchive, "a link"),
+        (
+            [
+                file_copy("game/a", "game/b", 4),
+                file_copy("game/b", "game/c", 4),
+                file_copy("game/c", "game/b", 4),
+            ],
+            UnsafeArchive,
+            "form a cycle",
+        ),
+    ],
+)
+def test_copies_of_what_is_no_file_of_the_archive_are_refused_by_name(
+    tmp_path: Path, members: list[Raw], error: type[ArchiveError], complaint: str
+) -> None:
+    archive = tmp_path / "game.rar"
+    write_raw_rar5(archive, [Raw("game/ok.txt", stat.S_IFREG | 0o644, b"fine"), *members])
+    with pytest.raises(error) as refused:
+        list_archive(archive)
+    assert "game.rar: archive member 'game/" in str(refused.value)
+    assert complaint in str(refused.value)
+
+
+@pytest.mark.parametrize("missing", [2, 3])
+@pytest.mark.parametrize("sample", ["rar3-vols", "rar5-vols"])
+def test_a_missing_volume_is_named(tmp_path: Path, sample: str, missing: int) -> None:
+    """rarfile stopped quietly at a missing volume, listing part of the game; then a
+    bare 'No such file or directory'."""
+    for path in SAMPLES.glob(f"{sample}.part*.rar"):
+        shutil.copy(path, tmp_path)
+    (tmp_path / f"{sample}.part{missing}.rar").unlink()
+    with pytest.raises(ArchiveError) as refused:
+        list_archive(tmp_path / f"{sample}.part1.rar")
+    assert str(refused.value) == (
+        f"{sample}.part1.rar: the volume {sample}.part{missing}.rar is missing; "
+        "the set cannot be unpacked without it"
+    )
+
+
+def test_a_volume_gone_after_listing_is_named(tmp_path: Path) -> None:
+    for path in SAMPLES.glob("rar5-vols.part*.rar"):
+        shutil.copy(path, tmp_path)
+    listing = list_archive(tmp_path / "rar5-vols.part1.rar")
+    provider = RarStreamProvider([tmp_path / "rar5-vols.part1.rar"])
+    (tmp_path / "rar5-vols.part2.rar").unlink()
+    with pytest.raises(ArchiveError, match=r"the volume rar5-vols\.part2\.rar is missing"):
+        Extraction(listing, tmp_path / "out", lambda _n: None, threading.Event()).run()
+    with pytest.raises(ArchiveError, match=r"the volume rar5-vols\.part2\.rar is missing"):
+        drain(provider.entries())
 
 
 def test_special_files_found_after_unpacking_are_refused_not_opened(tmp_path: Path) -> None:

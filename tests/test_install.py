@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from lanspreadd.archive.extract import LARGE_ENTRY
+from lanspreadd.archive.extract import LARGE_ENTRY, free_bytes
 from lanspreadd.archive.writer import Entry, write_rar5
 from lanspreadd.core.install import (
     BACKUP,
@@ -25,9 +27,19 @@ from lanspreadd.core.install import (
     read_intent,
     recover,
 )
-from lanspreadd.errors import DiskFull, InvalidState, UnsafeArchive
-from tests.crafted_rar import Raw, directory, fifo, setuid_file, symlink, write_raw_rar5
-from tests.support import Daemon, default_entries, make_game, tree, wait_for
+from lanspreadd.core.library import INSTALLED_VERSION
+from lanspreadd.errors import ArchiveError, DiskFull, InvalidState, UnsafeArchive
+from tests.crafted_rar import (
+    Raw,
+    directory,
+    fifo,
+    file_copy,
+    setuid_file,
+    symlink,
+    write_raw_rar5,
+)
+from tests.support import SAMPLES, Daemon, default_entries, make_game, tree, wait_for
+from tests.test_archive import installed_files, rarfile_reading
 
 CATALOG_GAME = "sample-game"  # in the daemon's embedded catalog
 BIG = bytes(range(256)) * (4 << 12)  # 4 MiB: several progress callbacks
@@ -221,6 +233,65 @@ def test_install_into_full_disk_is_refused_cleanly(small_tmpfs: Path) -> None:
         GameFiles(root).install()
     assert (root / "g.rar").stat().st_size > 1 << 20
     assert not (root / "local").exists()
+    assert_clean(root)
+
+
+@pytest.mark.parametrize("sample", ["rar5-dups.rar", "rar5-hlink.rar"])
+def test_file_copies_and_hard_links_install_as_files_of_their_own(
+    tmp_path: Path, sample: str
+) -> None:
+    root = tmp_path / "g"
+    root.mkdir()
+    shutil.copy(SAMPLES / sample, root)
+    (root / "version.ini").write_text("1.0\n")
+    progress: list[tuple[int, int]] = []
+    GameFiles(root, progress=lambda d, t: progress.append((d, t))).install()
+    installed = installed_files(root / "local")
+    assert installed.pop(INSTALLED_VERSION) == b"1.0\n"
+    assert installed == rarfile_reading(root / sample)
+    total = sum(len(data) for data in installed.values())
+    assert progress[-1] == (total, total), "every copy counts in the progress"
+    assert_clean(root)
+
+
+def test_ten_thousand_copies_of_one_file_are_refused_before_writing(
+    make_tmpfs: Callable[[int], Path],
+) -> None:
+    """Each copy is a header of some 40 bytes: the archive is a thousandth of the tree it
+    would unpack to. The disk-space check counts every copy at its file's size."""
+    root = make_tmpfs(16) / "g"
+    root.mkdir()
+    copied = os.urandom(1 << 20)
+    members = [Raw("data/file.bin", stat.S_IFREG | 0o644, copied)]
+    members += [
+        file_copy(f"data/copy-{i}.bin", "data/file.bin", len(copied)) for i in range(10_000)
+    ]
+    write_raw_rar5(root / "g.rar", members)
+    (root / "version.ini").write_text("1.0\n")
+    expanded = 10_001 * len(copied)
+    assert (root / "g.rar").stat().st_size < expanded // 1000
+    free = free_bytes(root)
+    with pytest.raises(
+        DiskFull, match=f"g needs {expanded} bytes to install, only {free} are free"
+    ):
+        GameFiles(root).install()
+    assert free_bytes(root) == free, "nothing was written"
+    assert not (root / "local").exists()
+    assert_clean(root)
+
+
+def test_a_set_with_a_missing_volume_is_refused_by_its_name(tmp_path: Path) -> None:
+    root = make_game(tmp_path / "games", "g", "1.0", entries("1.0"))
+    GameFiles(root).install()
+    before = tree(root / "local")
+    (root / "g.rar").unlink()
+    for path in SAMPLES.glob("rar5-vols.part*.rar"):
+        shutil.copy(path, root)
+    (root / "rar5-vols.part2.rar").unlink()
+    with pytest.raises(ArchiveError) as refused:
+        GameFiles(root).install()
+    assert "the volume rar5-vols.part2.rar is missing" in str(refused.value)
+    assert tree(root / "local") == before
     assert_clean(root)
 
 

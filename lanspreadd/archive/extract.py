@@ -11,11 +11,17 @@ Only regular files, directories and links pointing inside the game are
 installed: other member kinds are refused from the listing, before any tool
 runs, and the unpacked tree is checked again and normalised (the daemon's
 owner, 0644/0755 files, 0755 directories), whatever a back-end restored.
+
+RAR5 file copies (WinRAR's -oi: identical files stored once) and hard links are
+installed as real copies of the file they name, made by us after the back-end
+ran: unar makes them symbolic links, bsdtar empty files or hard links. Their
+expanded size is in the listing, so the disk-space check counts every copy.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import os
 import shutil
@@ -54,10 +60,12 @@ SPECIAL_KINDS = {
     stat.S_IFBLK: "a block device",
     stat.S_IFSOCK: "a socket",
 }
-REDIRECTION_KINDS = {
-    rarfile.RAR5_XREDIR_HARD_LINK: "a hard link",
-    rarfile.RAR5_XREDIR_FILE_COPY: "a copy of another member",
+# Redirections installed as copies of the member they name, and how a refusal calls them.
+COPY_KINDS = {
+    rarfile.RAR5_XREDIR_HARD_LINK: "a hard link to",
+    rarfile.RAR5_XREDIR_FILE_COPY: "a copy of",
 }
+NEXT_VOLUME_MISSING = "Cannot open next volume: "  # rarfile's words for a missing volume
 
 Progress = Callable[[int], None]
 
@@ -71,6 +79,7 @@ class Member:
     mode: int
     crc: int
     stored: bool
+    copy_of: PurePosixPath | None = None  # a file copy or hard link: the file it copies
 
 
 @dataclass(frozen=True)
@@ -82,7 +91,12 @@ class Listing:
 
     @property
     def total_bytes(self) -> int:
+        """Bytes the installed tree takes: every copy counts its file's full size."""
         return sum(m.size for m in self.members if not m.is_dir)
+
+    @property
+    def copies(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.copy_of is not None)
 
     @property
     def all_stored(self) -> bool:
@@ -92,8 +106,13 @@ class Listing:
 
     @property
     def has_large_entry(self) -> bool:
-        """A regular file of 2 GiB or more; what a directory or link declares is no data."""
-        return any(m.size >= LARGE_ENTRY for m in self.members if not m.is_dir and not m.is_link)
+        """A regular file of 2 GiB or more; what a directory, link or copy declares is no
+        data of its own."""
+        return any(
+            m.size >= LARGE_ENTRY
+            for m in self.members
+            if not m.is_dir and not m.is_link and m.copy_of is None
+        )
 
 
 def safe_member_path(name: str) -> PurePosixPath:
@@ -132,64 +151,149 @@ def volume_set(archive: Path) -> tuple[Path, ...]:
     return tuple(p for _, p in sorted(found))
 
 
-def list_archive(archive: Path) -> Listing:
-    """Read headers with rarfile and refuse unsafe or unsupported archives up front."""
+def open_rar(archive: Path) -> Any:
+    """rarfile's reader with headers read strictly: a missing volume, a broken or
+    truncated header fails here, by name, instead of listing part of the game."""
     try:
-        rf: Any = rarfile.RarFile(str(archive))
+        return rarfile.RarFile(str(archive), errors="strict")
     except rarfile.NeedFirstVolume as exc:
         raise ArchiveError(f"{archive.name} is not the first volume of its set") from exc
     except (rarfile.Error, OSError, EOFError) as exc:
-        raise ArchiveError(f"{archive.name} is not a readable RAR archive: {exc}") from exc
+        message = str(exc)
+        if message.startswith(NEXT_VOLUME_MISSING):
+            missing = Path(message.removeprefix(NEXT_VOLUME_MISSING)).name
+            raise ArchiveError(
+                f"{archive.name}: the volume {missing} is missing; "
+                "the set cannot be unpacked without it"
+            ) from exc
+        raise ArchiveError(f"{archive.name} is not a readable RAR archive: {message}") from exc
+
+
+def list_archive(archive: Path) -> Listing:
+    """Read headers with rarfile and refuse unsafe or unsupported archives up front."""
+    rf = open_rar(archive)
     with rf:
         if rf.needs_password():
             raise ArchiveError(f"{archive.name} is encrypted; lanspread cannot unpack it")
-        members = []
-        for info in rf.infolist():
-            try:
-                path = safe_member_path(info.filename)
-            except UnsafeArchive as exc:
-                raise UnsafeArchive(f"{archive.name}: {exc}") from None
-            is_link = bool(info.is_symlink())
-            if is_link:
-                target = _link_target(rf, info)
-                if not _link_target_inside(path, target):
-                    raise UnsafeArchive(
-                        f"{archive.name}: archive member {info.filename!r} links outside "
-                        f"the game: {target!r}"
-                    )
-            is_dir = bool(info.is_dir())
-            kind = _refused_kind(info, is_dir, is_link)
-            if kind:
-                raise UnsafeArchive(
-                    f"{archive.name}: archive member {info.filename!r} is {kind}; only files, "
-                    "directories and links inside the game are installed"
-                )
-            members.append(
-                Member(
-                    path=path,
-                    size=int(info.file_size or 0),
-                    is_dir=is_dir,
-                    is_link=is_link,
-                    mode=_permissions(info, is_dir),
-                    crc=int(info.CRC or 0),
-                    stored=info.compress_type == RAR_STORED,
-                )
-            )
+        members = [_member(rf, info, archive.name) for info in rf.infolist()]
         if not members:
             raise ArchiveError(f"{archive.name} holds no files: it is empty or truncated")
         rar5 = isinstance(rf._file_parser, rarfile.RAR5Parser)
-    return Listing(archive, tuple(members), rar5, volume_set(archive))
+    return Listing(archive, _resolve_copies(members, archive.name), rar5, volume_set(archive))
+
+
+def _member(rf: Any, info: Any, archive: str) -> Member:
+    """One header as a member, or a refusal that names it and says what it is."""
+    try:
+        path = safe_member_path(info.filename)
+    except UnsafeArchive as exc:
+        raise UnsafeArchive(f"{archive}: {exc}") from None
+    is_link = bool(info.is_symlink())
+    if is_link:
+        target = _link_target(rf, info)
+        if not _link_target_inside(path, target):
+            raise UnsafeArchive(
+                f"{archive}: archive member {info.filename!r} links outside the game: {target!r}"
+            )
+    is_dir = bool(info.is_dir())
+    kind = _refused_kind(info, is_dir, is_link)
+    if kind:
+        raise UnsafeArchive(
+            f"{archive}: archive member {info.filename!r} is {kind}; only files, "
+            "directories, links inside the game and copies of files are installed"
+        )
+    return Member(
+        path=path,
+        size=int(info.file_size or 0),
+        is_dir=is_dir,
+        is_link=is_link,
+        mode=_permissions(info, is_dir),
+        crc=int(info.CRC or 0),
+        stored=info.compress_type == RAR_STORED,
+        copy_of=None if is_link else _copied_file(info, archive),
+    )
+
+
+def _copied_file(info: Any, archive: str) -> PurePosixPath | None:
+    """The member a file copy or hard link names (an archive member name, under the
+    same path policy as the members themselves); None for anything else."""
+    redir = getattr(info, "file_redir", None)
+    if not redir or redir[0] not in COPY_KINDS:
+        return None
+    try:
+        return inside(str(redir[2]))
+    except PathRefused as exc:
+        raise UnsafeArchive(
+            f"{archive}: archive member {info.filename!r} is {COPY_KINDS[redir[0]]} "
+            f"{redir[2]!r}, outside the game ({exc})"
+        ) from None
+
+
+def _resolve_copies(members: list[Member], archive: str) -> tuple[Member, ...]:
+    """Each copy points at the regular file its chain of copies ends in, with that
+    file's size and CRC: the expanded size is what the disk-space check counts.
+
+    A copy of a member the archive does not hold, of a directory or link, or in a
+    cycle of copies is refused by name. Chains are followed once (memoised): ten
+    thousand chained copies cost no more than ten thousand copies of one file."""
+    by_path = {m.path: m for m in members}
+    resolved: dict[PurePosixPath, Member] = {}
+
+    def refuse(member: Member, why: str) -> UnsafeArchive:
+        return UnsafeArchive(
+            f"{archive}: archive member {str(member.path)!r} is a copy of "
+            f"{str(member.copy_of)!r}, {why}; only copies of files are installed"
+        )
+
+    def final(member: Member) -> Member:
+        chain: dict[PurePosixPath, Member] = {}
+        current = member
+        while current.copy_of is not None and current.path not in resolved:
+            if current.path in chain:
+                raise refuse(member, "and its copies form a cycle")
+            chain[current.path] = current
+            source = by_path.get(current.copy_of)
+            if source is None:
+                raise ArchiveError(
+                    f"{archive}: archive member {str(current.path)!r} is a copy of "
+                    f"{str(current.copy_of)!r}, which the archive does not hold"
+                )
+            if source.is_dir or source.is_link:
+                what = "a directory" if source.is_dir else "a link"
+                raise refuse(current, f"which is {what}")
+            current = source
+        found = resolved.get(current.path, current)
+        for path in chain:
+            resolved[path] = found
+        return found
+
+    out = []
+    for member in members:
+        if member.copy_of is None:
+            out.append(member)
+            continue
+        source = final(member)
+        out.append(
+            dataclasses.replace(
+                member, copy_of=source.path, size=source.size, crc=source.crc, stored=True
+            )
+        )
+    return tuple(out)
 
 
 def _refused_kind(info: Any, is_dir: bool, is_link: bool) -> str | None:
-    """What a member is when it is not a file, directory or link we can check, else None.
+    """What a member is when it is not a file, directory, link or copy we can check,
+    else None.
 
     Tools create what the header's mode says (bsdtar even makes device nodes), so the
     mode's file type must agree with what rarfile reads the member as.
     """
     redir = getattr(info, "file_redir", None)
     if redir and not is_link:
-        return REDIRECTION_KINDS.get(redir[0], f"a redirection of unknown type {redir[0]}")
+        if redir[0] not in COPY_KINDS:
+            return f"a redirection of unknown type {redir[0]}"
+        if is_dir:
+            return "a directory and a copy at once"
     if info.host_os not in UNIX_MODE_HOSTS:
         return None
     kind = stat.S_IFMT(int(info.mode or 0))
@@ -279,12 +383,14 @@ class Extraction:
 
     def _native(self) -> None:
         done = 0
-        with rarfile.RarFile(str(self.listing.archive)) as rf:
+        with open_rar(self.listing.archive) as rf:
             for info, member in zip(rf.infolist(), self.listing.members, strict=True):
                 target = self._target(member)
                 if member.is_dir:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
+                if member.copy_of is not None:
+                    continue  # made from its file once everything is unpacked
                 target.parent.mkdir(parents=True, exist_ok=True)
                 try:
                     with rf.open(info) as src, target.open("wb") as out:
@@ -376,9 +482,10 @@ class Extraction:
                 )
 
     def _check_tree(self) -> None:
-        """The whole tree normalised (so every directory can be read), then every
-        member there with its size."""
+        """The whole tree normalised (so every directory can be read), the copies
+        made, then every member there with its size."""
         self._normalise_tree()
+        make_copies(self.listing, self.dest, self.cancel, self.progress)
         for member in self.listing.members:
             target = self._target(member)
             if member.is_link:
@@ -401,8 +508,10 @@ class Extraction:
         0755. Whatever a back-end restored, set-id and sticky bits and owners are gone."""
         name = self.listing.archive.name
         root = self.dest.resolve()
-        owner = (os.geteuid(), os.lstat(self.dest).st_gid)
+        owner = tree_owner(self.dest)
         members = {str(m.path): m for m in self.listing.members}
+        copies = {str(m.path) for m in self.listing.copies}
+        shared: list[tuple[str, str]] = []  # files sharing an inode, decided at the end
 
         def fail(exc: OSError) -> None:
             raise exc
@@ -413,30 +522,139 @@ class Extraction:
                 path = os.path.join(dirpath, entry)
                 rel = os.path.relpath(path, self.dest)
                 st = os.lstat(path)
-                if stat.S_ISLNK(st.st_mode):
-                    if not Path(path).resolve().is_relative_to(root):
-                        os.unlink(path)
-                        raise UnsafeArchive(f"unpacked link {rel!r} points outside the game")
-                    want = None
-                elif stat.S_ISDIR(st.st_mode):
-                    want = DIR_MODE
-                elif stat.S_ISREG(st.st_mode):
-                    if st.st_nlink != 1:
-                        # chmod would reach whatever file it shares its inode with.
-                        raise UnsafeArchive(f"{name}: unpacking made {rel!r} a hard link")
-                    member = members.get(rel)
-                    executable = member.mode & 0o111 if member else st.st_mode & 0o100
-                    want = EXEC_MODE if executable else FILE_MODE
-                else:
-                    kind = SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
-                    raise UnsafeArchive(
-                        f"{name}: unpacking made {rel!r} {kind}; only files, directories "
-                        "and links inside the game are installed"
-                    )
-                if (st.st_uid, st.st_gid) != owner:
-                    os.lchown(path, *owner)
-                if want is not None and stat.S_IMODE(st.st_mode) != want:
-                    os.chmod(path, want)
+                if rel in copies and not stat.S_ISDIR(st.st_mode):
+                    # The back-end's stand-in for a copy (unar: a link; bsdtar: an
+                    # empty file or a hard link): `make_copies` writes the real one.
+                    os.unlink(path)
+                    if entry in dirnames:
+                        dirnames.remove(entry)
+                    continue
+                if stat.S_ISREG(st.st_mode) and st.st_nlink != 1:
+                    shared.append((path, rel))
+                    continue
+                want = _wanted_mode(path, rel, st, root, members.get(rel), name)
+                _own(path, st, owner, want)
+        for path, rel in shared:
+            # Hard links among the copies' stand-ins are gone now; chmod on any other
+            # would reach whatever file it shares its inode with.
+            st = os.lstat(path)
+            if st.st_nlink != 1:
+                raise UnsafeArchive(f"{name}: unpacking made {rel!r} a hard link")
+            _own(path, st, owner, _file_mode(members.get(rel), st))
+
+
+def _wanted_mode(
+    path: str, rel: str, st: os.stat_result, root: Path, member: Member | None, name: str
+) -> int | None:
+    """The mode an unpacked entry gets (None: a link, left as it is), or its refusal."""
+    if stat.S_ISLNK(st.st_mode):
+        if not Path(path).resolve().is_relative_to(root):
+            os.unlink(path)
+            raise UnsafeArchive(f"unpacked link {rel!r} points outside the game")
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return DIR_MODE
+    if stat.S_ISREG(st.st_mode):
+        return _file_mode(member, st)
+    kind = SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+    raise UnsafeArchive(
+        f"{name}: unpacking made {rel!r} {kind}; only files, directories "
+        "and links inside the game are installed"
+    )
+
+
+def tree_owner(dest: Path) -> tuple[int, int]:
+    """Who owns an installed tree: the daemon, in the group of the directory it fills."""
+    return os.geteuid(), os.lstat(dest).st_gid
+
+
+def _file_mode(member: Member | None, st: os.stat_result) -> int:
+    """0755 if the listing (else the file) says executable, 0644 otherwise."""
+    executable = member.mode & 0o111 if member else st.st_mode & 0o100
+    return EXEC_MODE if executable else FILE_MODE
+
+
+def _own(path: str, st: os.stat_result, owner: tuple[int, int], mode: int | None) -> None:
+    if (st.st_uid, st.st_gid) != owner:
+        os.lchown(path, *owner)
+    if mode is not None and stat.S_IMODE(st.st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def make_copies(listing: Listing, dest: Path, cancel: threading.Event, progress: Progress) -> None:
+    """Write each file copy and hard link as a real file holding its file's bytes.
+
+    Runs on a normalised tree: the file copied is a regular file of the listed size,
+    opened without following a link; the copy is new (O_EXCL), in real directories
+    that this makes, like the rest of the tree, 0755 and ours."""
+    copies = listing.copies
+    if not copies:
+        return
+    name = listing.archive.name
+    owner = tree_owner(dest)
+    done = listing.total_bytes - sum(m.size for m in copies)
+    for member in copies:
+        assert member.copy_of is not None
+        source = dest.joinpath(*member.copy_of.parts)
+        target = dest.joinpath(*member.path.parts)
+        _real_dirs(dest, member.path.parent, owner, name)
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            st = os.fstat(src)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != member.size:
+                raise ArchiveError(
+                    f"{name}: {member.copy_of} was not unpacked as the file of "
+                    f"{member.size} bytes that {member.path} copies"
+                )
+            try:
+                out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                raise ArchiveError(
+                    f"{name}: {member.path} is a copy, but unpacking made a directory there"
+                ) from None
+            try:
+                copy_file_bytes(src, out, member.size, cancel, progress, done)
+                done += member.size
+                os.fchown(out, *owner)
+                os.fchmod(out, _file_mode(member, st))
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+
+
+def copy_file_bytes(
+    src: int, out: int, size: int, cancel: threading.Event, progress: Progress, base: int = 0
+) -> None:
+    """Copy `size` bytes from the start of `src` in the kernel, a chunk at a time so
+    that cancel is heard; `progress` is told `base` plus the bytes copied so far."""
+    offset = 0
+    while offset < size:
+        if cancel.is_set():
+            raise Cancelled("cancelled while copying a file")
+        sent = os.sendfile(out, src, offset, min(CHUNK, size - offset))
+        if not sent:
+            raise ArchiveError("a copied file shrank while it was copied")
+        offset += sent
+        progress(base + offset)
+
+
+def _real_dirs(dest: Path, parent: PurePosixPath, owner: tuple[int, int], name: str) -> None:
+    """`parent` under `dest` as real directories (never through a link), made 0755 and
+    ours where missing."""
+    path = dest
+    for part in parent.parts:
+        path = path / part
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, DIR_MODE)
+            _own(str(path), os.lstat(path), owner, DIR_MODE)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise ArchiveError(
+                f"{name}: a copy goes into {path.relative_to(dest)}, which is not a directory"
+            )
 
 
 def neutral_links(listing: Listing, links: Path) -> Path:

@@ -6,6 +6,10 @@ are read by rarfile directly; compressed ones, solid and multi-volume included,
 come from one `unar -o -` run whose output is cut at the listed member sizes.
 A unar that writes nothing for the stall timeout is killed; one that fails is
 reported with its exit status and its own words.
+
+File copies and hard links carry no bytes of their own (unar writes none for
+them): each archive's copies follow its other entries, naming the file they copy,
+which the receiver has written by then and copies itself.
 """
 
 from __future__ import annotations
@@ -22,8 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-import rarfile
-
 from lanspreadd.archive.extract import (
     LINKS_PREFIX,
     UNPACK_STALL_TIMEOUT,
@@ -32,6 +34,7 @@ from lanspreadd.archive.extract import (
     dies_with_daemon,
     list_archive,
     neutral_links,
+    open_rar,
 )
 from lanspreadd.errors import ArchiveError, UnpackStalled
 
@@ -45,6 +48,7 @@ class TreeEntry:
     mode: int
     is_dir: bool
     crc32: int | None  # as the archive recorded it, when it did
+    copy_of: str | None = None  # a copy of this file, sent earlier: no bytes of its own
 
 
 class StreamInstallProvider(Protocol):
@@ -57,7 +61,16 @@ class StreamInstallProvider(Protocol):
 
 def _entry(member: Member) -> TreeEntry:
     mode = member.mode & 0o7777 or (0o755 if member.is_dir else 0o644)
-    return TreeEntry(str(member.path), member.size, mode, member.is_dir, member.crc or None)
+    copy_of = None if member.copy_of is None else str(member.copy_of)
+    return TreeEntry(
+        str(member.path), member.size, mode, member.is_dir, member.crc or None, copy_of
+    )
+
+
+def _copies(listing: Listing) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]:
+    """An archive's copies, once every file they may copy has been sent."""
+    for member in listing.copies:
+        yield _entry(member), iter(())
 
 
 def _checked(entry: TreeEntry, pieces: Iterator[bytes], archive: str) -> Iterator[bytes]:
@@ -137,11 +150,14 @@ class RarStreamProvider:
                 yield from self._stored(listing)
             else:
                 yield from self._unar(listing)
+            yield from _copies(listing)
 
     def _stored(self, listing: Listing) -> Generator[tuple[TreeEntry, Iterator[bytes]], None, None]:
-        with rarfile.RarFile(str(listing.archive)) as rf:
+        with open_rar(listing.archive) as rf:
             for info, member in zip(rf.infolist(), listing.members, strict=True):
                 entry = _entry(member)
+                if member.copy_of is not None:
+                    continue
                 if member.is_dir:
                     yield entry, iter(())
                     continue
@@ -166,6 +182,8 @@ class RarStreamProvider:
                 )
                 output = _ToolOutput(proc, errors, name, self.stall_timeout)
                 for member in listing.members:
+                    if member.copy_of is not None:
+                        continue  # unar writes nothing for a copy
                     entry = _entry(member)
                     pieces = iter(()) if member.is_dir else _pieces(output, member.size)
                     yield entry, _checked(entry, pieces, name)
