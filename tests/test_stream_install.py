@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import threading
 import zlib
@@ -18,14 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lanspreadd.app.stream_install import StreamReceiver
-from lanspreadd.archive.extract import Extraction, list_archive
+from lanspreadd.archive.extract import Extraction, free_bytes, list_archive
 from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
 from lanspreadd.core.library import INSTALLED_VERSION
 from lanspreadd.errors import ArchiveError, DiskFull, PeerError
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.errors import RemoteProtocolError
+from tests.crafted_rar import Raw, file_copy, write_raw_rar5
 from tests.support import SAMPLES, Daemon, make_game, tree, wait_for
+from tests.test_archive import installed_files, rarfile_reading
 from tests.test_peers import GAME, MiB, connect, game_entries
 
 MakePeer = Callable[..., Daemon]
@@ -38,7 +42,8 @@ def test_frames_round_trip_and_order() -> None:
         stream.FileStart("bin/run", 3, 0o755),
         stream.Data(b"abc"),
         stream.FileEnd(zlib.crc32(b"abc")),
-        stream.End(1, 3),
+        stream.Copy("bin/run-again", "bin/run", 0o755),
+        stream.End(2, 6),
     ]
     data = b"".join(stream.encode(f) for f in frames)
     decoder = stream.StreamDecoder()
@@ -60,12 +65,25 @@ def test_frames_round_trip_and_order() -> None:
         ([stream.FileStart("/abs", 1, 0)], "absolute"),
         ([stream.Dir(".lanspread_owned", 0)], "reserved"),
         ([stream.End(0, 0), stream.Dir("a", 0)], "after the end"),
+        ([stream.Copy("a", "../etc/shadow", 0)], "escaping"),
+        ([stream.Copy("/abs", "a", 0)], "absolute"),
+        ([stream.FileStart("a", 2, 0), stream.Copy("b", "a", 0)], "before the file ended"),
     ],
 )
 def test_hostile_streams_are_refused(frames: list[stream.Frame], complaint: str) -> None:
     data = b"".join(stream.encode(f) for f in frames)
     with pytest.raises(RemoteProtocolError, match=complaint):
         stream.StreamDecoder().feed(data)
+
+
+@pytest.mark.parametrize(
+    ("length", "names"),
+    [(stream.MAX_PATH + 1, b"a" * (stream.MAX_PATH + 1) + b"b"), (5, b"abc"), (1, b"a" * 5000)],
+)
+def test_copy_frames_with_bad_path_lengths_are_refused(length: int, names: bytes) -> None:
+    payload = stream.COPY.pack(0o644, length) + names
+    with pytest.raises(RemoteProtocolError, match="bad path lengths"):
+        stream.StreamDecoder().feed(stream.HEADER.pack(stream.T_COPY, len(payload)) + payload)
 
 
 def test_oversized_frame_header_is_refused() -> None:
@@ -82,9 +100,14 @@ def test_fuzz_decoder_only_raises_protocol_errors(data: bytes) -> None:
 
 # ---- the one-pass provider -----------------------------------------------------------
 def collect(provider: RarStreamProvider) -> dict[str, bytes | None]:
+    """The tree a receiver builds: a copy holds the bytes of the file it names."""
     out: dict[str, bytes | None] = {}
     for entry, pieces in provider.entries():
-        out[entry.path] = None if entry.is_dir else b"".join(pieces)
+        data = b"".join(pieces)
+        if entry.copy_of is not None:
+            assert not data, "a copy sends no bytes of its own"
+            data = out[entry.copy_of] or b""
+        out[entry.path] = None if entry.is_dir else data
     return out
 
 
@@ -102,6 +125,8 @@ def reference(archive: Path, dest: Path) -> dict[str, bytes | None]:
         ("rar3-vols.part1.rar", 0),
         ("rar5-vols.part1.rar", 0),
         ("rar5-subdirs.rar", 0),
+        ("rar5-dups.rar", 1),
+        ("rar5-hlink.rar", 1),
     ],
 )
 def test_provider_decompresses_each_archive_once(
@@ -134,12 +159,16 @@ def serve_frames(sock: socket.socket, frames: list[stream.Frame], close_early: b
         sock.sendall(data[: len(data) // 2] if close_early else data)
 
 
-def receive(root: Path, frames: list[stream.Frame], close_early: bool = False) -> None:
+def receive(
+    root: Path, frames: list[stream.Frame], close_early: bool = False, total: int | None = None
+) -> None:
+    """`total`: what the source announced; by default the bytes of its Data frames."""
     ours, theirs = socket.socketpair()
     sender = threading.Thread(target=serve_frames, args=(theirs, frames, close_early))
     sender.start()
     try:
-        total = sum(len(f.data) for f in frames if isinstance(f, stream.Data))
+        if total is None:
+            total = sum(len(f.data) for f in frames if isinstance(f, stream.Data))
         receiver = StreamReceiver(ours, threading.Event(), lambda _d, _t: None, total)
         GameFiles(root).replace_local(receiver.fill, "stream-install")
     finally:
@@ -188,6 +217,51 @@ def test_receiver_failures_keep_the_previous_install(tmp_path: Path, failure: st
     assert (root / "local" / "data" / "big.bin").read_bytes() == new
 
 
+def with_copies(payload: bytes, copies: int) -> list[stream.Frame]:
+    """good_frames, then `copies` copies of its one file (a RAR5 archive's -oi copies)."""
+    frames = good_frames(payload)
+    end = frames.pop()
+    assert isinstance(end, stream.End)
+    frames += [stream.Copy(f"data/copy-{i}.bin", "data/big.bin", 0o755) for i in range(copies)]
+    return [*frames, stream.End(1 + copies, (1 + copies) * len(payload))]
+
+
+def test_receiver_makes_copies_of_files_it_received(tmp_path: Path) -> None:
+    root = tmp_path / GAME
+    root.mkdir()
+    payload = os.urandom(3 * MiB)
+    receive(root, with_copies(payload, 3), total=4 * len(payload))
+    local = root / "local"
+    for name in ("big.bin", "copy-0.bin", "copy-1.bin", "copy-2.bin"):
+        st = (local / "data" / name).lstat()
+        assert stat.S_ISREG(st.st_mode) and st.st_nlink == 1, name
+        assert (local / "data" / name).read_bytes() == payload, name
+    assert stat.S_IMODE((local / "data" / "copy-0.bin").stat().st_mode) == 0o755
+    assert_settled(root)
+
+
+@pytest.mark.parametrize(
+    ("frames", "complaint"),
+    [
+        # Ten copies of 1 MiB where the source announced room for one: copies cost the
+        # source nothing to send, the receiver checked its disk for what was announced.
+        (with_copies(bytes(MiB), 10), "more than the 1048576 bytes it announced"),
+        ([stream.Copy("data/copy.bin", "data/nothing.bin", 0o644)], "a file it never sent"),
+        ([*good_frames(bytes(MiB))[:-1], stream.Copy("../x", "data/big.bin", 0)], "bad stream"),
+    ],
+)
+def test_receiver_refuses_copies_it_cannot_trust(
+    tmp_path: Path, frames: list[stream.Frame], complaint: str
+) -> None:
+    root = tmp_path / GAME
+    root.mkdir()
+    with pytest.raises(PeerError, match=complaint):
+        receive(root, frames, total=MiB)
+    assert not (root / "local").exists()
+    assert not (tmp_path / "x").exists()
+    assert_settled(root)
+
+
 def test_receiver_on_a_full_disk(make_tmpfs: Callable[[int], Path]) -> None:
     root = make_tmpfs(4) / GAME
     root.mkdir()
@@ -208,7 +282,15 @@ def seed_sample(peer: Daemon, sample: str) -> Path:
 
 
 @pytest.mark.parametrize(
-    "sample", ["helper-rar5", "rar3-solid.rar", "rar5-solid.rar", "rar5-vols.part1.rar"]
+    "sample",
+    [
+        "helper-rar5",
+        "rar3-solid.rar",
+        "rar5-solid.rar",
+        "rar5-vols.part1.rar",
+        "rar5-dups.rar",
+        "rar5-hlink.rar",
+    ],
 )
 def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sample: str) -> None:
     source, receiver = make_peer("source"), make_peer("receiver")
@@ -227,6 +309,11 @@ def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sam
     got = receiver.game_dir / GAME
     # The installed version is recorded, so a LocalOnly game can still show it.
     assert tree(got / "local") == expected | {INSTALLED_VERSION: b"1.0\n"}
+    if sample != "helper-rar5":
+        # Copies and hard links too: files of their own, as rarfile reads them.
+        installed = installed_files(got / "local")
+        assert installed.pop(INSTALLED_VERSION) == b"1.0\n"
+        assert installed == rarfile_reading(archive)
     assert_settled(got)
     shown = receiver.ctl_json("show", GAME)
     assert (shown["installed"], shown["downloaded"], shown["availability"]) == (
@@ -238,6 +325,51 @@ def test_stream_install_between_daemons(make_peer: MakePeer, tmp_path: Path, sam
     # LocalOnly is never served: the source sees no game from the receiver.
     peers = source.ctl_json("peers")
     assert peers[0]["games"] == {}
+
+
+def test_stream_install_of_a_set_missing_a_volume_names_it(make_peer: MakePeer) -> None:
+    source, receiver = make_peer("source"), make_peer("receiver")
+    root = seed_sample(source, "rar5-vols.part1.rar")
+    (root / "rar5-vols.part2.rar").unlink()
+    source.start()
+    receiver.start()
+    connect(receiver, source)
+    wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] == 1, 10, "the source")
+    failed = receiver.ctl("--json", "stream-install", GAME)
+    assert failed.returncode == 1, failed.stderr
+    outcome = json.loads(failed.stdout)
+    assert outcome["state"] == "failed"
+    assert "the volume rar5-vols.part2.rar is missing" in outcome["error_message"]
+    assert_settled(receiver.game_dir / GAME)
+
+
+def test_stream_install_of_ten_thousand_copies_is_refused_before_writing(
+    make_peer: MakePeer, make_tmpfs: Callable[[int], Path]
+) -> None:
+    """Copies cost the source nothing to send: the receiver's disk check counts them."""
+    source, receiver = make_peer("source"), make_peer("receiver")
+    receiver.game_dir = make_tmpfs(16)
+    root = source.game_dir / GAME
+    root.mkdir(parents=True)
+    copied = os.urandom(MiB)
+    members = [Raw("data/file.bin", 0o100644, copied)]
+    members += [file_copy(f"data/copy-{i}.bin", "data/file.bin", MiB) for i in range(10_000)]
+    write_raw_rar5(root / f"{GAME}.rar", members)
+    (root / "version.ini").write_text("1.0\n")
+    source.start()
+    receiver.start()
+    connect(receiver, source)
+    wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] == 1, 30, "the source")
+    free = free_bytes(receiver.game_dir)
+    failed = receiver.ctl("--json", "stream-install", GAME)
+    assert failed.returncode == 1, failed.stderr
+    outcome = json.loads(failed.stdout)
+    assert outcome["state"] == "failed"
+    assert outcome["error_name"] == "org.lanspread.Lanspread1.Error.DiskFull"
+    assert f"needs {10_001 * MiB} bytes to install" in outcome["error_message"]
+    assert free_bytes(receiver.game_dir) == free, "nothing was written"
+    assert not (receiver.game_dir / GAME / "local").exists()
+    assert_settled(receiver.game_dir / GAME)
 
 
 @pytest.mark.slow

@@ -4,6 +4,11 @@ Runs in a worker thread on a blocking data-channel socket. It writes only inside
 the staging directory it is given, checks every size and CRC32, and returns only
 when the End frame confirms the whole tree; GameFiles.replace_local promotes it.
 No archive and no version.ini is ever written, so the result is LocalOnly.
+
+A Copy frame (a RAR5 file copy or hard link) is a real copy of a file this stream
+wrote before. Copies cost the source nothing to send, so every byte written,
+copies included, is held to the total the source announced and the disk-space
+check was made for: ten thousand copies of one big file cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -17,9 +22,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from lanspreadd.archive.extract import copy_file_bytes
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, PeerError
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.stream import (
+    Copy,
     Data,
     Dir,
     End,
@@ -51,6 +58,7 @@ class StreamReceiver:
         self._fd: int | None = None
         self._crc = 0
         self._current: FileStart | None = None
+        self._written: dict[str, int] = {}  # files complete in staging, with their sizes
 
     def fill(self, staging: Path) -> None:
         try:
@@ -86,6 +94,7 @@ class StreamReceiver:
             self._fd, self._crc, self._current = self._open(staging, frame), 0, frame
         elif isinstance(frame, Data):
             assert self._fd is not None
+            self._count(len(frame.data))
             _write_all(self._fd, frame.data)
             self._crc = zlib.crc32(frame.data, self._crc)
             self.received += len(frame.data)
@@ -94,6 +103,8 @@ class StreamReceiver:
             self._end_file(frame)
         elif isinstance(frame, Dir):
             (staging / frame.path).mkdir(parents=True, exist_ok=True)
+        elif isinstance(frame, Copy):
+            self._copy(staging, frame)
         elif isinstance(frame, StreamError):
             raise PeerError(f"the source gave up: {frame.reason}")
         elif isinstance(frame, End):
@@ -110,6 +121,34 @@ class StreamReceiver:
         if self._crc != frame.crc32:
             raise ArchiveError(f"{self._current.path} arrived corrupt (CRC32 mismatch)")
         self.files += 1
+        self._written[self._current.path] = self._current.size
+
+    def _count(self, size: int) -> None:
+        """Refuse to write beyond what the source announced (and space was checked for)."""
+        if self.received + size > self.total:
+            raise PeerError(f"the source sent more than the {self.total} bytes it announced")
+
+    def _copy(self, staging: Path, frame: Copy) -> None:
+        """Copy a file this stream wrote before: never a file it did not write."""
+        size = self._written.get(frame.source)
+        if size is None:
+            raise PeerError(f"the source sent {frame.path} as a copy of a file it never sent")
+        self._count(size)
+        src = os.open(staging / frame.source, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            out = self._open(staging, FileStart(frame.path, size, frame.mode))
+            try:
+                copy_file_bytes(src, out, size, self.cancel, self._copied)
+            finally:
+                os.close(out)
+        finally:
+            os.close(src)
+        self.received += size
+        self.files += 1
+        self._written[frame.path] = size
+
+    def _copied(self, done: int) -> None:
+        self.progress(self.received + done, self.total)
 
     @staticmethod
     def _open(staging: Path, frame: FileStart) -> int:

@@ -71,6 +71,12 @@ class FrameProducer:
                 if entry.is_dir:
                     out += stream.encode(stream.Dir(entry.path, entry.mode))
                     continue
+                if entry.copy_of is not None:
+                    # The receiver copies a file it has: its bytes count, none are sent.
+                    out += stream.encode(stream.Copy(entry.path, entry.copy_of, entry.mode))
+                    self.files += 1
+                    self.total += entry.size
+                    continue
                 out += stream.encode(stream.FileStart(entry.path, entry.size, entry.mode))
                 self._pieces, self._crc = pieces, 0
             piece = next(self._pieces, None)

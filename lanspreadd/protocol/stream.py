@@ -1,8 +1,10 @@
 """Stream-install frames on the data channel: an installed tree sent file by file.
 
 FileStart(path, size, mode), Data(bytes)*, FileEnd(crc32) per file; Dir(path, mode)
-for directories; End(files, bytes) closes a complete stream; Error(reason) aborts
-it. Every frame has a bound and every path is checked before anyone writes it.
+for directories; Copy(path, source, mode) for a file that copies one sent before it
+(RAR5 file copies and hard links: the receiver copies its own bytes); End(files,
+bytes) closes a complete stream; Error(reason) aborts it. Every frame has a bound
+and every path is checked before anyone writes it.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ FILE_START = struct.Struct("!QI")
 FILE_END = struct.Struct("!I")
 END = struct.Struct("!QQ")
 DIR = struct.Struct("!I")
+COPY = struct.Struct("!IH")  # mode, length of the path; the source's path follows it
 MAX_DATA = 1 << 20
 MAX_PATH = 4096
 RESERVED_NAMES = (".lanspread_owned",)
 
-T_FILE_START, T_DATA, T_FILE_END, T_DIR, T_END, T_ERROR = 1, 2, 3, 4, 5, 6
+T_FILE_START, T_DATA, T_FILE_END, T_DIR, T_END, T_ERROR, T_COPY = 1, 2, 3, 4, 5, 6, 7
 MAX_PAYLOAD = {
     T_FILE_START: FILE_START.size + MAX_PATH,
     T_DATA: MAX_DATA,
@@ -31,6 +34,7 @@ MAX_PAYLOAD = {
     T_DIR: DIR.size + MAX_PATH,
     T_END: END.size,
     T_ERROR: MAX_TEXT,
+    T_COPY: COPY.size + 2 * MAX_PATH,
 }
 
 
@@ -58,6 +62,13 @@ class Dir:
 
 
 @dataclass(frozen=True)
+class Copy:
+    path: str
+    source: str  # a file this stream sent before
+    mode: int
+
+
+@dataclass(frozen=True)
 class End:
     files: int
     total_bytes: int
@@ -68,7 +79,7 @@ class StreamError:
     reason: str
 
 
-Frame = FileStart | Data | FileEnd | Dir | End | StreamError
+Frame = FileStart | Data | FileEnd | Dir | Copy | End | StreamError
 
 
 def checked_path(path: str) -> str:
@@ -91,6 +102,11 @@ def encode(frame: Frame) -> bytes:
         kind, payload = T_FILE_END, FILE_END.pack(frame.crc32)
     elif isinstance(frame, Dir):
         kind, payload = T_DIR, DIR.pack(frame.mode) + frame.path.encode()
+    elif isinstance(frame, Copy):
+        path, source = frame.path.encode(), frame.source.encode()
+        if max(len(path), len(source)) > MAX_PATH:
+            raise ValueError("Copy frame is too large")
+        kind, payload = T_COPY, COPY.pack(frame.mode, len(path)) + path + source
     elif isinstance(frame, End):
         kind, payload = T_END, END.pack(frame.files, frame.total_bytes)
     else:
@@ -122,6 +138,12 @@ def decode_payload(kind: int, payload: bytes) -> Frame:
         if kind == T_DIR:
             (mode,) = DIR.unpack_from(payload)
             return Dir(checked_path(payload[DIR.size :].decode()), mode)
+        if kind == T_COPY:
+            mode, length = COPY.unpack_from(payload)
+            path, source = payload[COPY.size : COPY.size + length], payload[COPY.size + length :]
+            if len(path) != length or max(length, len(source)) > MAX_PATH:
+                raise RemoteProtocolError("malformed stream frame: bad path lengths in a copy")
+            return Copy(checked_path(path.decode()), checked_path(source.decode()), mode)
         if kind == T_END:
             files, total = END.unpack(payload)
             return End(files, total)
