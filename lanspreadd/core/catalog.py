@@ -23,6 +23,15 @@ def check_game_id(game_id: object) -> str:
 
 
 @dataclass(frozen=True)
+class Pin:
+    """A game version's content as the organiser signed it (see core.manifest)."""
+
+    manifest: str  # root hash of the download's file list
+    chunk_size: int  # the chunk size the manifest's hashes use
+    tree: str  # root hash of the installed tree
+
+
+@dataclass(frozen=True)
 class CatalogGame:
     id: str
     name: str
@@ -31,6 +40,7 @@ class CatalogGame:
     version: str
     genre: str = ""
     max_players: int = 0
+    pin: Pin | None = None
 
 
 def embedded_catalog_path() -> Path:
@@ -38,11 +48,18 @@ def embedded_catalog_path() -> Path:
 
 
 class Catalog:
-    """An immutable snapshot of `game.db`; reloading builds a new one."""
+    """An immutable snapshot of a catalog; reloading or adopting builds a new one.
 
-    def __init__(self, games: dict[str, CatalogGame], source: Path) -> None:
+    `revision` and `signer` (a key fingerprint) are set for an organiser's signed
+    catalog; a `game.db` has neither."""
+
+    def __init__(
+        self, games: dict[str, CatalogGame], source: Path, revision: int = 0, signer: str = ""
+    ) -> None:
         self.games = games
         self.source = source
+        self.revision = revision
+        self.signer = signer
 
     @classmethod
     def load(cls, path: Path | None = None) -> Catalog:
