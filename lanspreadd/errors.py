@@ -93,6 +93,13 @@ class NoSources(LanspreadError):
     name = "NoSources"
 
 
+class NoMajority(LanspreadError):
+    """Peers disagree on an unpinned game's files and no list has more backers than
+    every other: nothing is downloaded rather than trusting a tie-break."""
+
+    name = "NoMajority"
+
+
 class PeersGone(LanspreadError):
     """Every source left before the download completed: its own outcome, not a failure."""
 

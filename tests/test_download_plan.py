@@ -143,14 +143,18 @@ def listing(*files: tuple[str, int]) -> FileList:
     return FileList(1, "g", "1.0", SIZE, entries, b"t" * 32)
 
 
-def test_the_majority_file_list_wins_and_ties_are_stable() -> None:
+def test_the_majority_file_list_wins_and_a_tie_is_no_majority() -> None:
     honest = listing(("g.rar", 9), ("version.ini", 4))
     liar = listing(("g.rar", 99), ("version.ini", 4))
-    chosen, agreeing = majority({"a": honest, "b": liar, "c": honest})
-    assert chosen == fingerprint(honest)
-    assert agreeing == ["a", "c"]
-    tie = majority({"a": honest, "b": liar})
-    assert tie == majority({"b": liar, "a": honest}), "the same choice whatever the order"
+    found = majority({"a": honest, "b": liar, "c": honest})
+    assert found == (fingerprint(honest), ["a", "c"])
+    assert majority({"a": honest, "b": liar}) is None
+    other = listing(("g.rar", 7), ("version.ini", 4))
+    assert majority({"a": honest, "b": liar, "c": other, "d": honest}) == (
+        fingerprint(honest),
+        ["a", "d"],
+    )
+    assert majority({"a": honest, "b": liar, "c": other, "d": honest, "e": liar}) is None
 
 
 @pytest.mark.parametrize(

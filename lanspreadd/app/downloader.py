@@ -27,12 +27,14 @@ from lanspreadd.core.plan import (
     DownloadPlan,
     fingerprint,
     majority,
+    pinned,
     validate_file_list,
 )
 from lanspreadd.errors import (
     CorruptData,
     InvalidArgument,
     LanspreadError,
+    NoMajority,
     NoSources,
     PeerError,
     PeersGone,
@@ -93,6 +95,7 @@ class Downloader:
     progress: Callable[[int, int], None]
     # Injected so tests can run the grace periods without waiting them out.
     clock: Callable[[], float] = time.monotonic
+    pin: str = ""  # the organiser's manifest root for this version: no vote then
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -133,6 +136,10 @@ class Downloader:
         source = self.sources.get(peer_id)
         return source.name if source is not None else peer_id[:8]
 
+    def _peer_name(self, peer_id: str) -> str:
+        peer = self.peers.peers.get(peer_id)
+        return peer.name if peer is not None else peer_id[:8]
+
     async def _file_lists(self) -> dict[str, FileList]:
         """Every candidate's file list that passes the checks, asked all at once."""
         candidates = self.candidates()
@@ -161,10 +168,36 @@ class Downloader:
         return lists
 
     def _agree(self, lists: dict[str, FileList]) -> FileList:
-        """The majority file list; the peers that sent it become the sources."""
-        self._fingerprint, agreeing = majority(lists)
-        for peer_id in sorted(set(lists) - set(agreeing)):
-            log.warning("%s disagrees with the majority file list; not used", peer_id[:8])
+        """The pinned file list, or else the majority's; who sent it become the sources."""
+        if self.pin:
+            self._fingerprint, agreeing = self.pin, pinned(lists, self.pin)
+            for peer_id in sorted(set(lists) - set(agreeing)):
+                log.warning(
+                    "%s sent a file list for %s %s that is not the organiser's pin; dropped",
+                    self._peer_name(peer_id),
+                    self.game_id,
+                    self.version,
+                )
+            if not agreeing:
+                raise NoSources(
+                    f"none of the {len(lists)} peer(s) serving {self.game_id} {self.version} "
+                    "has the content the organiser's catalog pins"
+                )
+        else:
+            found = majority(lists)
+            if found is None:
+                raise NoMajority(
+                    f"the {len(lists)} peers serving {self.game_id} {self.version} disagree on "
+                    "its files and no list has a majority; wait for more peers, or ask the "
+                    "organiser to pin the game in the catalog"
+                )
+            self._fingerprint, agreeing = found
+            for peer_id in sorted(set(lists) - set(agreeing)):
+                log.warning(
+                    "%s disagrees with the majority file list for %s; not used",
+                    self._peer_name(peer_id),
+                    self.game_id,
+                )
         for peer_id in agreeing:
             agreed = self.peers.peers.get(peer_id)
             if agreed is not None:

@@ -137,9 +137,10 @@ class JobRunner:
             await asyncio.to_thread(_FILE_OPERATIONS[job.kind], files)
 
     async def _download(self, job: Job, progress: Progress) -> None:
-        version = self.library.catalog.games[job.game_id].version
+        game = self.library.catalog.games[job.game_id]
         root = self.library.game_root(job.game_id)
-        downloader = Downloader(root, job.game_id, version, self.peers, progress)
+        downloader = Downloader(root, job.game_id, game.version, self.peers, progress)
+        downloader.pin = game.pin.manifest if game.pin is not None else ""
         job.sources = downloader.received  # live: the Job object shows who contributes
         # Cancel() cancels this job task itself while it downloads; the job catches that.
         task = asyncio.current_task()

@@ -8,13 +8,12 @@ are checked (`validate_file_list`) and the one most sources agree on is chosen
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lanspreadd.core.library import MAX_VERSION_INI, VERSION_INI
+from lanspreadd.core.manifest import file_list_root
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.errors import (
     InvalidArgument,
@@ -113,17 +112,29 @@ class DownloadPlan:
 
 
 def fingerprint(file_list: FileList) -> str:
-    data = [file_list.chunk_size, [(f.path, f.size, f.hashes) for f in file_list.files]]
-    return hashlib.sha256(json.dumps(data).encode()).hexdigest()
+    """The file list's root hash: what an organiser's pin names (core.manifest)."""
+    return file_list_root(file_list)
 
 
-def majority(lists: dict[str, FileList]) -> tuple[str, list[str]]:
-    """The fingerprint most sources agree on, and the sources that agree."""
+def majority(lists: dict[str, FileList]) -> tuple[str, list[str]] | None:
+    """The fingerprint more sources agree on than on any other, and those sources.
+
+    None on a tie: breaking it by any property of the lists (the smallest fingerprint
+    once) lets a forger who pads its game until it sorts first win against one honest
+    peer."""
     groups: dict[str, list[str]] = {}
     for peer_id, file_list in lists.items():
         groups.setdefault(fingerprint(file_list), []).append(peer_id)
-    best = max(sorted(groups), key=lambda fp: len(groups[fp]))
-    return best, sorted(groups[best])
+    ranked = sorted(groups.values(), key=len, reverse=True)
+    if len(ranked) > 1 and len(ranked[0]) == len(ranked[1]):
+        return None
+    best = ranked[0]
+    return fingerprint(lists[best[0]]), sorted(best)
+
+
+def pinned(lists: dict[str, FileList], pin: str) -> list[str]:
+    """The sources whose file list is the pinned one: any single one will do."""
+    return sorted(peer_id for peer_id, file_list in lists.items() if fingerprint(file_list) == pin)
 
 
 def validate_file_list(file_list: FileList) -> None:

@@ -22,8 +22,9 @@ import pytest
 from lanspreadd.app.downloader import SOURCES_GRACE, Downloader
 from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.core.hashes import hash_file
+from lanspreadd.core.manifest import manifest_root
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import CorruptData, PeerError, PeersGone
+from lanspreadd.errors import CorruptData, NoMajority, NoSources, PeerError, PeersGone
 from lanspreadd.net.dataserver import DataServer, Grant, OutboundTransfers
 from lanspreadd.net.peers import Peer
 from lanspreadd.net.transport import PeerConnection
@@ -284,7 +285,7 @@ def test_the_file_list_most_sources_agree_on_is_downloaded(tmp_path: Path) -> No
             assert tree(lan.dest) == HONEST
             assert set(lan.peers.asked) == {"first", "odd", "second"}
             assert set(downloader.sources) == {first.peer_id, second.peer_id}
-            assert set(downloader.received) <= {"first", "second"}
+            assert set(downloader.received) <= {first.peer_id, second.peer_id}
             assert sum(downloader.received.values()) == TOTAL
             assert odd.connections_seen == 0  # never asked for a byte
             assert lan.progress[-1] == (TOTAL, TOTAL)
@@ -292,6 +293,70 @@ def test_the_file_list_most_sources_agree_on_is_downloaded(tmp_path: Path) -> No
             assert downloader.committed.files == listed(lan.dest)
 
     run(body())
+
+
+FORGED = HONEST | {"bin/sample-game": b"#!/bin/sh\nrm -rf ~\n"}  # a trojan beside the game
+
+
+def test_a_tie_between_file_lists_is_no_majority_and_nothing_is_written(tmp_path: Path) -> None:
+    """One forger against one honest peer used to win by padding its game until its
+    fingerprint sorted first; a tie now downloads nothing."""
+    lan = Lan(tmp_path)
+    honest = lan.source("honest", HONEST, HONEST)
+    forger = lan.source("forger", FORGED, FORGED)
+
+    async def body() -> None:
+        async with lan.serving(forger, honest):
+            with pytest.raises(NoMajority, match="no list has a majority"):
+                await lan.downloader().run()
+            assert not lan.dest.exists() or "version.ini" not in tree(lan.dest)
+            assert forger.connections_seen == honest.connections_seen == 0
+
+    run(body())
+
+
+def test_a_pinned_game_comes_from_the_peer_that_matches_the_pin_however_many_disagree(
+    tmp_path: Path, watch: LogWatch
+) -> None:
+    """Two identities on one host outvote the honest peer; the pin needs no vote."""
+    lan = Lan(tmp_path)
+    honest = lan.source("honest", HONEST, HONEST)
+    forgers = [lan.source(f"forger{i}", FORGED, FORGED) for i in range(2)]
+    pin = manifest_root(CHUNK, honest.lists)
+
+    async def body() -> None:
+        async with lan.serving(*forgers, honest):
+            downloader = lan.downloader()
+            downloader.pin = pin
+            await downloader.run()
+            assert tree(lan.dest) == HONEST
+            assert set(downloader.sources) == {honest.peer_id}
+            assert all(f.connections_seen == 0 for f in forgers)
+            dropped = [line for line in watch.lines if "not the organiser's pin" in line]
+            assert sorted(line.split()[0] for line in dropped) == ["forger0", "forger1"]
+
+    run(body())
+
+
+def test_a_pinned_game_no_peer_matches_fails_by_name_and_writes_nothing(tmp_path: Path) -> None:
+    lan = Lan(tmp_path)
+    forgers = [lan.source(f"forger{i}", FORGED, FORGED) for i in range(2)]
+    pin = manifest_root(CHUNK, listed_files(HONEST, tmp_path / "pinned"))
+
+    async def body() -> None:
+        async with lan.serving(*forgers):
+            downloader = lan.downloader()
+            downloader.pin = pin
+            with pytest.raises(NoSources, match="has the content the organiser's catalog pins"):
+                await downloader.run()
+            assert not lan.dest.exists() or "bin/sample-game" not in tree(lan.dest)
+
+    run(body())
+
+
+def listed_files(files: dict[str, bytes], scratch: Path) -> tuple[FileEntry, ...]:
+    write_tree(scratch, files)
+    return listed(scratch)
 
 
 def test_a_corrupt_source_is_dropped_and_its_chunks_come_from_another(
@@ -311,10 +376,10 @@ def test_a_corrupt_source_is_dropped_and_its_chunks_come_from_another(
             await downloader.run()
 
             assert tree(lan.dest) == HONEST
-            assert set(downloader.received) == {"honest"}
+            assert set(downloader.received) == {honest.peer_id}
             # At least TOTAL: a chunk the liar still held when it was dropped may be
             # fetched twice (its late corrupt report requeues it: DownloadPlan.corrupt).
-            assert downloader.received["honest"] >= TOTAL
+            assert downloader.received[honest.peer_id] >= TOTAL
             assert liar.requests >= 2
             assert "dropping liar as a source: repeated corrupt data" in watch.lines
             corrupt = [line for line in watch.lines if line.startswith("corrupt chunk")]
@@ -404,7 +469,7 @@ def test_a_source_back_within_the_grace_finishes_the_download(
             await task
             assert tree(lan.dest) == HONEST
             assert "flaky joins the download of quake as a source" in watch.lines
-            assert dict(downloader.received) == {"flaky": TOTAL}  # each chunk once
+            assert dict(downloader.received) == {flaky.peer_id: TOTAL}  # each chunk once
 
     run(body())
 
