@@ -9,7 +9,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from lanspreadd.core.catalog import CatalogGame, Pin
-from lanspreadd.core.manifest import manifest_root, tree_entries, tree_root
+from lanspreadd.core.manifest import check_tree, manifest_root, tree_entries, tree_root
 from lanspreadd.core.signedcatalog import (
     catalog_object,
     fingerprint,
@@ -18,7 +18,7 @@ from lanspreadd.core.signedcatalog import (
     parse_signed,
     sign_catalog,
 )
-from lanspreadd.errors import CatalogError
+from lanspreadd.errors import CatalogError, CorruptData
 from lanspreadd.protocol.messages import FileEntry
 
 PIN = Pin(manifest="a" * 64, chunk_size=4 << 20, tree="b" * 64)
@@ -96,3 +96,12 @@ def test_manifest_and_tree_roots_depend_on_content_not_order(tmp_path: Path) -> 
     before = tree_root(tree_entries(tmp_path))
     (tmp_path / "bin" / "game").write_bytes(b"\x7fELG")
     assert tree_root(tree_entries(tmp_path)) != before
+
+
+def test_a_tree_that_is_not_the_pinned_one_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "game").write_bytes(b"honest")
+    pinned = tree_root(tree_entries(tmp_path))
+    check_tree(tmp_path, pinned, "alpha")
+    (tmp_path / "trojan").write_bytes(b"#!/bin/sh")
+    with pytest.raises(CorruptData, match="the files mallory sent are not the content"):
+        check_tree(tmp_path, pinned, "mallory")

@@ -25,9 +25,11 @@ from lanspreadd.core.gamedir import ACCESS_ERRNOS, claim_game_root, no_access, s
 from lanspreadd.core.hashes import CHUNK_SIZE
 from lanspreadd.core.install import SPACE_MARGIN, GameFiles
 from lanspreadd.core.library import Library
+from lanspreadd.core.manifest import check_tree
 from lanspreadd.core.operations import Job, JobState, OpKind
 from lanspreadd.errors import (
     Cancelled,
+    CorruptData,
     DiskFull,
     LanspreadError,
     NoSources,
@@ -174,7 +176,8 @@ class JobRunner:
         return False
 
     async def _stream_install(self, job: Job, files: GameFiles, progress: Progress) -> None:
-        version = self.library.catalog.games[job.game_id].version
+        game = self.library.catalog.games[job.game_id]
+        version, pin = game.version, game.pin
         sources = self.peers.holding(job.game_id, version)
         if not sources:
             raise self._no_sources(job.game_id, version)
@@ -195,9 +198,21 @@ class JobRunner:
             sock = await in_thread(
                 None, open_data_channel, source.host, source.data_port, grant.token
             )
+            receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
+
+            def fill(
+                staging: Path, receiver: StreamReceiver = receiver, name: str = source.name
+            ) -> None:
+                receiver.fill(staging)
+                if pin is not None:  # no vote: the tree must be the one the organiser signed
+                    check_tree(staging, pin.tree, name)
+
             try:
-                receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
-                await in_thread(sock, files.replace_local, receiver.fill, "stream-install", version)
+                await in_thread(sock, files.replace_local, fill, "stream-install", version)
+            except CorruptData as exc:
+                log.warning("%s; trying another peer", exc)
+                errors.append(str(exc))
+                continue
             finally:
                 self._async_work.pop(job.id, None)
                 sock.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lanspreadd.errors import CorruptData
 from lanspreadd.protocol.messages import FileEntry, FileList
 
 TREE_READ = 1 << 20
@@ -85,3 +86,13 @@ def tree_entries(root: Path) -> list[TreeEntry]:
 
     walk(root, "")
     return found
+
+
+def check_tree(root: Path, pinned: str, source: str) -> None:
+    """Refuse a tree that is not the pinned one (a stream installer's, before it is used)."""
+    found = tree_root(tree_entries(root))
+    if found != pinned:
+        raise CorruptData(
+            f"the files {source} sent are not the content the organiser's catalog pins "
+            f"(tree {found[:16]}, pinned {pinned[:16]})"
+        )
