@@ -17,6 +17,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +66,9 @@ while True:
         seen.add(data[6 : 6 + data[5]])
         print(f"dial {time.monotonic()}", flush=True)
 """
+
+
+Popen = subprocess.Popen[str]
 
 
 @dataclass(frozen=True)
@@ -135,18 +139,34 @@ class Avahi:
     def __init__(self, lan: Lan, base: Path) -> None:
         self.base = base
         base.mkdir()
-        self.procs: list[subprocess.Popen[str]] = []
+        self.procs: list[Popen] = []
+        try:
+            self._start_all(lan)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_all(self, lan: Lan) -> None:
+        base = self.base
         self.env = os.environ | {
             "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={base / 'system_bus_socket'}"
         }
         config = base / "system.conf"
         config.write_text(system_bus_config(base / "system_bus_socket"))
         bus = self._start(
-            [needed("dbus-daemon"), f"--config-file={config}", "--nofork", "--nopidfile"],
+            [
+                needed("dbus-daemon"),
+                f"--config-file={config}",
+                "--nofork",
+                "--nopidfile",
+                "--print-address=1",
+            ],
             "dbus-daemon.log",
+            stdout=subprocess.PIPE,
         )
-        wait_for(lambda: (base / "system_bus_socket").exists() or bus.poll() is not None, 10, "bus")
-        assert bus.poll() is None, self.logs()
+        # Printed once the bus listens (its socket file appears earlier, at bind()).
+        assert bus.stdout is not None
+        assert bus.stdout.readline().startswith("unix:"), self.logs()
         self.ns, _ = lan.add_host(AVAHI_HOST)
         (base / "avahi-daemon.conf").write_text(AVAHI_CONF.format(tag=lan.tag))
         # Its pid file and socket are compiled in under /run/avahi-daemon: a tmpfs on
@@ -169,10 +189,16 @@ class Avahi:
 
         wait_for(ready, 20, "avahi-daemon on its bus")
 
-    def _start(self, cmd: list[str], log_name: str) -> subprocess.Popen[str]:
+    def _start(self, cmd: list[str], log_name: str, stdout: int | None = None) -> Popen:
+        """A process of ours, its output in a file: dbus-daemon logs every refusal, and
+        would block on a full pipe."""
         with (self.base / log_name).open("w") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, text=True
+                cmd,
+                stdout=log if stdout is None else stdout,
+                stderr=log if stdout is not None else subprocess.STDOUT,
+                env=self.env,
+                text=True,
             )
         self.procs.append(proc)
         return proc
@@ -202,6 +228,8 @@ class Avahi:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait(10)
+            if proc.stdout is not None:
+                proc.stdout.close()
 
 
 @pytest.fixture
@@ -222,14 +250,30 @@ class DialCounter:
             stdout=subprocess.PIPE,
             text=True,
         )
+        self.out = ""
         assert self.proc.stdout is not None
         assert self.proc.stdout.readline().strip() == "listening"
 
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.out, _ = self.proc.communicate(timeout=10)
+
     def dials(self) -> list[float]:
-        """Every dial so far (the process is stopped to read them all)."""
-        self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=10)
-        return [float(line.split()[1]) for line in out.splitlines() if line.startswith("dial ")]
+        """Every dial so far (the counter stops to tell them all)."""
+        self.stop()
+        return [
+            float(line.split()[1]) for line in self.out.splitlines() if line.startswith("dial ")
+        ]
+
+
+@contextmanager
+def dial_counter(ns: str, host: str, port: int) -> Iterator[DialCounter]:
+    counter = DialCounter(ns, host, port)
+    try:
+        yield counter
+    finally:
+        counter.stop()
 
 
 def logged(daemon: Daemon, text: str) -> Callable[[], bool]:
@@ -266,18 +310,18 @@ def test_avahi_shows_a_daemon_by_its_name_and_its_withdrawal_stops_redialling(
     assert gans.netns is not None
     started = time.monotonic()
     assert gans.stop() == 0
-    counter = DialCounter(gans.netns, gans.listen, gans.port)
-    withdrew = f"peer {gans_id[:8]} withdrew its mDNS name {label}"
-    try:
-        wait_for(logged(other, withdrew), 15, "the other daemon to see the withdrawal")
-    except TimedOut as exc:
-        raise AssertionError(f"{exc}; its log:\n{other.stderr()}") from None
-    seen_at = time.monotonic()
-    wait_for(lambda: label not in by_name(avahi.browse()), 15, "avahi to see the withdrawal")
-    # A peer still known is dialled FIRST_DELAY after its connection drops, then again
-    # twice that later: watch past both. A dial the withdrawal raced is allowed.
-    time.sleep(max(0.0, started + 3 * FIRST_DELAY + 2.0 - time.monotonic()))
-    late = [at for at in counter.dials() if at > seen_at]
+    with dial_counter(gans.netns, gans.listen, gans.port) as counter:
+        withdrew = f"peer {gans_id[:8]} withdrew its mDNS name {label}"
+        try:
+            wait_for(logged(other, withdrew), 15, "the other daemon to see the withdrawal")
+        except TimedOut as exc:
+            raise AssertionError(f"{exc}; its log:\n{other.stderr()}") from None
+        seen_at = time.monotonic()
+        wait_for(lambda: label not in by_name(avahi.browse()), 15, "avahi to see it withdraw")
+        # A peer still known is dialled FIRST_DELAY after its connection drops, then
+        # again twice that later: watch past both. A dial the withdrawal raced is allowed.
+        time.sleep(max(0.0, started + 3 * FIRST_DELAY + 2.0 - time.monotonic()))
+        late = [at for at in counter.dials() if at > seen_at]
     assert late == [], f"{gans_id[:8]} was dialled after it withdrew"
 
 
