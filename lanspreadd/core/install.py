@@ -174,17 +174,21 @@ class GameFiles:
         self.output: list[str] = []
         self.backends: list[str] = []
 
-    def install(self) -> bool:
-        """Unpack the root archives into local/; return True if it was an update."""
-        archives = root_archives(self.root)
+    def install(self, source: Path | None = None) -> bool:
+        """Unpack the root archives into local/; return True if it was an update.
+
+        `source`: another game root whose archives to unpack (the organiser's tool
+        pins a game's installed tree this way, unpacking into a scratch root)."""
+        source = source or self.root
+        archives = root_archives(source)
         if not archives:
-            raise InvalidState(f"{self.root.name} has no archives to install")
+            raise InvalidState(f"{source.name} has no archives to install")
         listings = [list_archive(a) for a in archives]
         total = sum(lst.total_bytes for lst in listings)
         self.check_space(total)
         return self.replace_local(
             lambda staging: self._unpack(listings, staging, total),
-            version=read_version_ini(self.root) or "",
+            version=read_version_ini(source) or "",
         )
 
     def check_space(self, install_bytes: int) -> None:
