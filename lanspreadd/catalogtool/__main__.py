@@ -1,0 +1,3 @@
+from lanspreadd.catalogtool.cli import main
+
+raise SystemExit(main())
