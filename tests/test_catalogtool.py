@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,18 @@ def test_other_content_under_the_same_version_pins_differently(tmp_path: Path) -
     forged = make_game(tmp_path / "forged", "game", "2", entries)
     other, _ = pin_game("game", "2", forged)
     assert other.manifest != pin.manifest and other.tree != pin.tree
+
+
+def test_a_game_directory_the_tool_may_not_write_is_pinned_the_same(
+    make_tmpfs: Callable[[int], Path],
+) -> None:
+    """A compressed game unpacks through hard links beside its archives: on a read-only
+    disk (or a seat's directory the daemon owns) it is unpacked from a copy instead."""
+    disk = make_tmpfs(8)
+    source = real_samples("rar3-solid.rar", disk)
+    writable = pin_game("game", "2", source)
+    subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+    assert pin_game("game", "2", source) == writable
 
 
 @pytest.fixture
@@ -305,6 +318,19 @@ def test_a_pinned_game_keeps_its_real_size(party: Path, capsys: pytest.CaptureFi
     document = Path(catalog).read_bytes()
     refused(capsys, ["update", "--key", key, catalog, "quake", "--size", "1"], "InvalidArgument", 2)
     assert Path(catalog).read_bytes() == document
+
+
+def test_a_scratch_directory_too_small_is_named(
+    party: Path, capsys: pytest.CaptureFixture[str], make_tmpfs: Callable[[int], Path]
+) -> None:
+    scratch = make_tmpfs(1)
+    key, catalog = str(party / "key.pem"), party / "party.json"
+    document = catalog.read_bytes()
+    game = str(party / "games" / "quake")
+    argv = ["pin", "--key", key, str(catalog), "quake", game, "--scratch", str(scratch)]
+    refused(capsys, argv, "DiskFull", 1)
+    assert catalog.read_bytes() == document
+    assert list(scratch.iterdir()) == []
 
 
 def locks_waiting() -> set[int]:

@@ -8,15 +8,18 @@ then accepts a file list or an installed tree only if its root is the pinned one
 
 from __future__ import annotations
 
+import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from lanspreadd.catalogtool.document import file_error
 from lanspreadd.core.catalog import Pin
 from lanspreadd.core.escape import echoed
 from lanspreadd.core.hashes import CHUNK_SIZE, hash_file, servable_files
 from lanspreadd.core.install import GameFiles
-from lanspreadd.core.library import VERSION_INI, read_version_ini
+from lanspreadd.core.library import VERSION_INI, is_archive_name, read_version_ini
 from lanspreadd.core.manifest import manifest_root, tree_entries, tree_root
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.errors import InvalidArgument, InvalidState, NotFound
@@ -39,7 +42,8 @@ def pin_game(
     (archives and `version.ini`), and the download's real size in bytes.
 
     `scratch` is where the game is unpacked to hash its tree (default: $TMPDIR); it
-    needs the installed size free and is emptied again whatever happens."""
+    needs the installed size free (and the download's, if `game_dir` is not writable)
+    and is emptied again whatever happens."""
     if not game_dir.is_dir():
         raise NotFound(f"game directory {game_dir} does not exist")
     if scratch is not None and not scratch.is_dir():
@@ -84,10 +88,29 @@ def installed_tree(game_id: str, game_dir: Path, scratch: Path | None = None) ->
     """The tree root of what a seat's install of `game_dir` holds: the daemon's install,
     into a private directory that is removed afterwards."""
     with tempfile.TemporaryDirectory(prefix="lanspread-pin-", dir=scratch) as tmp:
+        source = game_dir
+        if not os.access(game_dir, os.W_OK):
+            source = _copy_download(game_dir, Path(tmp) / "download")
         root = Path(tmp) / game_id
         root.mkdir()
-        GameFiles(root).install(source=game_dir)
+        GameFiles(root).install(source=source)
         return tree_root(tree_entries(root / LOCAL))
+
+
+def _copy_download(game_dir: Path, into: Path) -> Path:
+    """The archives and version.ini of a directory we may not write (a seat's game
+    directory owned by the daemon, a read-only disk): the unpack tools see archives
+    through hard links made beside them, so they are unpacked from a copy."""
+    into.mkdir()
+    for entry in sorted(os.scandir(game_dir), key=lambda e: e.name):
+        if entry.is_file(follow_symlinks=False) and (
+            is_archive_name(entry.name) or entry.name == VERSION_INI
+        ):
+            try:
+                shutil.copyfile(entry.path, into / entry.name)
+            except OSError as exc:
+                raise file_error(into / entry.name, exc, "copy") from None
+    return into
 
 
 def _stamps(game_dir: Path) -> list[tuple[str, int, int]]:
