@@ -196,6 +196,7 @@ class Discovery:
         self._announced: set[str] = set()  # names the browser holds, lowercased
         self._conflicts: asyncio.Queue[tuple[str, str]] = asyncio.Queue(MAX_CONFLICTS_QUEUED)
         self._defended_at = float("-inf")
+        self._renamed = False
 
     def _addresses(self) -> list[bytes]:
         ips = self.interfaces or [ip for ip in get_all_addresses() if not ip.startswith("127.")]
@@ -261,7 +262,7 @@ class Discovery:
             await azc.async_unregister_all_services()
             await azc.async_close()
 
-    async def _register(self, azc: AsyncZeroconf) -> None:
+    async def _register(self, azc: AsyncZeroconf) -> AsyncServiceInfo:
         """Announce ourselves under the first free name from `self.number` on."""
         while True:
             info = self._service_info(instance_label(self.name, self.number))
@@ -276,8 +277,9 @@ class Discovery:
                 self.number += 1
                 continue
             self.info = info
-            log.info("announcing %s on mDNS", printable(info.name))
-            return
+            level = logging.DEBUG if self._renamed else logging.INFO
+            log.log(level, "announcing %s on mDNS", printable(info.name))
+            return info
 
     def _told_conflict(self, name: str, holder: str) -> None:
         if holder != self.peer_id and not self._conflicts.full():
@@ -295,15 +297,19 @@ class Discovery:
             if holder < self.peer_id:
                 await self._defend(azc)
                 continue
-            log.warning(
-                "mDNS name %s is held by peer %s too; taking another",
-                printable(name.removesuffix(SUFFIX)),
-                holder[:8],
-            )
             azc.zeroconf.registry.async_remove(self.info)
             self.info = None
             self.number += 1
-            await self._register(azc)
+            info = await self._register(azc)
+            # Said once: anyone on the LAN may claim our names, one after another.
+            log.log(
+                logging.DEBUG if self._renamed else logging.WARNING,
+                "mDNS name %s is held by peer %s too; we are %s now",
+                printable(name.removesuffix(SUFFIX)),
+                holder[:8],
+                printable(info.name.removesuffix(SUFFIX)),
+            )
+            self._renamed = True
 
     async def _verify(self, azc: AsyncZeroconf) -> None:
         """Ask for our own name's TXT now and then: a peer that was out of reach while
@@ -327,7 +333,8 @@ class Discovery:
 
     def _withdrawn(self, name: str) -> None:
         for peer_id in self.instances.withdrawn(name):
-            log.info(
+            # Debug only: a host that announces and withdraws made-up names would fill the log.
+            log.debug(
                 "peer %s withdrew its mDNS name %s",
                 peer_id[:8],
                 printable(name.removesuffix(SUFFIX)),
