@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_text, description=help_text)
-        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
         sp.set_defaults(handler=handler)
         return sp
 
@@ -319,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
             required=required,
             help="the version seats must hold (what the game's version.ini says)",
         )
-        sp.add_argument("--description", help="a line or a few about the game")
-        sp.add_argument("--genre")
+        sp.add_argument("--description", metavar="TEXT", help="a line or a few about the game")
+        sp.add_argument("--genre", metavar="TEXT")
         sp.add_argument("--players", type=_count, metavar="N", help="most players at once")
         sp.add_argument(
             "--size", type=_count, metavar="BYTES", help="download size, until the game is pinned"
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
             "change a game; a new version drops its pin unless --pin DIR pins the new one",
         )
     )
-    sp.add_argument("id", metavar="ID")
+    sp.add_argument("id", metavar="ID", help="the game's id")
     fields(sp, required=False)
     sp.add_argument("--pin", type=Path, metavar="GAMEDIR", help="pin the version from GAMEDIR")
     scratch(sp)
@@ -361,10 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
             "version.ini, as on a seat): seats then accept only that content",
         )
     )
-    sp.add_argument("id", metavar="ID")
+    sp.add_argument("id", metavar="ID", help="the game's id")
     sp.add_argument("gamedir", type=Path, metavar="GAMEDIR")
     scratch(sp)
-    catalog(signing("remove", cmd_remove, "remove a game")).add_argument("id", metavar="ID")
+    catalog(signing("remove", cmd_remove, "remove a game")).add_argument(
+        "id", metavar="ID", help="the game's id"
+    )
     catalog(add("show", cmd_show, "verify a catalog's signature and list its games"))
     return p
 
