@@ -25,16 +25,14 @@ from lanspreadd.core.plan import (
     MAX_CORRUPT,
     Chunk,
     DownloadPlan,
+    agreed,
     fingerprint,
-    majority,
-    pinned,
     validate_file_list,
 )
 from lanspreadd.errors import (
     CorruptData,
     InvalidArgument,
     LanspreadError,
-    NoMajority,
     NoSources,
     PeerError,
     PeersGone,
@@ -133,12 +131,8 @@ class Downloader:
         )
 
     def _name(self, peer_id: str) -> str:
-        source = self.sources.get(peer_id)
-        return source.name if source is not None else peer_id[:8]
-
-    def _peer_name(self, peer_id: str) -> str:
-        peer = self.peers.peers.get(peer_id)
-        return peer.name if peer is not None else peer_id[:8]
+        known = self.sources.get(peer_id) or self.peers.peers.get(peer_id)
+        return known.name if known is not None else peer_id[:8]
 
     async def _file_lists(self) -> dict[str, FileList]:
         """Every candidate's file list that passes the checks, asked all at once."""
@@ -169,40 +163,15 @@ class Downloader:
 
     def _agree(self, lists: dict[str, FileList]) -> FileList:
         """The pinned file list, or else the majority's; who sent it become the sources."""
-        if self.pin:
-            self._fingerprint, agreeing = self.pin, pinned(lists, self.pin)
-            for peer_id in sorted(set(lists) - set(agreeing)):
-                log.warning(
-                    "%s sent a file list for %s %s that is not the organiser's pin; dropped",
-                    self._peer_name(peer_id),
-                    self.game_id,
-                    self.version,
-                )
-            if not agreeing:
-                raise NoSources(
-                    f"none of the {len(lists)} peer(s) serving {self.game_id} {self.version} "
-                    "has the content the organiser's catalog pins"
-                )
-        else:
-            found = majority(lists)
-            if found is None:
-                raise NoMajority(
-                    f"the {len(lists)} peers serving {self.game_id} {self.version} disagree on "
-                    "its files and no list has a majority; wait for more peers, or ask the "
-                    "organiser to pin the game in the catalog"
-                )
-            self._fingerprint, agreeing = found
-            for peer_id in sorted(set(lists) - set(agreeing)):
-                log.warning(
-                    "%s disagrees with the majority file list for %s; not used",
-                    self._peer_name(peer_id),
-                    self.game_id,
-                )
+        self._fingerprint, agreeing = agreed(lists, self.pin, f"{self.game_id} {self.version}")
+        why = "is not the organiser's pin" if self.pin else "disagrees with the majority"
+        for peer_id in sorted(set(lists) - set(agreeing)):
+            log.warning("%s: its file list for %s %s", self._name(peer_id), self.game_id, why)
         for peer_id in agreeing:
-            agreed = self.peers.peers.get(peer_id)
-            if agreed is not None:
+            peer = self.peers.peers.get(peer_id)
+            if peer is not None:
                 self.sources[peer_id] = Source(
-                    peer_id, agreed.name, agreed.host, agreed.data_port, lists[peer_id].token
+                    peer_id, peer.name, peer.host, peer.data_port, lists[peer_id].token
                 )
         return lists[agreeing[0]]
 

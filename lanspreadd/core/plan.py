@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from lanspreadd.core.library import MAX_VERSION_INI, VERSION_INI
 from lanspreadd.core.manifest import file_list_root
 from lanspreadd.core.paths import check_relative_path
-from lanspreadd.errors import (
-    InvalidArgument,
-)
+from lanspreadd.errors import InvalidArgument, NoMajority, NoSources
 from lanspreadd.protocol.messages import FileEntry, FileList
 
 MAX_CORRUPT = 2
@@ -132,9 +130,26 @@ def majority(lists: dict[str, FileList]) -> tuple[str, list[str]] | None:
     return fingerprint(lists[best[0]]), sorted(best)
 
 
-def pinned(lists: dict[str, FileList], pin: str) -> list[str]:
-    """The sources whose file list is the pinned one: any single one will do."""
-    return sorted(peer_id for peer_id, file_list in lists.items() if fingerprint(file_list) == pin)
+def agreed(lists: dict[str, FileList], pin: str, what: str) -> tuple[str, list[str]]:
+    """The file list to download and the sources that sent it.
+
+    With the organiser's pin, any single source whose list is the pinned one: no vote.
+    Without, the majority's; a tie fails rather than trusting a tie-break."""
+    if pin:
+        matching = sorted(p for p, file_list in lists.items() if fingerprint(file_list) == pin)
+        if not matching:
+            raise NoSources(
+                f"none of the {len(lists)} peer(s) serving {what} "
+                "has the content the organiser's catalog pins"
+            )
+        return pin, matching
+    found = majority(lists)
+    if found is None:
+        raise NoMajority(
+            f"the {len(lists)} peers serving {what} disagree on its files and no list has a "
+            "majority; wait for more peers, or ask the organiser to pin the game"
+        )
+    return found
 
 
 def validate_file_list(file_list: FileList) -> None:

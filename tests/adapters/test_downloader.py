@@ -333,7 +333,7 @@ def test_a_pinned_game_comes_from_the_peer_that_matches_the_pin_however_many_dis
             assert set(downloader.sources) == {honest.peer_id}
             assert all(f.connections_seen == 0 for f in forgers)
             dropped = [line for line in watch.lines if "not the organiser's pin" in line]
-            assert sorted(line.split()[0] for line in dropped) == ["forger0", "forger1"]
+            assert sorted(line.split(":")[0] for line in dropped) == ["forger0", "forger1"]
 
     run(body())
 
