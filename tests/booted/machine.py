@@ -444,16 +444,9 @@ class Machine:
         return ""
 
     # ---- using it --------------------------------------------------------------------------
-    def run(
-        self,
-        *cmd: str,
-        user: str | None = None,
-        check: bool = True,
-        timeout: float = 60,
-        stdin: str | None = None,
-    ) -> subprocess.CompletedProcess[str]:
-        """Run a command inside, as root or as `user` (no login session, as over ssh -T
-        without PAM: polkit sees an inactive caller)."""
+    def command(self, *cmd: str, user: str | None = None) -> list[str]:
+        """The host command line that runs `cmd` inside, as `run` does; for a process
+        that must outlive one call (Popen it)."""
         if self.leader is None:
             raise MachineError(f"{self.name} is not booted")
         env = ["env", "-i", f"PATH={PATH}", "LANG=C.UTF-8", "TERM=dumb"]
@@ -470,8 +463,20 @@ class Machine:
                 f"USER={user}",
                 *cmd,
             ]
+        return ["nsenter", "-t", str(self.leader), "-a", *inner]
+
+    def run(
+        self,
+        *cmd: str,
+        user: str | None = None,
+        check: bool = True,
+        timeout: float = 60,
+        stdin: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command inside, as root or as `user` (no login session, as over ssh -T
+        without PAM: polkit sees an inactive caller)."""
         result = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", *inner],
+            self.command(*cmd, user=user),
             capture_output=True,
             text=True,
             timeout=timeout,
