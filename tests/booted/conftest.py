@@ -6,6 +6,7 @@ destroyed at its end, failed or not; a failing test prints the daemon's journal.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import pytest
 
 from tests.booted.machine import TIMINGS, Lan, Machine, build_deb, cached_root, sweep_leftovers
 
+PLAYER = "player"
 TOOLS = ("debootstrap", "systemd-nspawn", "nsenter", "ip", "tar", "dpkg-buildpackage")
 
 
@@ -99,6 +101,27 @@ def alpha(base_root: Path, deb: Path, lan: Lan) -> Iterator[Machine]:
 @pytest.fixture(scope="session")
 def beta(base_root: Path, deb: Path, lan: Lan) -> Iterator[Machine]:
     yield from boot("beta", base_root, deb, lan)
+
+
+@pytest.fixture(scope="session")
+def player(alpha: Machine) -> str:
+    """A user of alpha without a login session: polkit refuses them every change."""
+    alpha.run("useradd", "--create-home", PLAYER)
+    return PLAYER
+
+
+@pytest.fixture(scope="session")
+def peers(alpha: Machine, beta: Machine) -> tuple[Machine, Machine]:
+    """alpha and beta have found each other over mDNS."""
+    for machine in (alpha, beta):
+        connected = json.loads(
+            machine.run(
+                "lanspreadctl", "--json", "wait-peers", "1", "--timeout", "60", timeout=90
+            ).stdout
+        )
+        other = beta if machine is alpha else alpha
+        assert [p["name"] for p in connected] == [other.name], connected
+    return alpha, beta
 
 
 @pytest.hookimpl(wrapper=True)

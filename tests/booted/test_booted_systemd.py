@@ -42,7 +42,6 @@ from tests.support import SAMPLES, make_game
 pytestmark = pytest.mark.timeout(900)
 
 UNIT = "lanspreadd.service"
-PLAYER = "player"
 SERVICE_USER = "lanspread"
 GAMES = "/var/lib/lanspread/games"
 BUS = ("org.lanspread.Lanspread1", "/org/lanspread/Lanspread1", "org.lanspread.Lanspread1.Manager")
@@ -155,12 +154,6 @@ def exposure(machine: Machine) -> float:
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", security)
     assert match, security
     return float(match.group(1))
-
-
-@pytest.fixture(scope="session")
-def player(alpha: Machine) -> str:
-    alpha.run("useradd", "--create-home", PLAYER)
-    return PLAYER
 
 
 @pytest.fixture(autouse=True)
@@ -393,20 +386,6 @@ def test_game_is_installed_updated_and_uninstalled(
 
 
 # ---- two machines on one LAN -----------------------------------------------------------
-@pytest.fixture(scope="session")
-def peers(alpha: Machine, beta: Machine) -> tuple[Machine, Machine]:
-    """alpha and beta have found each other over mDNS."""
-    for machine in (alpha, beta):
-        connected = json.loads(
-            machine.run(
-                "lanspreadctl", "--json", "wait-peers", "1", "--timeout", "60", timeout=90
-            ).stdout
-        )
-        other = beta if machine is alpha else alpha
-        assert [p["name"] for p in connected] == [other.name], connected
-    return alpha, beta
-
-
 def test_two_machines_trade_compressed_games(
     peers: tuple[Machine, Machine], tmp_path: Path
 ) -> None:
