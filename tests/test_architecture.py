@@ -3,6 +3,7 @@
 Layers, top to bottom (each may import those below it, never those above):
 
     lanspreadd.main   the entry point: the daemon and its D-Bus adapter together
+    catalogtool/      the organiser's `lanspread-catalog`: files only, no daemon, no network
     dbus/             the D-Bus adapter: the only layer that knows D-Bus names
     app/              composition root and roles: daemon, games, host, downloader
     net/              adapters to the world: the only layer that opens sockets
@@ -34,12 +35,14 @@ ALLOWED: dict[str, set[str]] = {
     "net": {"net", "core", "archive", "protocol", "errors"},
     "app": {"app", "net", "core", "archive", "protocol", "errors"},
     "dbus": {"dbus", "app", "net", "core", "archive", "protocol", "errors"},
+    "catalogtool": {"catalogtool", "core", "archive", "protocol", "errors"},
 }
 # Third-party and standard modules a layer must not use.
 FORBIDDEN_MODULES: dict[str, set[str]] = {
     "protocol": {"asyncio", "socket", "subprocess", "sqlite3", "cryptography", "rarfile"},
     "core": {"asyncio", "socket", "dbus_fast", "aioquic", "zeroconf"},
     "archive": {"asyncio", "socket", "dbus_fast", "aioquic", "zeroconf"},
+    "catalogtool": {"asyncio", "socket", "dbus_fast", "aioquic", "zeroconf"},
 }
 # Calls that open sockets: only net/ (and the bus connection in dbus/) make them.
 SOCKET_OPENERS = {"create_connection", "start_server", "open_connection", "socket"}

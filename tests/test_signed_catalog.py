@@ -65,6 +65,9 @@ def test_forged_and_foreign_catalogs_are_refused_by_name() -> None:
         ({"games": {"../etc": {"name": "x", "version": "1"}}}, "invalid game id"),
         ({"games": {"x": {"name": "", "version": "1"}}}, "'name'"),
         ({"games": {"x": {"name": "X", "version": "1", "size": -1}}}, "'size'"),
+        ({"games": {"x": {"name": "X\x1b[2J", "version": "1"}}}, "unprintable"),
+        ({"games": {"x": {"name": "X", "version": "1" * 65}}}, "'version'"),
+        ({"games": {"x": {"name": "X", "version": " 1.0"}}}, "spaces"),
         ({"games": {"x": {"name": "X", "version": "1", "pin": {"manifest": "zz"}}}}, "pin"),
     ],
 )

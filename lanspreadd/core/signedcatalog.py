@@ -28,6 +28,7 @@ from lanspreadd.core.catalog import GAME_ID_RE, CatalogGame, Pin
 from lanspreadd.core.escape import echoed
 from lanspreadd.core.manifest import canonical_json
 from lanspreadd.errors import CatalogError
+from lanspreadd.protocol.text import MAX_NAME, first_unprintable
 
 FORMAT = 1
 SIGNED_PREFIX = b"lanspread catalog v1\n"
@@ -161,11 +162,18 @@ def _game(game_id: str, fields: object) -> CatalogGame:
     if not isinstance(fields, dict):
         raise CatalogError(f"game {game_id}: not an object")
 
-    def text(name: str, required: bool = False) -> str:
+    def text(name: str, required: bool = False, limit: int = MAX_TEXT) -> str:
+        """Text every sink shows as itself (newlines only in a description)."""
         value = fields.get(name, "")
-        if not isinstance(value, str) or len(value) > MAX_TEXT or (required and not value):
-            raise CatalogError(f"game {game_id}: '{name}' must be text of 1 to {MAX_TEXT}")
+        if not isinstance(value, str) or len(value) > limit or (required and not value):
+            raise CatalogError(f"game {game_id}: '{name}' must be text of 1 to {limit}")
+        if first_unprintable(value.replace("\n", " ") if name == "description" else value):
+            raise CatalogError(f"game {game_id}: '{name}' holds an unprintable character")
         return value
+
+    version = text("version", required=True, limit=MAX_NAME)
+    if version != version.strip() or "\n" in version:
+        raise CatalogError(f"game {game_id}: the version cannot begin or end with spaces")
 
     def number(name: str) -> int:
         value = fields.get(name, 0)
@@ -178,7 +186,7 @@ def _game(game_id: str, fields: object) -> CatalogGame:
         name=text("name", required=True),
         description=text("description"),
         size=number("size"),
-        version=text("version", required=True),
+        version=version,
         genre=text("genre"),
         max_players=number("players"),
         pin=_pin(game_id, fields.get("pin")),
