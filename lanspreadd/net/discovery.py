@@ -9,6 +9,10 @@ desktop browsers show it. It is the daemon's name, "Name (2)", "Name (3)"... whe
 another service holds it; the peer id travels in TXT. So an instance name says
 nothing about who is behind it: a withdrawal (a name, nothing more) is mapped
 through the ids learnt when that name was resolved (`Instances`).
+
+zeroconf probes a name before taking it, but renames as "Name-2", fails on a
+63-byte name and never looks again once it announced: we number names ourselves
+and settle the conflicts found later (`Conflicts`, RFC 6762 section 9).
 """
 
 from __future__ import annotations
