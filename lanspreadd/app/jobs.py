@@ -70,6 +70,7 @@ class JobRunner:
         self._free_space = free_space
         self._async_work: dict[int, asyncio.Task[None]] = {}
         self._last_progress: dict[int, float] = {}
+        self._progress_due: dict[int, asyncio.TimerHandle] = {}
 
     def interrupt(self, job: Job) -> None:
         """Cancel a download or stream install where it waits; file work sees the event."""
@@ -78,10 +79,23 @@ class JobRunner:
             work.cancel()
 
     def _progress(self, job: Job, done: int, total: int) -> None:
+        """Tell observers at most every PROGRESS_INTERVAL, and the last news always: an
+        update inside the interval is told when it ends, not held until the next one."""
         now = time.monotonic()
         job.update(done, total, now)
-        if now - self._last_progress.get(job.id, 0.0) >= PROGRESS_INTERVAL:
-            self._last_progress[job.id] = now
+        if job.id in self._progress_due:
+            return
+        wait = self._last_progress.get(job.id, 0.0) + PROGRESS_INTERVAL - now
+        if wait <= 0:
+            self._tell_progress(job)
+        else:
+            loop = asyncio.get_running_loop()
+            self._progress_due[job.id] = loop.call_later(wait, self._tell_progress, job)
+
+    def _tell_progress(self, job: Job) -> None:
+        self._progress_due.pop(job.id, None)
+        self._last_progress[job.id] = time.monotonic()
+        if job.state is JobState.RUNNING:
             self.observers.job_progress(job)
 
     async def run(self, job: Job) -> None:
@@ -123,6 +137,9 @@ class JobRunner:
             if job.kind in (OpKind.INSTALL, OpKind.UPDATE) or job.install_after:
                 await self._record_unpack(job, files, started)
             self._last_progress.pop(job.id, None)
+            due = self._progress_due.pop(job.id, None)
+            if due is not None:
+                due.cancel()
 
     async def _work(self, job: Job, files: GameFiles, progress: Progress) -> None:
         """What the job's kind does."""
