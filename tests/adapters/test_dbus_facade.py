@@ -652,6 +652,27 @@ def test_polkit_decides_each_mutating_call_once_its_arguments_are_good(
                 f"{ERR}NotAuthorized: not authorised to perform org.lanspread.download-game"
             )
 
+            # Whoever started a job may cancel it without asking polkit (cancel-operation
+            # is not allowed); a job someone else started needs polkit's yes.
+            job = daemon.games.ops.jobs["quake"]
+            assert job.started_by_uid == os.getuid()
+            path = f"{ROOT}/jobs/{job.id}"
+            await client.ok("Cancel", path=path, interface=JOB_IFACE)
+            assert job.cancel_event.is_set()
+            other = daemon.games.start(OpKind.UNINSTALL, "doom-2", started_by_uid=os.getuid() + 1)
+            reply = await call(
+                client.bus, "Cancel", path=f"{ROOT}/jobs/{other.id}", interface=JOB_IFACE
+            )
+            assert reply.error_name == f"{ERR}NotAuthorized"
+            assert not other.cancel_event.is_set()
+            reply = await call(client.bus, "Cancel", "s", ["doom-2"])
+            assert reply.error_name == f"{ERR}NotAuthorized"
+            await polkit.allow(
+                client, "org.lanspread.install-game", "org.lanspread.cancel-operation"
+            )
+            await client.ok("Cancel", "s", ["doom-2"])
+            assert other.cancel_event.is_set()
+
     try:
         run(body())
     finally:
