@@ -3,6 +3,14 @@ what tells a conflict. The network side is in tests/test_avahi.py."""
 
 from __future__ import annotations
 
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import pytest
 from zeroconf import DNSText, RecordUpdate  # type: ignore[attr-defined]
 from zeroconf.asyncio import AsyncServiceInfo
@@ -19,8 +27,9 @@ from lanspreadd.net.discovery import (
     txt_peer_id,
 )
 from lanspreadd.protocol.identity import PEER_ID_LEN
+from tests.netns import Lan
 
-A, B, C = "a" * PEER_ID_LEN, "b" * PEER_ID_LEN, "c" * PEER_ID_LEN
+A, B, C, D, E = (letter * PEER_ID_LEN for letter in "abcde")
 
 
 def txt(*strings: bytes) -> bytes:
@@ -154,3 +163,136 @@ def test_a_txt_record_for_our_name_with_another_id_is_a_conflict() -> None:
     ]
     conflicts.async_update_records(None, 0.0, [RecordUpdate(r, None) for r in updates])  # type: ignore[arg-type]
     assert told == [(f"Rig{SUFFIX}", B)]
+
+
+# ---- the adapter: real zeroconf on the test's own bridge ------------------------------
+
+# Runs Discovery and prints what it proposes and withdraws.
+DRIVER = """
+import asyncio, sys
+from lanspreadd.net.discovery import Discovery
+
+def found(peer_id, host, port):
+    print("found", peer_id, host, port, flush=True)
+
+def lost(peer_id):
+    print("lost", peer_id, flush=True)
+
+asyncio.run(Discovery(sys.argv[1], "driver", 41800, [sys.argv[2]], found, lost).run())
+"""
+# Announces and withdraws whatever services it is told to, as anyone on the LAN may:
+# `add<TAB>INSTANCE<TAB>ID<TAB>NAME` and `remove<TAB>INSTANCE`, `done` after each.
+RESPONDER = """
+import asyncio, socket, sys
+from zeroconf import IPVersion
+from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+from lanspreadd.net.discovery import SERVICE_TYPE, SUFFIX
+from lanspreadd.protocol import PROTOCOL_VERSION
+
+async def main(address):
+    azc = AsyncZeroconf(interfaces=[address], ip_version=IPVersion.V4Only)
+    services = {}
+    loop = asyncio.get_running_loop()
+    while line := await loop.run_in_executor(None, sys.stdin.readline):
+        command, instance, *txt = line.rstrip("\\n").split("\\t")
+        if command == "add":
+            info = services[instance] = AsyncServiceInfo(
+                SERVICE_TYPE,
+                instance + SUFFIX,
+                port=41800,
+                properties={"id": txt[0], "v": str(PROTOCOL_VERSION), "name": txt[1]},
+                addresses=[socket.inet_aton(address)],
+                server=f"responder-{len(services)}.local.",
+            )
+            await (await azc.async_register_service(info, cooperating_responders=True))
+        else:
+            await (await azc.async_unregister_service(services.pop(instance)))
+        print("done", flush=True)
+    await azc.async_close()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+class Lines:
+    """A process in a namespace of the test's bridge, and the lines it printed."""
+
+    def __init__(self, ns: str, script: str, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", script, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.seen: list[str] = []
+        self._partial = b""
+
+    def expect(self, wanted: str, timeout: float = 20) -> None:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while wanted not in self.seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {wanted!r} after {timeout} s; printed {self.seen}"
+            if select.select([self.proc.stdout], [], [], remaining)[0]:
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                assert chunk, f"exited before {wanted!r}; printed {self.seen}"
+                *lines, self._partial = (self._partial + chunk).split(b"\n")
+                self.seen += [line.decode(errors="replace") for line in lines]
+
+    def tell(self, *fields: str) -> None:
+        """A command to the responder, waited on until it is done."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\t".join(fields).encode() + b"\n")
+        self.proc.stdin.flush()
+        self.seen = [line for line in self.seen if line != "done"]
+        self.expect("done")
+
+    def stop(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            if pipe is not None:
+                pipe.close()
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@contextmanager
+def running(ns: str, script: str, *args: str) -> Iterator[Lines]:
+    lines = Lines(ns, script, *args)
+    try:
+        yield lines
+    finally:
+        lines.stop()
+
+
+@pytest.mark.slow
+def test_withdrawals_reach_the_ids_learnt_for_each_name_and_bad_ids_reach_nothing(
+    lan: Lan,
+) -> None:
+    driver_ns, driver_address = lan.add_host(0)
+    responder_ns, address = lan.add_host(1)
+    with (
+        running(driver_ns, DRIVER, "0" * PEER_ID_LEN, driver_address) as driver,
+        running(responder_ns, RESPONDER, address) as responder,
+    ):
+        responder.tell("add", "Kevin's Rig", A, "Kevin")
+        driver.expect(f"found {A} {address} 41800")
+        responder.tell("add", B, C, "looks like B")  # a name that is some other id
+        driver.expect(f"found {C} {address} 41800")
+        # Ids and names no peer may send: never proposed, never withdrawn.
+        responder.tell("add", "Evil", "not-an-id", "evil")
+        responder.tell("add", "Shouting", A.upper(), "evil")
+        responder.tell("add", "Escape", E, "\x1b]0;pwned\x07")
+        responder.tell("add", "Sentinel", D, "sentinel")
+        driver.expect(f"found {D} {address} 41800")
+
+        responder.tell("remove", "Kevin's Rig")
+        driver.expect(f"lost {A}")
+        responder.tell("remove", B)
+        driver.expect(f"lost {C}")
+        for name in ("Evil", "Shouting", "Escape", "Sentinel"):
+            responder.tell("remove", name)
+        driver.expect(f"lost {D}")
+    told = [line for line in driver.seen if line.startswith(("found", "lost"))]
+    assert sorted(told) == sorted(
+        [f"found {p} {address} 41800" for p in (A, C, D)] + [f"lost {p}" for p in (A, C, D)]
+    ), driver.seen
