@@ -2,7 +2,8 @@
 
 PeerManager owns every connection and its timer task in one TaskGroup. It turns
 session events into a table of authenticated peers and what games they serve,
-and answers file-list requests through the `PeerHost` it is given.
+and answers file-list requests through the `PeerHost` it is given; catalog
+announcements and requests go to the `CatalogHost`, when it is given one.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from aioquic.asyncio.client import connect as quic_connect
 from lanspreadd.core.announced import Announced, IsKnown
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import LanspreadError, PeerError
+from lanspreadd.errors import LanspreadError, NotFound, PeerError
 from lanspreadd.net.dataclient import CONNECT_TIMEOUT
 from lanspreadd.net.quicserver import GuardedQuicServer, serve
-from lanspreadd.net.requests import PendingRequests
+from lanspreadd.net.requests import Requester
 from lanspreadd.net.transport import PeerConnection, quic_configuration
 from lanspreadd.protocol.messages import (
+    CatalogAnnounce,
+    CatalogDocument,
+    CatalogRequest,
     Delta,
     ErrorReply,
     FileList,
@@ -52,6 +56,7 @@ class Peer:
     outgoing: bool
     announced: Announced = field(default_factory=Announced)
     since: float = field(default_factory=time.time)
+    catalog: CatalogAnnounce | None = None  # the catalog it said it uses, once it said
 
     @property
     def games(self) -> dict[str, str]:
@@ -70,7 +75,15 @@ class PeerHost(Protocol):
     ) -> StreamInstallGrant: ...
 
 
-class PeerManager:
+class CatalogHost(Protocol):
+    """Who keeps our catalog: what we announce, what peers announce, what they ask for."""
+
+    def announcement(self) -> CatalogAnnounce: ...
+    def heard(self, peer: Peer) -> None: ...
+    async def document(self, peer: Peer, request: CatalogRequest) -> CatalogDocument: ...
+
+
+class PeerManager(Requester):
     def __init__(
         self,
         identity: Identity,
@@ -80,8 +93,11 @@ class PeerManager:
         owner: PeerHost,
         refusals: RefusalTally,
         known: IsKnown = lambda game_id: True,
+        catalogs: CatalogHost | None = None,
     ):
+        super().__init__()
         self.identity = identity
+        self.catalogs = catalogs
         self.refusals = refusals
         self._known = known  # games in our catalog: others are capped (`Announced`)
         self.local = LocalPeer(
@@ -93,7 +109,6 @@ class PeerManager:
         self.peers: dict[str, Peer] = {}
         self._connections: set[PeerConnection] = set()
         self._connecting: set[str] = set()
-        self._requests = PendingRequests()
         self._tg: asyncio.TaskGroup | None = None
         self._server: GuardedQuicServer | None = None
         self._last_snapshot: dict[str, str] = {}
@@ -247,6 +262,8 @@ class PeerManager:
         self.peers[event.peer_id] = peer
         log.info("peer %s (%s) connected from %s", event.name, event.peer_id[:8], peer.host)
         conn.send_message(Snapshot(self.owner.snapshot()))
+        if self.catalogs is not None:
+            conn.send_message(self.catalogs.announcement())
         if conn.established is not None and not conn.established.done():
             conn.established.set_result(event.peer_id)
         self.owner.peer_changed(event.peer_id, peer, "connected")
@@ -258,11 +275,16 @@ class PeerManager:
         if isinstance(message, Snapshot | Delta):
             if take_announcement(peer, message, self._known, self.refusals):
                 self.owner.peer_changed(peer.peer_id, peer, type(message).__name__.lower())
-        elif isinstance(message, FileListRequest | StreamInstallRequest):
+        elif isinstance(message, FileListRequest | StreamInstallRequest | CatalogRequest):
             if self._tg is not None:
-                self._tg.create_task(answer(self.owner, self.refusals, peer, message))
-        elif isinstance(message, FileList | StreamInstallGrant | ErrorReply):
+                self._tg.create_task(
+                    answer(self.owner, self.refusals, peer, message, self.catalogs)
+                )
+        elif isinstance(message, FileList | StreamInstallGrant | CatalogDocument | ErrorReply):
             self._requests.reply(peer.peer_id, peer.name, message)
+        elif isinstance(message, CatalogAnnounce) and self.catalogs is not None:
+            peer.catalog = message
+            self.catalogs.heard(peer)
 
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         peer = self._peer_of(conn)
@@ -284,52 +306,39 @@ class PeerManager:
         changed = {g: v for g, v in current.items() if self._last_snapshot.get(g) != v}
         removed = tuple(g for g in self._last_snapshot if g not in current)
         self._last_snapshot = current
-        if not changed and not removed:
-            return
+        if changed or removed:
+            self.send_to_all(Delta(changed, removed))
+
+    def send_to_all(self, message: Message) -> None:
+        """Tell every connected peer the same thing (what we serve, the catalog we use)."""
         for peer in list(self.peers.values()):
             if not peer.connection.session.closed:
-                peer.connection.send_message(Delta(changed, removed))
+                peer.connection.send_message(message)
 
-    async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList:
-        reply = await self._request(peer_id, lambda rid: FileListRequest(rid, game_id, version))
-        if not isinstance(reply, FileList):
-            raise PeerError(f"peer {peer_id[:8]} answered a file list request oddly")
-        return reply
-
-    async def request_stream_install(
-        self, peer_id: str, game_id: str, version: str
-    ) -> StreamInstallGrant:
-        reply = await self._request(
-            peer_id, lambda rid: StreamInstallRequest(rid, game_id, version)
-        )
-        if not isinstance(reply, StreamInstallGrant):
-            raise PeerError(f"peer {peer_id[:8]} answered a stream install request oddly")
-        return reply
-
-    async def _request(self, peer_id: str, build: Callable[[int], Message]) -> Message:
+    def _connected(self, peer_id: str) -> tuple[str, Callable[[Message], None]]:
         peer = self.peers.get(peer_id)
         if peer is None:
             raise PeerError(f"peer {peer_id[:8]} is not connected")
-        request_id, future = self._requests.open(peer_id)
-        request = build(request_id)
-        peer.connection.send_message(request)
-        return await self._requests.wait(
-            request_id, future, f"{peer.name} did not answer the {type(request).__name__} in time"
-        )
+        return peer.name, peer.connection.send_message
 
 
 async def answer(
     host: PeerHost,
     refusals: RefusalTally,
     peer: Peer,
-    request: FileListRequest | StreamInstallRequest,
+    request: FileListRequest | StreamInstallRequest | CatalogRequest,
+    catalogs: CatalogHost | None = None,
 ) -> None:
     """Answer one peer's request, always: a failure is a named ErrorReply."""
     try:
         if isinstance(request, FileListRequest):
             reply: Message = await host.file_list(peer, request)
-        else:
+        elif isinstance(request, StreamInstallRequest):
             reply = await host.stream_grant(peer, request)
+        elif catalogs is None:
+            raise NotFound("this peer keeps no signed catalog")
+        else:
+            reply = await catalogs.document(peer, request)
     except LanspreadError as exc:
         reply = ErrorReply(request.request_id, exc.name, str(exc))
     except Exception as exc:

@@ -5,5 +5,7 @@ Nothing here imports asyncio or touches a socket; time is passed in as `now`.
 
 # 2: the identity proof is bound to the connection (the TLS certificate it saw, both
 # challenges); version 1 signed any challenge for any verifier and could be relayed.
-PROTOCOL_VERSION = 2
+# 3: peers tell each other their catalog's revision and signer, and pass the organiser's
+# signed catalog on (CatalogAnnounce, CatalogRequest, CatalogDocument).
+PROTOCOL_VERSION = 3
 ALPN = "lanspread/1"

@@ -16,6 +16,10 @@ MAX_FILES = 10_000
 MAX_CHUNKS_PER_FILE = 1 << 20
 MAX_PATH = 4096
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# The organiser's signed catalog (core.signedcatalog.MAX_DOCUMENT, kept equal by a test)
+# travels whole in one frame: base64 of it, and a few fields, fit CatalogDocument.MAX_SIZE.
+MAX_CATALOG = 8 << 20
+KEY_FINGERPRINT = re.compile(r"^[0-9a-f]{16}$")
 
 
 def _field(data: dict[str, Any], key: str, kind: type) -> Any:
@@ -355,6 +359,69 @@ class StreamInstallGrant(Message):
         )
 
 
+@dataclass(frozen=True)
+class CatalogAnnounce(Message):
+    """Which catalog this peer uses: after the handshake and whenever it adopts one.
+
+    `signer` is the fingerprint of the organiser key that signed it, "" (and revision
+    0) for a catalog nobody signed."""
+
+    TYPE = 14
+    revision: int
+    signer: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"revision": self.revision, "signer": self.signer}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CatalogAnnounce:
+        signer = _field(data, "signer", str)
+        if signer and not KEY_FINGERPRINT.fullmatch(signer):
+            raise RemoteProtocolError("field 'signer' is not a key fingerprint")
+        return cls(revision=_field(data, "revision", int), signer=signer)
+
+
+@dataclass(frozen=True)
+class CatalogRequest(Message):
+    """Ask a peer for its signed catalog, at `revision` (the one it announced) or newer."""
+
+    TYPE = 15
+    request_id: int
+    revision: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"request_id": self.request_id, "revision": self.revision}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CatalogRequest:
+        return cls(
+            request_id=_field(data, "request_id", int), revision=_field(data, "revision", int)
+        )
+
+
+@dataclass(frozen=True)
+class CatalogDocument(Message):
+    """A signed catalog, as its organiser signed it: the receiver verifies it itself."""
+
+    TYPE = 16
+    MAX_SIZE = 4 * MAX_CATALOG // 3 + 4096
+    request_id: int
+    document: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "document": base64.b64encode(self.document).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CatalogDocument:
+        return cls(
+            request_id=_field(data, "request_id", int),
+            document=_b64(data, "document", MAX_CATALOG),
+        )
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -371,5 +438,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Goodbye,
         StreamInstallRequest,
         StreamInstallGrant,
+        CatalogAnnounce,
+        CatalogRequest,
+        CatalogDocument,
     )
 }
