@@ -28,11 +28,14 @@ MUTATING = frozenset(
         "ConnectPeer",
         "Download",
         "Install",
+        "PublishCatalog",
         "ReloadCatalog",
         "RemoveDownload",
         "SetGameDir",
         "StreamInstall",
+        "TrustKey",
         "Uninstall",
+        "UntrustKey",
         "Update",
     }
 )

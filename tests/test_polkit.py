@@ -151,6 +151,7 @@ def test_policy_file_declares_every_action_the_daemon_checks() -> None:
     used = {
         *dbus_api.ACTIONS.values(),
         dbus_api.ACTION_CANCEL,
+        dbus_api.ACTION_CATALOG,
         dbus_api.ACTION_CONFIGURE,
         dbus_api.ACTION_DOWNLOAD,
         dbus_api.ACTION_PEERS,
@@ -283,7 +284,12 @@ def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
     from tests.introspection import XML
 
     manager = next(i for i in Node.parse(XML.read_text()).interfaces if i.name == MANAGER)
-    dummy = {"s": GAME, "b": False, "u": 1}
+    dummy: dict[str, Any] = {"s": GAME, "b": False, "u": 1, "ay": b""}
+    by_name = {"key": "ed25519:" + "A" * 43 + "="}  # a well-formed key: polkit decides
+    args = {
+        m.name: [by_name.get(a.name or "", dummy[a.type.signature]) for a in m.in_args]
+        for m in manager.methods
+    }
     guarded.start()
 
     async def refused() -> set[str]:
@@ -298,7 +304,7 @@ def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
                     interface=MANAGER,
                     member=method.name,
                     signature=signature,
-                    body=[dummy[a.type.signature] for a in method.in_args],
+                    body=args[method.name],
                 )
             )
             assert reply is not None

@@ -10,7 +10,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lanspreadd.errors import ConfigError
+from lanspreadd.core.signedcatalog import parse_key
+from lanspreadd.errors import CatalogError, ConfigError
 from lanspreadd.protocol.text import first_unprintable
 
 DEFAULT_CONFIG = Path("/etc/lanspread/lanspreadd.toml")
@@ -42,6 +43,9 @@ class Config:
     # download --install streams the installed tree instead when the disk cannot hold
     # both the archives and the install (about twice the catalog size).
     stream_install_when_low_disk: bool = True
+    # Organiser keys ("ed25519:<base64>") whose signed catalogs we adopt; those trusted at
+    # run time (`lanspreadctl catalog trust`, kept in the state directory) count too.
+    trusted_keys: tuple[str, ...] = ()
     explicit: frozenset[str] = frozenset()
 
     @property
@@ -78,6 +82,7 @@ _TYPES: dict[str, type] = {
     "data_connections_per_address": int,
     "data_connections": int,
     "stream_install_when_low_disk": bool,
+    "trusted_keys": tuple,
 }
 
 
@@ -117,6 +122,11 @@ def validate(config: Config) -> Config:
         raise ConfigError("name must be 1-63 characters")
     if first_unprintable(config.name) is not None:
         raise ConfigError(f"name {config.name!r} holds an unprintable character: peers refuse it")
+    for key in config.trusted_keys:
+        try:
+            parse_key(key)
+        except CatalogError as exc:
+            raise ConfigError(f"trusted_keys: {exc}") from None
     return config
 
 
@@ -167,6 +177,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="IP",
         help="announce and browse mDNS only on this address (repeatable)",
     )
+    p.add_argument(
+        "--trust-key",
+        action="append",
+        dest="trusted_keys",
+        metavar="KEY",
+        help="adopt catalogs signed by this organiser key, ed25519:<base64> (repeatable; "
+        "replaces the file's trusted_keys)",
+    )
     return p
 
 
@@ -196,4 +214,6 @@ def from_args(argv: list[str] | None = None) -> Config:
         overrides["mdns"] = False
     if args.mdns_interfaces:
         overrides["mdns_interfaces"] = tuple(args.mdns_interfaces)
+    if args.trusted_keys:
+        overrides["trusted_keys"] = tuple(args.trusted_keys)
     return validate(replace(config, explicit=frozenset(overrides), **overrides))

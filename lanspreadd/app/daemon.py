@@ -1,8 +1,9 @@
 """The composition root: builds every role, runs the services, stops cleanly.
 
 The roles are `Games` (views and jobs), `Host` (what we serve and the data
-server) and the peer layer; the daemon owns the task group they all run in, the
-services around them (discovery, redial, the game-directory monitor, scans) and
+server), `Catalogs` (the catalog in use, trusted keys, adoption) and the peer
+layer; the daemon owns the task group they all run in, the services around them
+(discovery, redial, the game-directory monitor, scans, the catalog's spread) and
 what an administrator changes at run time (game directory, catalog).
 """
 
@@ -15,6 +16,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from lanspreadd.app.catalogs import Catalogs, TrustedKeys, choose_catalog
 from lanspreadd.app.config import Config
 from lanspreadd.app.floods import release_after_floods
 from lanspreadd.app.games import Games
@@ -48,7 +50,9 @@ class Daemon:
         self.observers = Observers()
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.settings = Settings(config.state_dir)
-        self.library = Library(self._initial_game_dir(), Catalog.load(config.catalog))
+        trust = TrustedKeys.of(config)
+        first = choose_catalog(config, trust.keys())
+        self.library = Library(self._initial_game_dir(), first.catalog)
         self.library.game_dir.mkdir(parents=True, exist_ok=True)
         self.ops = OperationTable()
         self.unpack_logs = UnpackLogs(config.state_dir / "unpack-logs.json")
@@ -83,6 +87,10 @@ class Daemon:
         self.games = Games(
             config, self.library, self.ops, self.host, self.peers, self.observers, self.unpack_logs
         )
+        self.catalogs = Catalogs(
+            config, trust, first, self.games, self.peers, self.refusals, lambda: self.status
+        )
+        self.peers.catalogs = self.catalogs
 
     @property
     def catalog(self) -> Catalog:
@@ -145,6 +153,7 @@ class Daemon:
             Service("refusal-report", self._report_refusals, Policy.RESTART),
             Service("after-floods", lambda: release_after_floods(self.refusals), Policy.RESTART),
             Service("changes", self.games.tell_changes, Policy.RESTART),
+            Service("catalog-spread", self.catalogs.spread, Policy.RESTART),
         ]
         if self.config.mdns:
             services.append(Service("discovery", self._discovery, Policy.RESTART))
@@ -274,17 +283,7 @@ class Daemon:
         self.observers.status_changed(self.status)
 
     def reload_catalog(self) -> int:
-        catalog = Catalog.load(self.catalog.source)
-        old = set(self.catalog.games)
-        self.library.catalog = catalog
-        for game_id in old - set(catalog.games):
-            self.library.states.pop(game_id, None)
-            self.games.notify(game_id)
-        self.games.rescan(None)
-        self.games.catalog_changed()
-        log.info("catalog reloaded from %s: %d games", catalog.source, len(catalog.games))
-        self.observers.status_changed(self.status)
-        return len(catalog.games)
+        return self.catalogs.reload()
 
     def logs(self, max_lines: int) -> tuple[int, list[str]]:
         return self.sink.history(min(max_lines, MAX_LOG_LINES))

@@ -101,6 +101,7 @@ class Games:
             sources=self.sources.count(game_id),
             outbound_transfers=self.host.transfers.count(game_id),
             served=self.host.serves(game_id, state),
+            pinned=entry.pin is not None,
         )
 
     def all(self) -> list[GameView]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from lanspreadd.core.catalog import Catalog
 from lanspreadd.core.library import Availability
 from lanspreadd.core.operations import Job
 from lanspreadd.net.peers import Peer
@@ -28,6 +29,7 @@ class GameView:
     sources: int
     outbound_transfers: int
     served: bool  # announced to peers right now
+    pinned: bool = False  # the organiser's catalog pins this version's content
 
 
 class Observer(Protocol):
@@ -39,6 +41,7 @@ class Observer(Protocol):
     def runtime_failed(self, component: str, error: str) -> None: ...
     def peer_changed(self, peer_id: str, peer: Peer | None) -> None: ...
     def status_changed(self, status: str) -> None: ...
+    def catalog_adopted(self, catalog: Catalog) -> None: ...
 
 
 class Observers(list[Observer]):
@@ -75,3 +78,7 @@ class Observers(list[Observer]):
     def status_changed(self, status: str) -> None:
         for obs in self:
             obs.status_changed(status)
+
+    def catalog_adopted(self, catalog: Catalog) -> None:
+        for obs in self:
+            obs.catalog_adopted(catalog)

@@ -28,8 +28,10 @@ from lanspreadd import __version__
 from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogLine
 from lanspreadd.app.views import GameView
+from lanspreadd.core.catalog import Catalog
 from lanspreadd.core.escape import escape_unsafe
 from lanspreadd.core.operations import Job, JobState, OpKind
+from lanspreadd.core.signedcatalog import MAX_DOCUMENT, parse_key
 from lanspreadd.dbus import args
 from lanspreadd.dbus.busconnect import connect_bus
 from lanspreadd.dbus.conventions import Exported, ObjectManagerBus
@@ -37,6 +39,7 @@ from lanspreadd.dbus.errors import dbus_errors
 from lanspreadd.dbus.job import JobInterface
 from lanspreadd.dbus.polkit import check_authorization
 from lanspreadd.errors import (
+    CatalogError,
     InvalidArgument,
     InvalidState,
     LanspreadError,
@@ -65,6 +68,7 @@ ACTION_DOWNLOAD = "org.lanspread.download-game"
 ACTION_PEERS = "org.lanspread.manage-peers"
 ACTION_CANCEL = "org.lanspread.cancel-operation"
 ACTION_CONFIGURE = "org.lanspread.configure"
+ACTION_CATALOG = "org.lanspread.manage-catalog"
 
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 # The caller set ALLOW_INTERACTIVE_AUTHORIZATION: someone can answer a polkit prompt.
@@ -102,6 +106,7 @@ def game_dict(game: GameView) -> dict[str, Variant]:
         "Sources": Variant("u", game.sources),
         "OutboundTransfers": Variant("u", game.outbound_transfers),
         "Served": Variant("b", game.served),
+        "Pinned": Variant("b", game.pinned),
         "ObjectPath": Variant("o", game_path(game.id)),
     }
 
@@ -206,6 +211,10 @@ class GameInterface(Exported):
     def OutboundTransfers(self) -> "u":
         return self.game.outbound_transfers
 
+    @dbus_property(access=PropertyAccess.READ)
+    def Pinned(self) -> "b":
+        return self.game.pinned
+
 
 class PeerInterface(Exported):
     CONSTANT = frozenset({"Id", "Address", "Direction", "ConnectedSince"})
@@ -272,8 +281,9 @@ class ManagerInterface(Exported):
         "LogLine": ("sequence", "level", "text"),
         "RuntimeFailed": ("component", "error"),
         "OutboundTransfersChanged": ("game_id", "count"),
+        "CatalogAdopted": ("revision", "signer"),
     }
-    CONSTANT = frozenset({"Version", "Name", "Catalog", "PeerId", "Port"})
+    CONSTANT = frozenset({"Version", "Name", "PeerId", "Port"})
     UNTOLD = frozenset({"Refusals"})  # a flood must not become a signal storm: ask
 
     def __init__(self, api: "DBusApi") -> None:
@@ -296,6 +306,20 @@ class ManagerInterface(Exported):
     @dbus_property(access=PropertyAccess.READ)
     def Catalog(self) -> "s":
         return str(self.daemon.catalog.source)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CatalogRevision(self) -> "u":
+        """The organiser's revision of the catalog in use; 0 for an unsigned one."""
+        return self.daemon.catalog.revision
+
+    @dbus_property(access=PropertyAccess.READ)
+    def CatalogSigner(self) -> "s":
+        """Fingerprint of the key that signed the catalog in use; "" if none did."""
+        return self.daemon.catalog.signer
+
+    @dbus_property(access=PropertyAccess.READ)
+    def TrustedKeys(self) -> "as":
+        return self.daemon.catalogs.trust.texts()
 
     @dbus_property(access=PropertyAccess.READ)
     def Status(self) -> "s":
@@ -398,6 +422,31 @@ class ManagerInterface(Exported):
             return self.daemon.reload_catalog()
 
     @method()
+    async def PublishCatalog(self, document: "ay") -> None:
+        with dbus_errors():
+            if len(document) > MAX_DOCUMENT:
+                raise CatalogError(f"the catalog is {len(document)} bytes; at most {MAX_DOCUMENT}")
+            await self.api.authorize(ACTION_CATALOG)
+            uid = await self.api.caller_uid()
+            await self.daemon.catalogs.adopt(bytes(document), f"a publish by uid {uid}")
+
+    @method()
+    async def TrustKey(self, key: "s") -> None:
+        with dbus_errors():
+            parse_key(key)  # a named error before polkit asks anyone
+            await self.api.authorize(ACTION_CATALOG)
+            await self.daemon.catalogs.trust_key(key)
+            self.api.tell_catalog()
+
+    @method()
+    async def UntrustKey(self, key: "s") -> None:
+        with dbus_errors():
+            parse_key(key)
+            await self.api.authorize(ACTION_CATALOG)
+            await self.daemon.catalogs.untrust_key(key)
+            self.api.tell_catalog()
+
+    @method()
     def GetLogs(self, max_lines: "u") -> "tas":
         with dbus_errors():
             seq, lines = self.daemon.logs(max_lines)
@@ -434,6 +483,10 @@ class ManagerInterface(Exported):
     def OutboundTransfersChanged(self, game_id: str, count: int) -> "su":
         return [game_id, count]
 
+    @signal()
+    def CatalogAdopted(self, revision: int, signer: str) -> "us":
+        return [revision, signer]
+
 
 class DBusApi:
     """Owns the bus connection and the exported objects; observes the daemon."""
@@ -464,6 +517,7 @@ class DBusApi:
         self._loop = asyncio.get_running_loop()
         bus.export(ROOT_PATH, self.manager)
         self._told = {"Status": self.daemon.status, "FreeSpace": self.daemon.games.free_space()}
+        self._told |= self._catalog_values()
         self.look_at_free_space()
         for game in self.daemon.games.all():
             self.game_changed(game)
@@ -590,6 +644,24 @@ class DBusApi:
 
     def status_changed(self, status: str) -> None:
         self._tell_manager("Status", status)
+        self.tell_catalog()
+
+    def catalog_adopted(self, catalog: Catalog) -> None:
+        self.tell_catalog()
+        self.manager.CatalogAdopted(catalog.revision, catalog.signer)
+
+    def _catalog_values(self) -> dict[str, Any]:
+        catalog = self.daemon.catalog
+        return {
+            "Catalog": str(catalog.source),
+            "CatalogRevision": catalog.revision,
+            "CatalogSigner": catalog.signer,
+            "TrustedKeys": self.daemon.catalogs.trust.texts(),
+        }
+
+    def tell_catalog(self) -> None:
+        """The catalog's properties, those that changed, in one PropertiesChanged."""
+        self._tell(self._catalog_values())
 
     def runtime_failed(self, component: str, error: str) -> None:
         self.manager.RuntimeFailed(component, escape_unsafe(error))
@@ -614,9 +686,13 @@ class DBusApi:
         )
 
     def _tell_manager(self, name: str, value: Any) -> None:
-        if self._told.get(name) != value:
-            self._told[name] = value
-            self.manager.emit_properties_changed({name: value})
+        self._tell({name: value})
+
+    def _tell(self, values: dict[str, Any]) -> None:
+        changed = {k: v for k, v in values.items() if self._told.get(k) != v}
+        if changed:
+            self._told |= changed
+            self.manager.emit_properties_changed(changed)
 
     def _log_line(self, line: LogLine) -> None:
         loop = self._loop

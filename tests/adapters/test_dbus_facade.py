@@ -25,6 +25,7 @@ from dbus_fast import Message, MessageType
 from dbus_fast.aio import MessageBus
 
 from lanspreadctl.client import unwrap
+from lanspreadd.app.catalogs import TrustedKeys
 from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogSink, UnpackRun
 from lanspreadd.app.views import GameView, Observers
@@ -143,6 +144,13 @@ class FakeLibrary:
 
 
 @dataclass
+class FakeCatalogs:
+    trust: TrustedKeys = field(
+        default_factory=lambda: TrustedKeys((), Path("/nonexistent/trusted-keys"))
+    )
+
+
+@dataclass
 class FakePeerTable:
     peers: dict[str, Peer] = field(default_factory=dict)
 
@@ -156,6 +164,7 @@ class FakeDaemon:
         self.peers = FakePeerTable()
         self.library = FakeLibrary()
         self.catalog = CATALOG
+        self.catalogs = FakeCatalogs()
         self.config = FakeConfig()
         self.identity = FakeIdentity()
         self.status = "serving 2 catalog games"
@@ -522,6 +531,9 @@ def test_the_manager_reads_through_to_the_daemon(private_bus: PrivateBus) -> Non
                 "Name": "lan-party-pc",
                 "GameDir": "/srv/games",
                 "Catalog": "/srv/lan/game.db",
+                "CatalogRevision": 0,
+                "CatalogSigner": "",
+                "TrustedKeys": [],
                 "Status": "serving 2 catalog games",
                 "FreeSpace": 7 << 30,
                 "PeerId": "ab" * 16,

@@ -18,6 +18,7 @@ from lanspreadd.app.config import Config
 from lanspreadd.app.daemon import Daemon
 from lanspreadd.app.logs import LogSink
 from lanspreadd.app.views import GameView
+from lanspreadd.core.catalog import Catalog
 from lanspreadd.core.operations import Job
 from lanspreadd.net.peers import Peer
 from tests.support import free_port
@@ -79,6 +80,7 @@ class PeerWatch:
     def job_finished(self, job: Job) -> None: ...
     def runtime_failed(self, component: str, error: str) -> None: ...
     def status_changed(self, status: str) -> None: ...
+    def catalog_adopted(self, catalog: Catalog) -> None: ...
 
 
 @pytest.mark.slow
