@@ -12,6 +12,7 @@ from typing import Any, TextIO
 
 from dbus_fast import Message
 
+from lanspreadctl import catalogs
 from lanspreadctl.client import (
     BUS_NAME,
     EXIT_DENIED,
@@ -20,6 +21,7 @@ from lanspreadctl.client import (
     EXIT_UNREACHABLE,
     EXIT_USAGE,
     JOB_IFACE,
+    MANAGER_IFACE,
     ROOT_PATH,
     UNKNOWN_OBJECT,
     Client,
@@ -58,7 +60,7 @@ class Output:
 
 
 def game_table(games: list[dict[str, Any]]) -> str:
-    rows = [["ID", "STATE", "INSTALLED", "LOCAL", "CATALOG", "NAME"]]
+    rows = [["ID", "STATE", "INSTALLED", "LOCAL", "CATALOG", "PINNED", "NAME"]]
     for g in games:
         state = g["Availability"] + (f" ({g['Operation']})" if g["Operation"] else "")
         if g.get("UpdateReady"):
@@ -72,7 +74,8 @@ def game_table(games: list[dict[str, Any]]) -> str:
             state += " (not the catalog version)"
         installed = (g.get("InstalledVersion") or "yes") if g["Installed"] else "no"
         local_version = g["LocalVersion"] or "-"
-        cells = [g["Id"], state, installed, local_version, g["CatalogVersion"], g["Name"]]
+        pinned = "yes" if g.get("Pinned") else "-"
+        cells = [g["Id"], state, installed, local_version, g["CatalogVersion"], pinned, g["Name"]]
         rows.append([escape(str(c)) for c in cells])
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -166,16 +169,18 @@ Handler = Callable[[Client, argparse.Namespace, Output], Awaitable[int]]
 
 
 async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> int:
-    props = await client.get_all(ROOT_PATH, "org.lanspread.Lanspread1.Manager")
+    props = await client.get_all(ROOT_PATH, MANAGER_IFACE)
     games = await client.manager("ListGames")
     counts: dict[str, int] = {}
     for g in games:
         counts[g["Availability"]] = counts.get(g["Availability"], 0) + 1
     installed = sum(1 for g in games if g["Installed"])
     busy = [g["Id"] for g in games if g["Operation"]]
+    pinned = sum(1 for g in games if g.get("Pinned"))
     refusals: dict[str, int] = props.get("Refusals", {})
     data = snake(props) | {
         "games": len(games),
+        "pinned": pinned,
         "installed": installed,
         "availability": counts,
         "busy": busy,
@@ -184,7 +189,9 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
         [
             f"lanspreadd {props['Version']} ({escape(props['Name'])}): " + escape(props["Status"]),
             f"game dir:   {escape(props['GameDir'])} ({human_bytes(props['FreeSpace'])} free)",
-            f"catalog:    {props['Catalog']} ({len(games)} games)",
+            f"catalog:    {escape(props['Catalog'])} ({len(games)} games, {pinned} pinned)",
+            f"            {catalogs.describe(props)}; "
+            f"{len(props.get('TrustedKeys', []))} organiser key(s) trusted",
             f"games:      {installed} installed, "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
             f"operations: {', '.join(busy) if busy else 'none'}",
@@ -198,12 +205,15 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
 
 async def cmd_games(client: Client, args: argparse.Namespace, out: Output) -> int:
     games = await client.manager("ListGames")
-    out.emit([snake(g) for g in games], game_table(games))
+    props = await catalogs.catalog_props(client)
+    out.emit([snake(g) for g in games], f"{game_table(games)}\ncatalog {catalogs.describe(props)}")
     return EXIT_OK
 
 
 async def cmd_show(client: Client, args: argparse.Namespace, out: Output) -> int:
     game = await client.manager("GetGame", "s", args.game)
+    props = await catalogs.catalog_props(client)
+    game |= {k: props[k] for k in ("CatalogRevision", "CatalogSigner")}
     text = "\n".join(f"{k}: {escape(str(v))}" for k, v in game.items())
     out.emit(snake(game), text)
     return EXIT_OK
@@ -370,11 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_text)
+    def add_in(parent: Any, name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        sp: argparse.ArgumentParser = parent.add_parser(name, help=help_text)
         sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
         sp.set_defaults(handler=handler)
         return sp
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        return add_in(sub, name, handler, help_text)
 
     add("status", cmd_status, "daemon status")
     add("games", cmd_games, "list catalog games and their state")
@@ -408,6 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
         "access to it",
     ).add_argument("path", metavar="PATH")
     add("reload-catalog", cmd_reload, "re-read the catalog")
+    catalogs.add_commands(sub, add_in)
     logs = add("logs", cmd_logs, "daemon log")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("-n", "--lines", type=int, default=50)

@@ -139,7 +139,8 @@ def test_human_output_escapes_what_a_terminal_would_act_on(daemon: Daemon, tmp_p
     games = daemon.ctl("games")
     assert games.returncode == 0
     assert _raw_controls(games.stdout) == []
-    assert len(games.stdout.strip().splitlines()) == 2  # header + one row, no forged one
+    # Header, one row (no forged one) and the catalog's revision line.
+    assert len(games.stdout.strip().splitlines()) == 3
     assert "\\x1b]0;owned\\x07" in games.stdout and "\\u202e" in games.stdout
 
     shown = daemon.ctl("show", "odd")
