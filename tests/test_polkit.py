@@ -114,8 +114,12 @@ def test_denied_calls_exit_4_and_change_nothing(guarded: Daemon, polkit: PolkitM
     assert result.returncode == 4
     assert "not authorised to perform org.lanspread.install-game" in result.stderr
     assert not (guarded.game_dir / GAME / "local").exists()
-    for args in (("remove", GAME), ("cancel", GAME), ("reload-catalog",)):
+    for args in (("remove", GAME), ("reload-catalog",)):
         assert guarded.ctl(*args).returncode == 4, args
+    # Nothing to cancel is said before anyone is asked for a password.
+    nothing = guarded.ctl("cancel", GAME)
+    assert nothing.returncode == 1
+    assert "no operation is running for sample-game" in nothing.stderr
     # Reads stay open to everyone.
     assert guarded.ctl("games").returncode == 0
     assert guarded.ctl_json("show", GAME)["availability"] == "Ready"
@@ -313,4 +317,6 @@ def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
         await disconnect(bus)
         return names
 
-    assert asyncio.run(refused()) == MUTATING
+    # Cancel reaches polkit only with a job running that the caller did not start
+    # (tests/adapters/test_dbus_facade.py); with none it is NotFound before any prompt.
+    assert asyncio.run(refused()) | {"Cancel"} == MUTATING
