@@ -19,29 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbus_fast.aio import MessageBus
-
-from bench.download import GAME, make_game, parse_size, wait_job
+from bench.datapath import GAME, make_game, parse_size, run_job
 from lanspreadd.core.hashes import HashCache
-from tests.support import Daemon, PrivateBus, call, disconnect
-
-
-async def start(address: str, member: str, signature: str, body: list[object]) -> str:
-    bus = await MessageBus(bus_address=address).connect()
-    try:
-        reply = await call(bus, member, signature, body)
-        assert reply.error_name is None, reply.body
-        return str(reply.body[0])
-    finally:
-        await disconnect(bus)
+from tests.support import Daemon, PrivateBus
 
 
 def timed(receiver: Daemon, member: str, signature: str, body: list[object]) -> float:
-    began = time.monotonic()
-    job = asyncio.run(start(receiver.bus.address, member, signature, body))
-    result = asyncio.run(wait_job(receiver.bus.address, job))
-    assert result["State"] == "finished", result
-    return time.monotonic() - began
+    return asyncio.run(run_job(receiver.bus.address, member, signature, body))
 
 
 def main() -> None:
