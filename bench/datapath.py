@@ -361,9 +361,8 @@ def lanspread_run(game: Path, sources: int, work: Path) -> Sample:
     try:
         for i in range(sources + 1):
             base = work / f"peer{i}"
-            (base / "bus").mkdir(parents=True)
-            (base / "games").mkdir()
-            bus = PrivateBus(base / "bus")
+            (base / "games").mkdir(parents=True)
+            bus = PrivateBus(base)  # its socket's path must stay under 108 bytes
             daemons.append(Daemon(bus, base / "games", base / "state", name=f"peer{i}"))
             if i < sources:
                 shutil.copytree(game, base / "games" / GAME, copy_function=os.link)
@@ -520,7 +519,7 @@ def main() -> None:
     )
     missing = sorted({t for t in needed if find_tool(t) is None})
     if missing:
-        sys.exit(f"missing {', '.join(missing)}: run bench/setup as root first")
+        sys.exit(f"missing {', '.join(missing)}: run bench/setup (and scripts/setup) as root")
     load = os.getloadavg()[0]
     targets: list[str] = []
     with tempfile.TemporaryDirectory(prefix="lanspread-bench-") as tmp:
