@@ -21,8 +21,8 @@ from lanspreadd.net.dataserver import (
     DataServer,
     Grant,
     OutboundTransfers,
-    UploadLimiter,
 )
+from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol.datachannel import (
     OK,
     REPLY,
@@ -67,12 +67,12 @@ def test_chunk_hashes(tmp_path: Path) -> None:
 
 def test_upload_limiter_spaces_out_chunks() -> None:
     now = [100.0]
-    limiter = UploadLimiter(1000, clock=lambda: now[0])
+    limiter = RateLimiter(1000, clock=lambda: now[0])
     assert limiter.delay_for(500) == 0.0
     assert limiter.delay_for(500) == pytest.approx(0.5)
     now[0] += 5
     assert limiter.delay_for(100) == 0.0
-    assert UploadLimiter(0).delay_for(1 << 30) == 0.0
+    assert RateLimiter(0).delay_for(1 << 30) == 0.0
 
 
 def test_grants_do_not_pile_up(tmp_path: Path) -> None:

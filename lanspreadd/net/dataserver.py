@@ -14,7 +14,6 @@ import contextlib
 import logging
 import os
 import secrets
-import time
 import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import ArchiveError
+from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.datachannel import (
     BAD_REQUEST,
@@ -149,24 +149,6 @@ class OutboundTransfers:
             await self._drained.setdefault(game_id, asyncio.Event()).wait()
 
 
-class UploadLimiter:
-    """A token bucket shared by every data connection; 0 means unlimited."""
-
-    def __init__(self, rate: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.clock = clock
-        self._next_free = 0.0
-
-    def delay_for(self, size: int) -> float:
-        """Reserve `size` bytes of upload; return how long to wait before sending them."""
-        if self.rate <= 0:
-            return 0.0
-        now = self.clock()
-        start = max(now, self._next_free)
-        self._next_free = start + size / self.rate
-        return start - now
-
-
 class DataServer:
     """The TCP bulk channel: token-authorised chunk requests answered with sendfile."""
 
@@ -184,7 +166,7 @@ class DataServer:
         self.transfers = transfers
         self.refusals = refusals
         self.caps = caps
-        self.limiter = UploadLimiter(upload_limit)
+        self.limiter = RateLimiter(upload_limit)
         self.grants: dict[bytes, Grant] = {}
         self.server: asyncio.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -323,9 +305,7 @@ class DataServer:
             if os.fstat(fh.fileno()).st_size != entry.size:
                 await self._refuse(writer, NOT_SERVABLE, "file changed")
                 raise RemoteProtocolError("file changed under the grant")
-            delay = self.limiter.delay_for(request.length)
-            if delay:
-                await asyncio.sleep(delay)
+            await self.limiter.take(request.length)
             writer.write(encode_reply_header(OK, request.length))
             loop = asyncio.get_running_loop()
             await loop.sendfile(writer.transport, fh, request.offset, request.length)
@@ -343,9 +323,7 @@ class DataServer:
                 batch = await asyncio.to_thread(producer.next_batch)
                 if batch is None:
                     break
-                delay = self.limiter.delay_for(len(batch))
-                if delay:
-                    await asyncio.sleep(delay)
+                await self.limiter.take(len(batch))
                 writer.write(batch)
                 await writer.drain()
             writer.write(stream.encode(stream.End(producer.files, producer.total)))
