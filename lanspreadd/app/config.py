@@ -10,6 +10,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lanspreadd.core.ratelimit import check_rate
 from lanspreadd.core.signedcatalog import parse_key
 from lanspreadd.errors import CatalogError, ConfigError
 from lanspreadd.protocol.text import first_unprintable
@@ -35,7 +36,11 @@ class Config:
     fallback_scan_interval: float = 300.0
     listen: str = "0.0.0.0"  # noqa: S104 - peers on the LAN must reach us
     mdns_interfaces: tuple[str, ...] = ()
+    # Bytes per second, 0 unlimited: what peers pull from us in all, and what all our
+    # downloads and stream installs pull. Set at run time (D-Bus), they are kept in the
+    # state directory and win over this file at the next start; a flag wins over both.
     upload_limit: int = 0
+    download_limit: int = 0
     # Concurrent bulk data connections: a receiver opens two per game it fetches from
     # us; anything beyond these is refused before it holds a descriptor for long.
     data_connections_per_address: int = 32
@@ -79,6 +84,7 @@ _TYPES: dict[str, type] = {
     "listen": str,
     "mdns_interfaces": tuple,
     "upload_limit": int,
+    "download_limit": int,
     "data_connections_per_address": int,
     "data_connections": int,
     "stream_install_when_low_disk": bool,
@@ -103,6 +109,13 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     return value
 
 
+def _check_rates(config: Config) -> None:
+    for key in ("upload_limit", "download_limit"):
+        why = check_rate(getattr(config, key))
+        if why is not None:
+            raise ConfigError(f"{key}: {why}")
+
+
 def validate(config: Config) -> Config:
     if not 1 <= config.port <= 65535:
         raise ConfigError(f"port {config.port} is out of range 1-65535")
@@ -110,8 +123,7 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"log_level {config.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.polkit not in ("auto", "on", "off"):
         raise ConfigError(f"polkit {config.polkit!r} is not one of auto, on, off")
-    if config.upload_limit < 0:
-        raise ConfigError("upload_limit must not be negative")
+    _check_rates(config)
     if config.data_connections_per_address < 1 or config.data_connections < 1:
         raise ConfigError("data_connections_per_address and data_connections must be positive")
     if config.log_max_bytes < 4096:
@@ -164,6 +176,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--upload-limit", type=int, metavar="BYTES_PER_S", help="cap what peers download from us"
     )
     p.add_argument(
+        "--download-limit",
+        type=int,
+        metavar="BYTES_PER_S",
+        help="cap what all our downloads and stream installs pull from peers",
+    )
+    p.add_argument(
         "--data-connections-per-address",
         type=int,
         metavar="N",
@@ -205,6 +223,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         "polkit",
         "listen",
         "upload_limit",
+        "download_limit",
         "data_connections_per_address",
     ):
         value = getattr(args, key)

@@ -39,6 +39,7 @@ from lanspreadd.errors import (
 )
 from lanspreadd.net.dataclient import fetch_chunk, in_thread, open_data_channel
 from lanspreadd.net.peers import Peer
+from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol.datachannel import (
     ChunkRequest,
 )
@@ -94,6 +95,7 @@ class Downloader:
     # Injected so tests can run the grace periods without waiting them out.
     clock: Callable[[], float] = time.monotonic
     pin: str = ""  # the organiser's manifest root for this version: no vote then
+    limiter: RateLimiter = field(default_factory=RateLimiter)  # the download limit
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -303,6 +305,7 @@ class Downloader:
                     self._changed.clear()
                     await woken(self._changed, 0.5)
                     continue
+                await self.limiter.take(chunk.length)
                 if await in_thread(sock, self._fetch, sock, buffer, plan, chunk):
                     plan.completed(chunk)
                     self.received[source.peer_id] += chunk.length

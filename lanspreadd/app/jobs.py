@@ -38,6 +38,7 @@ from lanspreadd.errors import (
 )
 from lanspreadd.net.dataclient import in_thread, open_data_channel
 from lanspreadd.net.peers import PeerManager
+from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol.paths import LOCAL
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class JobRunner:
         self.unpack_logs = unpack_logs
         self._no_sources = no_sources
         self._free_space = free_space
+        self.download_limiter = RateLimiter(config.download_limit)  # shared by every job
         self._async_work: dict[int, asyncio.Task[None]] = {}
         self._last_progress: dict[int, float] = {}
         self._progress_due: dict[int, asyncio.TimerHandle] = {}
@@ -160,6 +162,7 @@ class JobRunner:
         root = self.library.game_root(job.game_id)
         downloader = Downloader(root, job.game_id, game.version, self.peers, progress)
         downloader.pin = game.pin.manifest if game.pin is not None else ""
+        downloader.limiter = self.download_limiter
         job.sources = downloader.received  # live: the Job object shows who contributes
         # Cancel() cancels this job task itself while it downloads; the job catches that.
         task = asyncio.current_task()
@@ -216,6 +219,7 @@ class JobRunner:
                 None, open_data_channel, source.host, source.data_port, grant.token
             )
             receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
+            receiver.limiter = self.download_limiter
 
             def fill(
                 staging: Path, receiver: StreamReceiver = receiver, name: str = source.name

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from lanspreadd.archive.extract import copy_file_bytes
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, PeerError
+from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.stream import (
     Copy,
@@ -52,6 +53,7 @@ class StreamReceiver:
         self.cancel = cancel
         self.progress = progress
         self.total = total
+        self.limiter = RateLimiter()  # the download limit, which streams count towards
         self.received = 0
         self.files = 0
         # The file being written: its descriptor, running CRC32 and header.
@@ -83,6 +85,7 @@ class StreamReceiver:
             data = self.sock.recv(RECV)
             if not data:
                 raise PeerError("the source stopped in the middle of the stream")
+            self.limiter.took(len(data), self.cancel)
             try:
                 yield from decoder.feed(data)
             except RemoteProtocolError as exc:
