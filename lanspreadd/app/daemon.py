@@ -4,7 +4,7 @@ The roles are `Games` (views and jobs), `Host` (what we serve and the data
 server), `Catalogs` (the catalog in use, trusted keys, adoption) and the peer
 layer; the daemon owns the task group they all run in, the services around them
 (discovery, redial, the game-directory monitor, scans, the catalog's spread) and
-what an administrator changes at run time (game directory, catalog).
+what an administrator changes at run time (game directory, catalog, `Limits`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from lanspreadd.app.config import Config
 from lanspreadd.app.floods import release_after_floods
 from lanspreadd.app.games import Games
 from lanspreadd.app.host import Host
+from lanspreadd.app.limits import Limits
 from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
 from lanspreadd.app.settings import Settings
 from lanspreadd.app.supervisor import Policy, Service, Supervisor
@@ -91,6 +92,9 @@ class Daemon:
             config, trust, first, self.games, self.peers, self.refusals, lambda: self.status
         )
         self.peers.catalogs = self.catalogs
+        self.limits = Limits(
+            config, self.settings, self.host.data_server.limiter, self.games.runner.download_limiter
+        )
 
     @property
     def catalog(self) -> Catalog:

@@ -31,6 +31,7 @@ from lanspreadd.app.views import GameView
 from lanspreadd.core.catalog import Catalog
 from lanspreadd.core.escape import escape_unsafe
 from lanspreadd.core.operations import Job, JobState, OpKind
+from lanspreadd.core.ratelimit import check_rate
 from lanspreadd.core.signedcatalog import MAX_DOCUMENT, parse_key
 from lanspreadd.dbus import args
 from lanspreadd.dbus.busconnect import connect_bus
@@ -69,6 +70,7 @@ ACTION_PEERS = "org.lanspread.manage-peers"
 ACTION_CANCEL = "org.lanspread.cancel-operation"
 ACTION_CONFIGURE = "org.lanspread.configure"
 ACTION_CATALOG = "org.lanspread.manage-catalog"
+LIMITS = {"UploadLimit": "upload_limit", "DownloadLimit": "download_limit"}  # to Limits' keys
 
 _caller: contextvars.ContextVar[str] = contextvars.ContextVar("caller", default="")
 # The caller set ALLOW_INTERACTIVE_AUTHORIZATION: someone can answer a polkit prompt.
@@ -337,6 +339,24 @@ class ManagerInterface(Exported):
     def Port(self) -> "u":
         return self.daemon.config.port
 
+    @dbus_property()
+    def UploadLimit(self) -> "t":
+        """Bytes per second peers may pull from us in all; 0: unlimited."""
+        return self.daemon.limits.rate(LIMITS["UploadLimit"])
+
+    @UploadLimit.setter  # type: ignore[no-redef]  # dbus-fast's setters take the getter's name
+    async def UploadLimit(self, rate: "t") -> None:
+        await self.api.set_limit("UploadLimit", rate)
+
+    @dbus_property()
+    def DownloadLimit(self) -> "t":
+        """Bytes per second all our downloads and stream installs may pull; 0: unlimited."""
+        return self.daemon.limits.rate(LIMITS["DownloadLimit"])
+
+    @DownloadLimit.setter  # type: ignore[no-redef]  # dbus-fast's setters take the getter's name
+    async def DownloadLimit(self, rate: "t") -> None:
+        await self.api.set_limit("DownloadLimit", rate)
+
     @dbus_property(access=PropertyAccess.READ)
     def Refusals(self) -> "a{st}":
         """What was refused since start, by cause (hostile or overloaded peers)."""
@@ -518,6 +538,7 @@ class DBusApi:
         bus.export(ROOT_PATH, self.manager)
         self._told = {"Status": self.daemon.status, "FreeSpace": self.daemon.games.free_space()}
         self._told |= self._catalog_values()
+        self._told |= {name: self.daemon.limits.rate(key) for name, key in LIMITS.items()}
         self.look_at_free_space()
         for game in self.daemon.games.all():
             self.game_changed(game)
@@ -578,6 +599,16 @@ class DBusApi:
         if not sender or reply is None or reply.message_type is MessageType.ERROR:
             raise NotAuthorized("cannot tell who is calling")
         return int(reply.body[0])
+
+    async def set_limit(self, name: str, rate: int) -> None:
+        """A limit set with Properties.Set: checked, authorised, kept, told."""
+        with dbus_errors():
+            why = check_rate(rate)
+            if why is not None:
+                raise InvalidArgument(f"{name}: {why}")
+            await self.authorize(ACTION_CONFIGURE)
+            await self.daemon.limits.set(LIMITS[name], rate)
+        self._tell_manager(name, rate)
 
     async def cancel(self, job: Job) -> None:
         """Cancel for whoever started the job; anybody else needs polkit's yes."""
