@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from dbus_fast import Message
 
-from lanspreadctl import catalogs
+from lanspreadctl import catalogs, limits
 from lanspreadctl.client import (
     BUS_NAME,
     EXIT_DENIED,
@@ -195,6 +195,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
             f"games:      {installed} installed, "
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
             f"operations: {', '.join(busy) if busy else 'none'}",
+            f"limits:     {limits.describe(props)}",
             "refused:    "
             + (", ".join(f"{n} {cause}" for cause, n in sorted(refusals.items())) or "nothing"),
         ]
@@ -421,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         "access to it",
     ).add_argument("path", metavar="PATH")
     add("reload-catalog", cmd_reload, "re-read the catalog")
+    limits.add_command(sub, add_in)
     catalogs.add_commands(sub, add_in)
     logs = add("logs", cmd_logs, "daemon log")
     logs.add_argument("-f", "--follow", action="store_true")

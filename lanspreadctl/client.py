@@ -21,12 +21,14 @@ GAME_IFACE = "org.lanspread.Lanspread1.Game"
 JOB_IFACE = "org.lanspread.Lanspread1.Job"
 ERROR_PREFIX = "org.lanspread.Lanspread1.Error."
 POLKIT_NAME = "org.freedesktop.PolicyKit1"
-# Manager methods that lanspreadd authorises through polkit.
+# Manager methods, and properties set with Properties.Set, that lanspreadd authorises
+# through polkit.
 MUTATING = frozenset(
     {
         "Cancel",
         "ConnectPeer",
         "Download",
+        "DownloadLimit",
         "Install",
         "PublishCatalog",
         "ReloadCatalog",
@@ -37,6 +39,7 @@ MUTATING = frozenset(
         "Uninstall",
         "UntrustKey",
         "Update",
+        "UploadLimit",
     }
 )
 
@@ -224,6 +227,16 @@ class Client:
             ROOT_PATH, MANAGER_IFACE, member, signature, list(args), interactive=member in MUTATING
         )
         return unwrap(body[0]) if len(body) == 1 else unwrap(body)
+
+    async def set_manager_property(self, name: str, signature: str, value: Any) -> None:
+        await self.call(
+            ROOT_PATH,
+            "org.freedesktop.DBus.Properties",
+            "Set",
+            "ssv",
+            [MANAGER_IFACE, name, Variant(signature, value)],
+            interactive=name in MUTATING,
+        )
 
     async def get_all(self, path: str, interface: str) -> dict[str, Any]:
         body = await self.call(path, "org.freedesktop.DBus.Properties", "GetAll", "s", [interface])

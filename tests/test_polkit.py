@@ -280,15 +280,15 @@ def test_on_a_terminal_lanspreadctl_runs_an_agent_for_itself(
 def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
     guarded: Daemon, polkit: PolkitMock
 ) -> None:
-    """Each Manager method the daemon refuses without polkit's yes is one lanspreadctl
-    marks as allowing interaction: a new guarded method cannot be missed."""
+    """Each Manager method (and property set) the daemon refuses without polkit's yes is
+    one lanspreadctl marks as allowing interaction: a new guarded one cannot be missed."""
     from dbus_fast.introspection import Node
 
     from lanspreadctl.client import MUTATING
     from tests.introspection import XML
 
     manager = next(i for i in Node.parse(XML.read_text()).interfaces if i.name == MANAGER)
-    dummy: dict[str, Any] = {"s": GAME, "b": False, "u": 1, "ay": b""}
+    dummy: dict[str, Any] = {"s": GAME, "b": False, "u": 1, "ay": b"", "t": 1}
     by_name = {"key": "ed25519:" + "A" * 43 + "="}  # a well-formed key: polkit decides
     args = {
         m.name: [by_name.get(a.name or "", dummy[a.type.signature]) for a in m.in_args]
@@ -314,6 +314,22 @@ def test_lanspreadctl_lets_polkit_ask_about_every_guarded_method(
             assert reply is not None
             if error_name(reply) == ERR + "NotAuthorized":
                 names.add(method.name)
+        for prop in manager.properties:
+            if prop.access.writable():
+                value = Variant(prop.signature, dummy[prop.signature])
+                reply = await bus.call(
+                    Message(
+                        destination=BUS_NAME,
+                        path=ROOT,
+                        interface="org.freedesktop.DBus.Properties",
+                        member="Set",
+                        signature="ssv",
+                        body=[MANAGER, prop.name, value],
+                    )
+                )
+                assert reply is not None
+                if error_name(reply) == ERR + "NotAuthorized":
+                    names.add(prop.name)
         await disconnect(bus)
         return names
 
