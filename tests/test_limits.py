@@ -308,6 +308,16 @@ def test_bad_limits_are_named_and_change_nothing(daemon: Daemon) -> None:
     assert daemon.ctl_json("limit", "--upload", str(TOO_BIG - 1))["upload_limit"] == TOO_BIG - 1
 
 
+def test_a_limit_that_cannot_be_kept_is_not_applied(daemon: Daemon) -> None:
+    (daemon.state_dir / "settings.json").mkdir()  # what the daemon cannot write
+    daemon.start()
+    failed = daemon.ctl("limit", "--download", "5M")
+    assert failed.returncode == 1
+    assert "cannot keep download_limit in" in failed.stderr
+    assert daemon.ctl_json("limit") == {"upload_limit": 0, "download_limit": 0}
+    assert daemon.ctl_json("status")["status"].startswith("serving")
+
+
 @pytest.mark.parametrize(
     ("args", "toml", "said"),
     [

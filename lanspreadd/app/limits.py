@@ -32,6 +32,7 @@ class Limits:
     ) -> None:
         self.settings = settings
         self.limiters = {"upload_limit": upload, "download_limit": download}
+        self._setting = asyncio.Lock()  # sets one after the other: what is kept is what applies
         for key, limiter in self.limiters.items():
             limiter.rate = self._initial(config, key)
 
@@ -62,9 +63,11 @@ class Limits:
         if why is not None:
             raise InvalidArgument(f"{key}: {why}")
         limiter = self.limiters[key]
-        try:
-            await asyncio.to_thread(self.settings.save_limit, key, rate)
-        except OSError as exc:
-            raise LanspreadError(f"cannot keep {key} in {self.settings.path}: {exc}") from exc
-        old, limiter.rate = limiter.rate, rate
-        log.info("%s is now %s (was %s)", key, describe(rate), describe(old))
+        async with self._setting:
+            try:
+                await asyncio.to_thread(self.settings.save_limit, key, rate)
+            except OSError as exc:
+                raise LanspreadError(f"cannot keep {key} in {self.settings.path}: {exc}") from exc
+            old, limiter.rate = limiter.rate, rate
+        if rate != old:
+            log.info("%s is now %s (was %s)", key, describe(rate), describe(old))
