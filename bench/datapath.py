@@ -51,7 +51,7 @@ RSYNC = "rsync daemon, whole file"
 RSYNC_FSYNC = "rsync daemon, then fsync"
 CURL = "nginx + curl -o"
 CURL_CHECKED = "nginx + curl, then sha256sum and fsync"
-ONE_SOURCE = "lanspread, 1 source"
+ONE_SOURCE = "lanspread, 1 source (hashed, fsynced)"
 THREE_SOURCES = "lanspread, 3 sources"
 TRANSFER_ROWS = (SENDFILE, RSYNC, RSYNC_FSYNC, CURL, CURL_CHECKED, ONE_SOURCE, THREE_SOURCES)
 
@@ -59,7 +59,7 @@ CP = "cp"
 CP_FSYNC = "cp, then fsync"
 UNAR = "unar"
 UNAR_FSYNC = "unar, then fsync"
-INSTALL = "lanspread install"
+INSTALL = "lanspread install (fsynced)"
 INSTALL_ROWS = (CP, CP_FSYNC, UNAR, UNAR_FSYNC, INSTALL)
 
 TRANSFER_TOOLS = ("rsync", "nginx", "curl", "sha256sum", "sync")
