@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import pytest
-from dbus_fast import Message, MessageType
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from lanspreadctl.client import unwrap
@@ -151,6 +151,17 @@ class FakeCatalogs:
 
 
 @dataclass
+class FakeLimits:
+    rates: dict[str, int] = field(default_factory=lambda: {"upload_limit": 1 << 20})
+
+    def rate(self, key: str) -> int:
+        return self.rates.get(key, 0)
+
+    async def set(self, key: str, rate: int) -> None:
+        self.rates[key] = rate
+
+
+@dataclass
 class FakePeerTable:
     peers: dict[str, Peer] = field(default_factory=dict)
 
@@ -165,6 +176,7 @@ class FakeDaemon:
         self.library = FakeLibrary()
         self.catalog = CATALOG
         self.catalogs = FakeCatalogs()
+        self.limits = FakeLimits()
         self.config = FakeConfig()
         self.identity = FakeIdentity()
         self.status = "serving 2 catalog games"
@@ -539,7 +551,13 @@ def test_the_manager_reads_through_to_the_daemon(private_bus: PrivateBus) -> Non
                 "PeerId": "ab" * 16,
                 "Port": 4433,
                 "Refusals": {"peer-handshake": 1},
+                "UploadLimit": 1 << 20,
+                "DownloadLimit": 0,
             }
+            limit = ["DownloadLimit", Variant("t", 5 << 20)]
+            await client.ok("Set", "ssv", [MANAGER, *limit], interface=PROPS)
+            assert daemon.limits.rates["download_limit"] == 5 << 20
+            assert await client.signals.changed(ROOT, MANAGER) == {"DownloadLimit": 5 << 20}
             await client.ok("SetGameDir", "s", ["/srv/lan-games"])
             assert daemon.game_dirs == ["/srv/lan-games"]
             assert await client.signals.changed(ROOT, MANAGER) == {"GameDir": "/srv/lan-games"}
