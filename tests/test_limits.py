@@ -224,6 +224,7 @@ def read_settings(daemon: Daemon) -> dict[str, Any]:
     return result
 
 
+@pytest.mark.slow
 def test_limits_set_at_run_time_are_kept_and_win_over_the_file(daemon: Daemon) -> None:
     daemon.state_dir.joinpath("lanspreadd.toml").write_text("download_limit = 1000\n")
     daemon.start()
