@@ -183,6 +183,7 @@ def test_package_installs_an_enabled_running_hardened_unit(alpha: Machine, playe
             "configure",
             "download-game",
             "install-game",
+            "manage-catalog",
             "manage-peers",
             "remove-game",
         )
