@@ -99,7 +99,7 @@ def test_a_cancelled_transfer_gives_its_bytes_back() -> None:
         with pytest.raises(asyncio.CancelledError):
             await first
         # Only the burst is owed, not the cancelled transfer's ten chunks.
-        assert limiter.delay_for(CHUNK) == pytest.approx(1.0)
+        assert limiter.bucket.delay_for(CHUNK) == pytest.approx(1.0)
 
     asyncio.run(body())
 

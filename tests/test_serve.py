@@ -68,11 +68,11 @@ def test_chunk_hashes(tmp_path: Path) -> None:
 def test_upload_limiter_spaces_out_chunks() -> None:
     now = [100.0]
     limiter = RateLimiter(1000, clock=lambda: now[0])
-    assert limiter.delay_for(500) == 0.0
-    assert limiter.delay_for(500) == pytest.approx(0.5)
+    assert limiter.bucket.delay_for(500) == 0.0
+    assert limiter.bucket.delay_for(500) == pytest.approx(0.5)
     now[0] += 5
-    assert limiter.delay_for(100) == 0.0
-    assert RateLimiter(0).delay_for(1 << 30) == 0.0
+    assert limiter.bucket.delay_for(100) == 0.0
+    assert RateLimiter(0).bucket.delay_for(1 << 30) == 0.0
 
 
 def test_grants_do_not_pile_up(tmp_path: Path) -> None:

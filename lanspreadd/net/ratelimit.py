@@ -37,10 +37,6 @@ class RateLimiter:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    def delay_for(self, size: int) -> float:
-        """Reserve `size` bytes about to move; how long to wait first (no waking)."""
-        return self.bucket.delay_for(size)
-
     async def take(self, size: int) -> None:
         """Wait until `size` bytes may move now (before a chunk is requested or sent)."""
         ticket = self.bucket.reserve(size)
