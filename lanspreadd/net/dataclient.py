@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import socket
 import threading
 from collections.abc import Callable
@@ -42,8 +43,14 @@ def open_data_channel(host: str, port: int, token: bytes) -> socket.socket:
     return sock
 
 
+RECV_LOWAT = 1 << 20  # wake for a MiB at a time, not for every segment
+
+
 def recv_exactly(sock: socket.socket, view: memoryview) -> None:
+    """Fill `view`. Each wake-up waits for up to a MiB (SO_RCVLOWAT): waking per TCP
+    segment made the receiving threads trade the GIL thousands of times per chunk."""
     while view:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, min(len(view), RECV_LOWAT))
         received = sock.recv_into(view)
         if not received:
             raise PeerError("the source closed the data channel")
@@ -69,7 +76,9 @@ async def in_thread(
         raise
 
 
-def fetch_chunk(sock: socket.socket, buffer: bytearray, request: ChunkRequest) -> memoryview:
+def fetch_chunk(
+    sock: socket.socket, buffer: bytearray | mmap.mmap, request: ChunkRequest
+) -> memoryview:
     """Ask for one chunk and receive it into `buffer`; the view holds exactly its bytes."""
     sock.sendall(encode_request(request))
     header = memoryview(bytearray(REPLY.size))
