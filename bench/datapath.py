@@ -553,6 +553,7 @@ def main() -> None:
             print("\n".join(install_table(medians)), flush=True)
             targets += target_lines(install_targets(medians))
     print("\nissue 15 targets:\n" + "\n".join(targets))
+    print(f"load {os.getloadavg()[0]:.2f} at the end")
 
 
 if __name__ == "__main__":
