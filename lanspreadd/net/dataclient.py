@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import mmap
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import Executor
 from typing import TypeVar
 
 from lanspreadd.errors import PeerError
@@ -58,11 +60,19 @@ def recv_exactly(sock: socket.socket, view: memoryview) -> None:
 
 
 async def in_thread(
-    wake: socket.socket | threading.Event | None, func: Callable[..., T], *args: object
+    wake: socket.socket | threading.Event | None,
+    func: Callable[..., T],
+    *args: object,
+    pool: Executor | None = None,
 ) -> T:
-    """Run blocking work in a thread; on cancellation wake it (shut its socket down,
-    or set the event it polls) and wait for it before letting the cancellation through."""
-    future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    """Run blocking work in a thread (of `pool`, else asyncio's default); on cancellation
+    wake it (shut its socket down, or set the event it polls) and wait for it before
+    letting the cancellation through."""
+    future: asyncio.Future[T]
+    if pool is None:
+        future = asyncio.ensure_future(asyncio.to_thread(func, *args))
+    else:
+        future = asyncio.get_running_loop().run_in_executor(pool, functools.partial(func, *args))
     try:
         return await asyncio.shield(future)
     except asyncio.CancelledError:

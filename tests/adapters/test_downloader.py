@@ -19,7 +19,7 @@ from typing import TypeVar, cast
 
 import pytest
 
-from lanspreadd.app.downloader import SOURCES_GRACE, Downloader
+from lanspreadd.app.downloader import SOURCES_GRACE, STREAMS_PER_SOURCE, Downloader
 from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.core.hashes import hash_file
 from lanspreadd.core.manifest import manifest_root
@@ -416,7 +416,7 @@ def test_every_source_gone_is_peers_gone_after_the_grace_and_the_rest_resumes(
         async with lan.serving(only):
             downloader = lan.downloader()
             task = asyncio.create_task(downloader.run())
-            await only.until_asked(3 + 2)  # three chunks sent, both workers waiting
+            await only.until_asked(3 + STREAMS_PER_SOURCE)  # three sent, every worker waiting
             await only.vanish()
             await watch.until(f"every source of {GAME} left; waiting")
             lan.clock.advance(SOURCES_GRACE - 1)
@@ -459,7 +459,7 @@ def test_a_source_back_within_the_grace_finishes_the_download(
         async with lan.serving(flaky):
             downloader = lan.downloader()
             task = asyncio.create_task(downloader.run())
-            await flaky.until_asked(3 + 2)
+            await flaky.until_asked(3 + STREAMS_PER_SOURCE)
             await flaky.vanish()
             await watch.until(f"every source of {GAME} left; waiting")
             lan.clock.advance(SOURCES_GRACE - 1)
@@ -483,7 +483,7 @@ def test_a_download_cancelled_mid_transfer_resumes_where_it_stopped(tmp_path: Pa
         async with lan.serving(slow):
             task = asyncio.create_task(lan.downloader().run())
             # Both workers wait on a chunk, their threads blocked in a receive.
-            await slow.until_asked(3 + 2)
+            await slow.until_asked(3 + STREAMS_PER_SOURCE)
             assert lan.progress[-1] == (3 * CHUNK, TOTAL)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
