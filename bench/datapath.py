@@ -199,6 +199,8 @@ def make_game(root: Path, size: int, volume_size: int | None = VOLUME) -> None:
     else:
         write_rar5_volumes(root / f"{GAME}.part1.rar", [Entry("data.bin", data)], volume_size)
     (root / "version.ini").write_text("1.0\n")
+    # On disk before any run: its writeback would otherwise fall into the first ones.
+    fsynced(game_files(root))
 
 
 def game_files(game: Path) -> list[Path]:
