@@ -130,11 +130,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class Median:
-    """A row's medians, each taken on its own."""
+    """A row's medians, each taken on its own, and its slowest and fastest run."""
 
     rate: float  # bytes per second
     recv: float  # CPU seconds per GB
     send: float
+    slowest: float  # bytes per second
+    fastest: float
 
     @classmethod
     def of(cls, samples: Sequence[Sample], size: int) -> Median:
@@ -143,7 +145,14 @@ class Median:
             size / statistics.median(s.seconds for s in samples),
             statistics.median(s.recv_cpu for s in samples) / gb,
             statistics.median(s.send_cpu for s in samples) / gb,
+            size / max(s.seconds for s in samples),
+            size / min(s.seconds for s in samples),
         )
+
+    @property
+    def spread(self) -> str:
+        """Runs vary on a shared machine: the range says how much."""
+        return f"{self.slowest / 1e6:.0f}-{self.fastest / 1e6:.0f}"
 
 
 def parse_size(text: str) -> int:
@@ -458,13 +467,13 @@ def install_rounds(game: Path, work: Path, runs: int) -> dict[str, list[Sample]]
 def transfer_table(medians: dict[str, Median]) -> list[str]:
     base, rsync = medians[SENDFILE], medians[RSYNC_FSYNC]
     lines = [
-        f"{'what':<40} {'MB/s':>6} {'recv CPU s/GB':>13} {'send CPU s/GB':>13} "
+        f"{'what':<40} {'MB/s':>6} {'runs MB/s':>11} {'recv CPU s/GB':>13} {'send CPU s/GB':>13} "
         f"{'x rsync+fsync':>13} {'x sendfile':>10}"
     ]
     for row in TRANSFER_ROWS:
         m = medians[row]
         lines.append(
-            f"{row:<40} {m.rate / 1e6:>6.0f} {m.recv:>13.2f} {m.send:>13.2f} "
+            f"{row:<40} {m.rate / 1e6:>6.0f} {m.spread:>11} {m.recv:>13.2f} {m.send:>13.2f} "
             f"{m.rate / rsync.rate:>13.2f} {m.rate / base.rate:>10.2f}"
         )
     return lines
@@ -472,10 +481,15 @@ def transfer_table(medians: dict[str, Median]) -> list[str]:
 
 def install_table(medians: dict[str, Median]) -> list[str]:
     ours = medians[INSTALL]
-    lines = [f"{'what':<40} {'MB/s':>6} {'CPU s/GB':>13} {'lanspread x this':>16}"]
+    lines = [
+        f"{'what':<40} {'MB/s':>6} {'runs MB/s':>11} {'CPU s/GB':>13} {'lanspread x this':>16}"
+    ]
     for row in INSTALL_ROWS:
         m = medians[row]
-        lines.append(f"{row:<40} {m.rate / 1e6:>6.0f} {m.recv:>13.2f} {ours.rate / m.rate:>16.2f}")
+        lines.append(
+            f"{row:<40} {m.rate / 1e6:>6.0f} {m.spread:>11} {m.recv:>13.2f} "
+            f"{ours.rate / m.rate:>16.2f}"
+        )
     return lines
 
 

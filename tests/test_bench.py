@@ -14,6 +14,7 @@ from bench.datapath import INSTALL_ROWS, INSTALL_TOOLS, TRANSFER_ROWS, TRANSFER_
 
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"\s+(\d+(?:\.\d+)?)"
+RANGE = r"\s+\d+-\d+"
 
 
 @pytest.mark.slow
@@ -36,14 +37,15 @@ def test_datapath_rows(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    # Each transfer row: MB/s, receiver and sender CPU s/GB, ratios to rsync+fsync and sendfile.
+    # Each transfer row: MB/s, the runs' range, receiver and sender CPU s/GB, ratios to
+    # rsync+fsync and sendfile.
     for row in TRANSFER_ROWS:
-        found = re.search(rf"^{re.escape(row)}{NUMBER * 5}$", out, re.MULTILINE)
+        found = re.search(rf"^{re.escape(row)}{NUMBER}{RANGE}{NUMBER * 4}$", out, re.MULTILINE)
         assert found, f"no row {row!r} in:\n{out}"
         assert float(found[1]) > 0, found[0]
-    # Each install row: MB/s, CPU s/GB, lanspread's speed against it.
+    # Each install row: MB/s, the runs' range, CPU s/GB, lanspread's speed against it.
     for row in INSTALL_ROWS:
-        found = re.search(rf"^{re.escape(row)}{NUMBER * 3}$", out, re.MULTILINE)
+        found = re.search(rf"^{re.escape(row)}{NUMBER}{RANGE}{NUMBER * 2}$", out, re.MULTILINE)
         assert found, f"no row {row!r} in:\n{out}"
         assert float(found[1]) > 0, found[0]
     for target in ("/ rsync+fsync", "receiver CPU s/GB", "3 sources / 1 source", "install / cp"):
