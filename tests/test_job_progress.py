@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any, cast
 
+from lanspreadd.app.config import Config
 from lanspreadd.app.jobs import PROGRESS_INTERVAL, JobRunner
 from lanspreadd.app.views import Observers
 from lanspreadd.core.operations import Job, OpKind
@@ -32,7 +33,7 @@ def test_an_update_inside_the_interval_is_told_when_it_ends() -> None:
     told = Told()
     observers = Observers([cast(Any, told)])
     none = cast(Any, None)
-    runner = JobRunner(none, none, none, none, observers, none, none, none)
+    runner = JobRunner(Config(), none, none, none, observers, none, none, none)
     job = Job("quake", OpKind.DOWNLOAD)
 
     async def body() -> None:
