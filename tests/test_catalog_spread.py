@@ -11,7 +11,6 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +46,7 @@ from lanspreadd.protocol.messages import (
     Hello,
     Refuse,
 )
+from tests.scenarios.hostile import hostile_process
 from tests.scenarios.hostile_relay import RawSession
 from tests.support import (
     BUS_NAME,
@@ -343,29 +343,8 @@ def test_an_organisers_catalog_reaches_every_trusting_seat(
 
 @contextmanager
 def hostile_catalog_peer(state: Path, target: Daemon) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.scenarios.hostile_catalog",
-            str(state),
-            f"127.0.0.1:{target.port}",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline().strip()
-        assert line == "connected", line
+    with hostile_process("tests.scenarios.hostile_catalog", state, target) as proc:
         yield proc
-    finally:
-        proc.kill()
-        proc.wait(10)
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
 
 
 @pytest.mark.slow  # the forger waits 1, 2, 4 and 8 s between asks, as any failed peer does

@@ -149,9 +149,11 @@ class HostilePeer:
 
 
 @contextmanager
-def run_hostile_peer(state: Path, target: Daemon) -> Iterator[HostilePeer]:
+def hostile_process(module: str, state: Path, target: Daemon) -> Iterator[subprocess.Popen[str]]:
+    """A hostile peer (`python -m module STATE HOST:PORT`) connected to `target`: it says
+    "connected" once authenticated, takes commands on stdin and is killed at the end."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.scenarios.hostile", str(state), f"127.0.0.1:{target.port}"],
+        [sys.executable, "-m", module, str(state), f"127.0.0.1:{target.port}"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -160,13 +162,19 @@ def run_hostile_peer(state: Path, target: Daemon) -> Iterator[HostilePeer]:
         assert proc.stdout is not None
         line = proc.stdout.readline().strip()
         assert line == "connected", line
-        yield HostilePeer(proc)
+        yield proc
     finally:
         proc.kill()
         proc.wait(10)
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+@contextmanager
+def run_hostile_peer(state: Path, target: Daemon) -> Iterator[HostilePeer]:
+    with hostile_process("tests.scenarios.hostile", state, target) as proc:
+        yield HostilePeer(proc)
 
 
 def main(argv: list[str]) -> None:
