@@ -39,6 +39,7 @@ from typing import Any
 import rarfile
 
 from lanspreadd.archive.names import VOLUME_RE
+from lanspreadd.archive.storedcopy import copy_stored, stored_extent
 from lanspreadd.errors import ArchiveError, Cancelled, DiskFull, UnpackStalled, UnsafeArchive
 from lanspreadd.protocol.paths import PathRefused, inside
 
@@ -392,6 +393,13 @@ class Extraction:
                 if member.copy_of is not None:
                     continue  # made from its file once everything is unpacked
                 target.parent.mkdir(parents=True, exist_ok=True)
+                extent = stored_extent(info)
+                if extent is not None:
+                    name = f"{self.listing.archive.name}: {info.filename}"
+                    copy_stored(extent, target, name, self.cancel, self.progress, done)
+                    done += extent.size
+                    self.log(f"  {member.path} ({member.size} B)\n")
+                    continue
                 try:
                     with rf.open(info) as src, target.open("wb") as out:
                         while chunk := src.read(CHUNK):

@@ -5,17 +5,15 @@ only after its SHA-256 matches the file list; the chunks verified so far are sav
 for a resume; `version.ini` stays in memory and is committed last, after files the
 new version no longer has are gone.
 
-Whole chunks go to disk with O_DIRECT where the file system takes it: a buffered
-write copies every byte into the page cache and then fights the flusher for the
-file's locks, which cost the receiver 2 to 3 CPU seconds per GB here against 0.3
-direct. The buffer must be page-aligned (`chunk_buffer`); a file's last, partial
-chunk, or a file system that refuses O_DIRECT, goes through the page cache.
+Whole chunks go to disk with O_DIRECT where the file system takes it
+(`archive.directio`): the buffer must be page-aligned (`chunk_buffer`); a file's
+last, partial chunk, or a file system that refuses O_DIRECT, goes through the page
+cache.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import logging
@@ -23,6 +21,7 @@ import mmap
 import os
 from pathlib import Path
 
+from lanspreadd.archive.directio import DirectWriter, aligned_buffer, open_direct
 from lanspreadd.archive.extract import free_bytes
 from lanspreadd.core.install import RESUME_FILE, SPACE_MARGIN, atomic_write
 from lanspreadd.core.library import VERSION_INI, parse_version_ini
@@ -34,20 +33,10 @@ from lanspreadd.protocol.paths import LOCAL
 
 log = logging.getLogger(__name__)
 
-DIRECT_ALIGN = 4096  # offsets and lengths of direct writes: a page, every block size
-DIRECT_REFUSED = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
-
 
 def chunk_buffer(size: int) -> mmap.mmap:
     """A page-aligned buffer for a chunk, as O_DIRECT needs (a bytearray is not)."""
-    return mmap.mmap(-1, size)
-
-
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
+    return aligned_buffer(size)
 
 
 class PartialDownload:
@@ -57,8 +46,7 @@ class PartialDownload:
         self.version = version
         self.fingerprint = fingerprint
         self.sentinel: bytes | None = None
-        self._fds: dict[int, int] = {}
-        self._direct: dict[int, int] = {}  # the same files opened O_DIRECT, where possible
+        self._files: dict[int, DirectWriter] = {}
 
     def prepare(self, reference: FileList) -> DownloadPlan:
         """Open every file at its size; keep chunks a previous run verified."""
@@ -88,12 +76,7 @@ class PartialDownload:
                 raise InvalidArgument(f"{path} is in the way of the download")
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             os.ftruncate(fd, entry.size)
-            self._fds[fi] = fd
-            try:
-                self._direct[fi] = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            except OSError as exc:
-                if exc.errno not in DIRECT_REFUSED:
-                    raise
+            self._files[fi] = DirectWriter(fd, open_direct(path))
         return DownloadPlan(reference.files, reference.chunk_size, verified)
 
     def store(self, plan: DownloadPlan, chunk: Chunk, data: memoryview) -> bool:
@@ -104,28 +87,16 @@ class PartialDownload:
         if entry.path == VERSION_INI:
             self.sentinel = bytes(data)
             return True
-        direct = self._direct.get(chunk.file_index)
-        if direct is not None and not (chunk.offset | len(data)) % DIRECT_ALIGN:
-            try:
-                _pwrite_all(direct, data, chunk.offset)
-                return True
-            except OSError as exc:  # an unaligned buffer, or O_DIRECT taken only at open
-                if exc.errno not in DIRECT_REFUSED:
-                    raise
-                self._direct.pop(chunk.file_index, None)
-                os.close(direct)
-        _pwrite_all(self._fds[chunk.file_index], data, chunk.offset)
+        self._files[chunk.file_index].write(data, chunk.offset)
         return True
 
     def close(self) -> None:
-        for fd in self._direct.values():
-            os.close(fd)
-        self._direct.clear()
-        for fd in self._fds.values():
+        for writer in self._files.values():
+            writer.close_direct()
             with contextlib.suppress(OSError):
-                os.fsync(fd)
-            os.close(fd)
-        self._fds.clear()
+                os.fsync(writer.buffered)
+            os.close(writer.buffered)
+        self._files.clear()
 
     def _load_resume(self, reference: FileList) -> set[tuple[int, int]]:
         try:
