@@ -16,8 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from aioquic.asyncio.client import connect as quic_connect
-
 from lanspreadd.core.announced import Announced, IsKnown
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
@@ -25,7 +23,7 @@ from lanspreadd.errors import LanspreadError, NotFound, PeerError
 from lanspreadd.net.dataclient import CONNECT_TIMEOUT
 from lanspreadd.net.quicserver import GuardedQuicServer, serve
 from lanspreadd.net.requests import Requester
-from lanspreadd.net.transport import PeerConnection, quic_configuration
+from lanspreadd.net.transport import PeerConnection, connect, outgoing_host, quic_configuration
 from lanspreadd.protocol.messages import (
     CatalogAnnounce,
     CatalogDocument,
@@ -105,6 +103,8 @@ class PeerManager(Requester):
         )
         self.host = host
         self.port = port
+        # Where our QUIC dials and data channels leave from: the listen address, if specific.
+        self.local_host = outgoing_host(host)
         self.owner = owner
         self.peers: dict[str, Peer] = {}
         self._connections: set[PeerConnection] = set()
@@ -197,9 +197,10 @@ class PeerManager(Requester):
         key = f"{host}:{port}"
         self._connecting.add(key)
         try:
-            async with quic_connect(
+            async with connect(
                 host,
                 port,
+                local_host=self.local_host,
                 configuration=quic_configuration(self.identity, is_client=True),
                 create_protocol=functools.partial(
                     self._new_protocol,
@@ -207,7 +208,6 @@ class PeerManager(Requester):
                     expected_peer_id=expected,
                     established=established,
                 ),
-                wait_connected=False,  # ours is `established`; aioquic's leaked an error
             ) as conn:
                 assert isinstance(conn, PeerConnection)
                 conn.transmit()

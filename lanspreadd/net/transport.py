@@ -7,11 +7,15 @@ every decision is made by the Session or by the PeerManager that owns it.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+from aioquic.asyncio.client import connect as aioquic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
@@ -45,6 +49,66 @@ def quic_configuration(identity: Identity, is_client: bool) -> QuicConfiguration
     else:
         config.load_cert_chain(identity.cert_path, identity.key_path)
     return config
+
+
+def outgoing_host(listen: str) -> str:
+    """The address our connections to peers leave from: the listen address when it is a
+    specific one, so a peer knows us by one address (its grants, redials and per-address
+    caps); "" for a wildcard, where the kernel picks by route as before."""
+    try:
+        unspecified = ipaddress.ip_address(listen).is_unspecified
+    except ValueError:
+        unspecified = not listen  # a host name is bound as given
+    return "" if unspecified else listen
+
+
+@asynccontextmanager
+async def connect(
+    host: str,
+    port: int,
+    *,
+    local_host: str,
+    configuration: QuicConfiguration,
+    create_protocol: Callable[..., QuicConnectionProtocol],
+) -> AsyncIterator[QuicConnectionProtocol]:
+    """aioquic's `connect`, its socket bound to `local_host` when one is given: aioquic's
+    own binds ("::", 0), so a daemon listening on 127.0.0.2 dialled from 127.0.0.1.
+
+    Yields before the handshake: the caller transmits and waits for its own event
+    (aioquic's wait leaked an error when nobody took it)."""
+    if not local_host:
+        async with aioquic_connect(
+            host,
+            port,
+            configuration=configuration,
+            create_protocol=create_protocol,
+            wait_connected=False,
+        ) as protocol:
+            yield protocol
+        return
+    loop = asyncio.get_running_loop()
+    family, *_, local = (await loop.getaddrinfo(local_host, 0, type=socket.SOCK_DGRAM))[0]
+    # The peer's address in our socket's family: an IPv4 listen address dials IPv4 only.
+    remote = (await loop.getaddrinfo(host, port, family=family, type=socket.SOCK_DGRAM))[0][4]
+    if configuration.server_name is None:
+        configuration.server_name = host
+    connection = QuicConnection(configuration=configuration)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(local)
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: create_protocol(connection), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        protocol.connect(remote, transmit=False)
+        yield protocol
+    finally:
+        protocol.close()
+        await protocol.wait_closed()
+        transport.close()
 
 
 class PeerConnection(QuicConnectionProtocol):
