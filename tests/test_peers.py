@@ -15,7 +15,7 @@ import pytest
 from lanspreadd.app.downloader import SOURCES_GRACE
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.hashes import HashCache
-from tests.support import Daemon, make_game, tree, wait_for
+from tests.support import Daemon, free_port, make_game, tree, wait_for
 
 GAME = "sample-game"
 MiB = 1 << 20
@@ -108,6 +108,33 @@ def test_three_sources_all_contribute(make_peer: MakePeer) -> None:
     assert "from 3 source(s)" in line
     for peer in sources:
         assert f"{peer.name} " in line
+
+
+def test_daemons_on_addresses_of_their_own_dial_and_fetch_from_them(make_peer: MakePeer) -> None:
+    """Each daemon on its own 127.0.0.N, as on a LAN (and in the flash-crowd bench): its
+    QUIC dials and data channels leave from that address, so peers know it by one address
+    (grants, data channels back to it, redials, per-address caps)."""
+    source = make_peer("alpha", listen="127.0.0.2", port=free_port("127.0.0.2"))
+    receiver = make_peer("beta", listen="127.0.0.3", port=free_port("127.0.0.3"))
+    root = seed_game(source, game_entries(4 * MiB))
+    source.start()
+    receiver.start()
+    # The source dials: the receiver knows it only by the address that dial came from,
+    # and its data channels go back there (nothing listens on 127.0.0.1 here).
+    connect(source, receiver)
+    wait_for(lambda: sources_of(receiver) == 1, 10, "the source's snapshot")
+    assert [(p["name"], p["address"]) for p in receiver.ctl_json("peers")] == [
+        ("alpha", "127.0.0.2")
+    ]
+    assert [p["address"] for p in source.ctl_json("peers")] == ["127.0.0.3"]
+
+    # The source's grants hold only from 127.0.0.3: the receiver's data channels
+    # leave from there, for a download and a stream install alike.
+    assert receiver.ctl_json("stream-install", GAME)["state"] == "finished"
+    assert receiver.ctl_json("show", GAME)["installed"] is True
+    assert receiver.ctl_json("download", GAME)["state"] == "finished"
+    assert downloads(receiver.game_dir / GAME) == downloads(root)
+    assert "data-token-from-another-address" not in source.stderr()
 
 
 def two_sources(make_peer: MakePeer, size: int, *args: str) -> tuple[Daemon, Daemon, Daemon, Path]:

@@ -99,6 +99,7 @@ class Downloader:
     clock: Callable[[], float] = time.monotonic
     pin: str = ""  # the organiser's manifest root for this version: no vote then
     limiter: RateLimiter = field(default_factory=RateLimiter)  # the download limit
+    local_host: str = ""  # where data channels leave from: the listen address if specific
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -291,7 +292,9 @@ class Downloader:
         without copies, and release the GIL, so several connections use every core.
         """
         try:
-            sock = await in_thread(None, open_data_channel, source.host, source.port, source.token)
+            sock = await in_thread(
+                None, open_data_channel, source.host, source.port, source.token, self.local_host
+            )
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)

@@ -163,6 +163,7 @@ class JobRunner:
         downloader = Downloader(root, job.game_id, game.version, self.peers, progress)
         downloader.pin = game.pin.manifest if game.pin is not None else ""
         downloader.limiter = self.download_limiter
+        downloader.local_host = self.peers.local_host
         job.sources = downloader.received  # live: the Job object shows who contributes
         # Cancel() cancels this job task itself while it downloads; the job catches that.
         task = asyncio.current_task()
@@ -216,7 +217,12 @@ class JobRunner:
             assert task is not None
             self._async_work[job.id] = task
             sock = await in_thread(
-                None, open_data_channel, source.host, source.data_port, grant.token
+                None,
+                open_data_channel,
+                source.host,
+                source.data_port,
+                grant.token,
+                self.peers.local_host,
             )
             receiver = StreamReceiver(sock, job.cancel_event, progress, grant.total_bytes)
             receiver.limiter = self.download_limiter

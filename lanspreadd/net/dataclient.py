@@ -33,8 +33,11 @@ STALL_TIMEOUT = 30.0  # a source that sends nothing for this long is cut off
 T = TypeVar("T")
 
 
-def open_data_channel(host: str, port: int, token: bytes) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+def open_data_channel(host: str, port: int, token: bytes, local_host: str = "") -> socket.socket:
+    """A data channel from `local_host` ("" any): the source honours a grant only from the
+    address our QUIC connection came from, so both leave from the same one."""
+    source = (local_host, 0) if local_host else None
+    sock = socket.create_connection((host, port), CONNECT_TIMEOUT, source)
     try:
         sock.settimeout(STALL_TIMEOUT)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
