@@ -1,4 +1,4 @@
-"""bench/datapath.py runs end to end at a tiny size and prints every row it promises."""
+"""The benchmarks run end to end at a tiny size and print every row they promise."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from bench.datapath import INSTALL_ROWS, INSTALL_TOOLS, TRANSFER_ROWS, TRANSFER_
 ROOT = Path(__file__).resolve().parent.parent
 NUMBER = r"\s+(\d+(?:\.\d+)?)"
 RANGE = r"\s+\d+-\d+"
+PAIR = r"\s+(\d+(?:\.\d+)?)/(\d+(?:\.\d+)?)"  # median/max
 
 
 @pytest.mark.slow
@@ -53,6 +54,54 @@ def test_datapath_rows(tmp_path: Path) -> None:
     # Its servers (rsync, nginx, daemons) and its temporary directory went with it.
     assert list(tmp_path.iterdir()) == []
     assert not [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in cmdline(p)]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_flashcrowd_rows(tmp_path: Path) -> None:
+    """Two receivers fill from one capped source: the swarm and mesh rows are printed,
+    their ratios agree with their times, and nothing is left behind."""
+    tiny = ["--receivers", "2", "--size", "8M", "--rate", "4M", "--idle", "1"]
+    bounded = ["--ready-timeout", "60", "--mesh-timeout", "30"]
+    result = subprocess.run(
+        [sys.executable, "bench/flashcrowd.py", *tiny, *bounded],
+        cwd=ROOT,
+        env=os.environ | {"TMPDIR": str(tmp_path)},  # bus sockets within 108 bytes
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # receivers, game MB, all done, median, source-only bound, swarm ideal, time/ideal,
+    # % from receivers, copies the source sent.
+    swarm = re.search(rf"^\s+2{NUMBER * 8}$", out, re.MULTILINE)
+    assert swarm, f"no swarm row in:\n{out}"
+    size, done, median, bound, ideal, ratio, share, copies = map(float, swarm.groups())
+    assert size == pytest.approx(8.4, abs=0.1)
+    assert bound == pytest.approx(2 * ideal, abs=0.1)
+    assert ideal == pytest.approx(2.0, abs=0.1)  # 8 MiB at 4 MiB/s
+    assert 0 < median <= done
+    assert ratio == pytest.approx(done / ideal, abs=0.06)
+    assert 0 <= share <= 100
+    assert 1 <= copies <= 2.01  # at least one whole copy, at most one per receiver
+    # receivers, on the bus, source seen, 4 peers, full mesh (s); peers per daemon
+    # (min/median/max: each sees the other two); idle CPU (source %, receivers %,
+    # all daemons in cores); CPU s of the download (source, receivers).
+    mesh = re.search(
+        rf"^\s+2{NUMBER * 4}\s+2/2/2{NUMBER}{PAIR}{NUMBER * 2}{PAIR}$", out, re.MULTILINE
+    )
+    assert mesh, f"no mesh row in:\n{out}"
+    on_bus, seen, few, full = map(float, mesh.groups()[:4])
+    assert 0 < on_bus <= seen
+    assert seen <= 60 and few <= 30 and full <= 30
+    for target in ("all done / swarm ideal", "idle CPU %", "a holder and 4 peers"):
+        assert re.search(rf"{re.escape(target)}.*{NUMBER}\s+<=", out), f"{target!r} in:\n{out}"
+    # Its daemons, buses, tmpfs and namespace went with it.
+    assert list(tmp_path.iterdir()) == []
+    assert not [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in cmdline(p)]
+    assert str(tmp_path) not in Path("/proc/self/mounts").read_text()
 
 
 def cmdline(proc: Path) -> str:
