@@ -87,6 +87,10 @@ class Source:
     port: int
     token: bytes
 
+    def connect(self, local_host: str) -> socket.socket:
+        """A data channel to this source, from `local_host` ("" any)."""
+        return open_data_channel(self.host, self.port, self.token, local_host)
+
 
 @dataclass
 class Downloader:
@@ -292,9 +296,7 @@ class Downloader:
         without copies, and release the GIL, so several connections use every core.
         """
         try:
-            sock = await in_thread(
-                None, open_data_channel, source.host, source.port, source.token, self.local_host
-            )
+            sock = await in_thread(None, source.connect, self.local_host)
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)
