@@ -399,22 +399,22 @@ def test_a_peer_of_the_previous_protocol_is_refused_with_a_reason(
     target = make_peer("target").start()
     identity = load_or_create(tmp_path / "old", "old")
 
-    async def say_hello_as_version_2() -> str:
+    async def say_hello_as_version_3() -> str:
         config = quic_configuration(identity, is_client=True)
         async with quic_connect(
             "127.0.0.1", target.port, configuration=config, create_protocol=RawSession
         ) as conn:
             assert isinstance(conn, RawSession)
             conn.send(
-                Hello(2, peer_id_of(identity.cert_der), "old", 1, identity.cert_der, os.urandom(32))
+                Hello(3, peer_id_of(identity.cert_der), "old", 1, identity.cert_der, os.urandom(32))
             )
             answer = await conn.next(Refuse)
             # The Refuse frame, or the close it rides with (aioquic may close first).
             return answer.reason if isinstance(answer, Refuse) else str(answer)
 
-    assert PROTOCOL_VERSION == 3
-    reason = asyncio.run(say_hello_as_version_2()).removeprefix("closed: ")
-    assert reason == "protocol version 2 is not supported; this peer speaks version 3"
+    assert PROTOCOL_VERSION == 4
+    reason = asyncio.run(say_hello_as_version_3()).removeprefix("closed: ")
+    assert reason == "protocol version 3 is not supported; this peer speaks version 4"
     wait_for(lambda: refusals(target).get("peer-handshake") == 1, 10, "the refusal counted")
 
 

@@ -17,8 +17,12 @@ from lanspreadd.protocol import PROTOCOL_VERSION
 from lanspreadd.protocol.codec import HEADER, FrameDecoder, encode
 from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
 from lanspreadd.protocol.messages import (
+    MAX_BITFIELD,
+    MAX_DELTA,
     MESSAGE_TYPES,
     Auth,
+    ChunkDelta,
+    ChunkMap,
     Delta,
     FileEntry,
     FileList,
@@ -266,6 +270,88 @@ def test_oversized_frames_are_refused_before_buffering() -> None:
         decoder.feed(struct.pack("!IB", 1 << 30, Snapshot.TYPE))
 
 
+ROOT = "0123456789abcdef" * 4  # a file list's root hash
+
+
+def test_chunk_maps_and_deltas_round_trip() -> None:
+    messages = [
+        ChunkMap("g", "1.0", ROOT, 10, bytes([0b0110_1000, 0b1100_0000])),
+        ChunkMap("g", "1.0", "", 0, b""),  # withdrawn
+        ChunkDelta("g", ROOT, (0, 9, 4)),
+        ChunkDelta("g", ROOT, ()),
+    ]
+    assert FrameDecoder().feed(b"".join(encode(m) for m in messages)) == messages
+
+
+def test_the_largest_chunk_map_and_delta_fit_their_frames() -> None:
+    """A map of the most chunks any game may have, and a full delta of the highest
+    numbers, pass both ends' size bounds."""
+    chunks = 8 * MAX_BITFIELD
+    largest = [
+        ChunkMap("g" * 64, "v" * 64, ROOT, chunks, b"\xff" * MAX_BITFIELD),
+        ChunkDelta("g" * 64, ROOT, (chunks - 1,) * MAX_DELTA),
+    ]
+    for message in largest:
+        assert FrameDecoder().feed(encode(message)) == [message]
+
+
+def _map(**changes: object) -> dict[str, object]:
+    """A map of 9 chunks holding chunks 0 and 8 (bits "gIA=": 0x80 0x80), with `changes`."""
+    well_formed = {"game_id": "g", "version": "1.0", "fingerprint": ROOT, "chunks": 9}
+    return well_formed | {"bits": "gIA="} | changes
+
+
+def _delta(**changes: object) -> dict[str, object]:
+    return {"game_id": "g", "fingerprint": ROOT, "added": [1, 2]} | changes
+
+
+@pytest.mark.parametrize(
+    ("kind", "obj", "complaint"),
+    [
+        (ChunkMap.TYPE, _map(), None),  # the well-formed one the others change
+        (ChunkMap.TYPE, _map(chunks=17), "a map of 17 chunks cannot have 2 bytes"),
+        (ChunkMap.TYPE, _map(chunks=0), "a map of 0 chunks cannot have 2 bytes"),
+        (ChunkMap.TYPE, _map(bits="gMA="), "bits past its last chunk"),  # 0x80 0xc0: bit 9
+        (ChunkMap.TYPE, _map(chunks=8, bits="gA=="), None),
+        (ChunkMap.TYPE, _map(chunks=-1), "out of range"),
+        (ChunkMap.TYPE, _map(chunks=True), "integer"),
+        (ChunkMap.TYPE, _map(bits="not base64!"), "not base64"),
+        (ChunkMap.TYPE, _map(fingerprint=ROOT.upper()), "fingerprint"),
+        (ChunkMap.TYPE, _map(fingerprint=ROOT[:63]), "fingerprint"),
+        (ChunkMap.TYPE, _map(fingerprint=ROOT + "\n"), "fingerprint"),
+        (ChunkMap.TYPE, _map(fingerprint="g" * 64), "fingerprint"),
+        (ChunkMap.TYPE, _map(fingerprint=7), "fingerprint"),
+        (ChunkMap.TYPE, _map(version="v" * 65), "longer than 64"),
+        (ChunkDelta.TYPE, _delta(), None),
+        (ChunkDelta.TYPE, _delta(fingerprint=""), "fingerprint"),
+        (ChunkDelta.TYPE, _delta(fingerprint=ROOT[1:] + "G"), "fingerprint"),
+        (ChunkDelta.TYPE, _delta(added=list(range(MAX_DELTA + 1))), "added"),
+        (ChunkDelta.TYPE, _delta(added=[1, True]), "added"),
+        (ChunkDelta.TYPE, _delta(added=[-1]), "added"),
+        (ChunkDelta.TYPE, _delta(added=[1.0]), "added"),
+        (ChunkDelta.TYPE, _delta(added=["1"]), "added"),
+        (ChunkDelta.TYPE, _delta(added=[8 * MAX_BITFIELD]), "added"),
+        (ChunkDelta.TYPE, _delta(added={"1": 1}), "added"),
+        (ChunkDelta.TYPE, _delta(added=None), "added"),
+    ],
+)
+def test_chunk_maps_and_deltas_are_checked(kind: int, obj: object, complaint: str | None) -> None:
+    if complaint is None:
+        assert len(FrameDecoder().feed(_frame(kind, obj))) == 1
+        return
+    with pytest.raises(RemoteProtocolError, match=re.escape(complaint)):
+        FrameDecoder().feed(_frame(kind, obj))
+
+
+def test_chunk_frames_over_their_bound_are_refused_before_buffering() -> None:
+    for cls in (ChunkMap, ChunkDelta):
+        with pytest.raises(RemoteProtocolError, match=f"{cls.__name__} frame .* exceeds"):
+            FrameDecoder().feed(HEADER.pack(cls.MAX_SIZE + 1, cls.TYPE))
+    too_long = _map(chunks=8 * MAX_BITFIELD + 8, bits="A" * 4 * (MAX_BITFIELD // 3 + 2))
+    with pytest.raises(RemoteProtocolError, match="'bits' is too long"):
+        FrameDecoder().feed(_frame(ChunkMap.TYPE, too_long))
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(garbage=st.binary(max_size=2048))
 def test_fuzz_garbage_after_handshake_closes_with_a_reason(
@@ -349,6 +435,9 @@ def _frame(kind: int, obj: object) -> bytes:
         (8, lambda v: {"request_id": 1, "code": "NotServable", "message": v}),  # ErrorReply
         (11, lambda v: {"reason": v}),  # Goodbye
         (3, lambda v: {"reason": v}),  # Refuse
+        (ChunkMap.TYPE, lambda v: _map(game_id=v)),
+        (ChunkMap.TYPE, lambda v: _map(version=v)),
+        (ChunkDelta.TYPE, lambda v: _delta(game_id=v)),
     ],
 )
 def test_every_peer_string_is_checked_at_the_boundary(
