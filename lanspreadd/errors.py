@@ -83,6 +83,15 @@ class PeerError(LanspreadError):
     name = "PeerError"
 
 
+class SourceBusy(PeerError):
+    """A source's upload slots are all taken: ask it again shortly, or ask another.
+    Never reaches a caller: the download goes on (its D-Bus name stays PeerError)."""
+
+
+class ChunkNotHeld(PeerError):
+    """A peer still downloading a game was asked for a chunk it does not hold yet."""
+
+
 class NotServable(LanspreadError):
     """We do not serve that game at that version right now."""
 

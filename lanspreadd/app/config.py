@@ -48,6 +48,9 @@ class Config:
     # download --install streams the installed tree instead when the disk cannot hold
     # both the archives and the install (about twice the catalog size).
     stream_install_when_low_disk: bool = True
+    # Serve the chunks of a download in progress to peers downloading the same files
+    # (the swarm): a crowd starting together then fills at about the speed of one copy.
+    share_while_downloading: bool = True
     # Organiser keys ("ed25519:<base64>") whose signed catalogs we adopt; those trusted at
     # run time (`lanspreadctl catalog trust`, kept in the state directory) count too.
     trusted_keys: tuple[str, ...] = ()
@@ -88,6 +91,7 @@ _TYPES: dict[str, type] = {
     "data_connections_per_address": int,
     "data_connections": int,
     "stream_install_when_low_disk": bool,
+    "share_while_downloading": bool,
     "trusted_keys": tuple,
 }
 
@@ -169,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="UDP port for QUIC")
     p.add_argument("--name", help="name shown to peers")
     p.add_argument("--no-mdns", action="store_true", default=None)
+    p.add_argument(
+        "--no-share-while-downloading",
+        action="store_true",
+        default=None,
+        help="serve a game only once it is whole, not the chunks of a download in progress",
+    )
     p.add_argument("--log-file", type=Path)
     p.add_argument("--log-level", choices=LOG_LEVELS)
     p.add_argument("--polkit", choices=("auto", "on", "off"))
@@ -231,6 +241,8 @@ def from_args(argv: list[str] | None = None) -> Config:
             overrides[key] = value
     if args.no_mdns:
         overrides["mdns"] = False
+    if args.no_share_while_downloading:
+        overrides["share_while_downloading"] = False
     if args.mdns_interfaces:
         overrides["mdns_interfaces"] = tuple(args.mdns_interfaces)
     if args.trusted_keys:

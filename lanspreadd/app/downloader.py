@@ -2,9 +2,11 @@
 
 `DownloadPlan` is pure bookkeeping (which chunk next, from whom, what failed);
 `Downloader` drives it with one TaskGroup of data-channel workers. A chunk is
-written only after its SHA-256 matches the majority file list; a corrupt chunk
-goes back to the queue for another source and its sender is demoted. The
-`version.ini` sentinel is held in memory and committed last.
+written only after its SHA-256 matches the agreed file list; a corrupt chunk goes
+back to the queue for another source and its sender is demoted. The `version.ini`
+sentinel is held in memory and committed last. While it runs, the download serves
+the chunks it has verified to peers downloading the same files (`app.sharing`), and
+takes theirs (`app.recruiter`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import mmap
+import random
 import socket
 import time
 from collections import Counter
@@ -20,76 +23,38 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
+from lanspreadd.app.agreement import agree
+from lanspreadd.app.recruiter import Recruiter
+from lanspreadd.app.sharing import DELTA_INTERVAL, PartialShare, Sharing
+from lanspreadd.app.sources import PeerSource, Source, woken
+from lanspreadd.core.held import ChunkNumbers
 from lanspreadd.core.partial import PartialDownload, chunk_buffer
-from lanspreadd.core.plan import (
-    MAX_CORRUPT,
-    Chunk,
-    DownloadPlan,
-    agreed,
-    fingerprint,
-    validate_file_list,
-)
+from lanspreadd.core.plan import Chunk, DownloadPlan
 from lanspreadd.errors import (
+    ChunkNotHeld,
     CorruptData,
-    InvalidArgument,
     LanspreadError,
-    NoSources,
     PeerError,
     PeersGone,
+    SourceBusy,
 )
 from lanspreadd.net.dataclient import fetch_chunk, in_thread, open_data_channel
-from lanspreadd.net.peers import Peer
 from lanspreadd.net.ratelimit import RateLimiter
-from lanspreadd.protocol.datachannel import (
-    ChunkRequest,
-)
+from lanspreadd.protocol.datachannel import ChunkRequest
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import FileList
+
+__all__ = ["Downloader", "PeerSource", "Source", "woken"]
 
 log = logging.getLogger(__name__)
 
 STREAMS_PER_SOURCE = 4  # one receives while another hashes and writes: 2 gave 620 MB/s, 4 800
-MAX_STREAMS = 12  # threads of one download; more streams wait their turn
+STREAMS_PER_PARTIAL = 2  # a partial holder serves a few chunks; many of them serve together
+MAX_STREAMS = 12  # chunks of one download fetched at once; more workers wait their turn
 SAVE_INTERVAL = 2.0
-RECRUIT_INTERVAL = 1.0  # how often a running download looks for new sources
-RECRUIT_RETRY = 30.0  # a peer whose file list did not fit is asked again after this
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
-
-
-class PeerSource(Protocol):
-    """What a download needs of the peer layer (`PeerManager`): who holds the game now,
-    the connected peers, and their file lists. Small, so a test can stand in for it."""
-
-    @property
-    def peers(self) -> Mapping[str, Peer]: ...
-    def holding(self, game_id: str, version: str) -> list[Peer]: ...
-    async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList: ...
-
-
-async def woken(event: asyncio.Event, seconds: float) -> bool:
-    """Wait for `event` at most `seconds`; True if it was set. asyncio.timeout, not
-    wait_for: on 3.11 wait_for swallows a cancel (a job's Cancel) that arrives in the
-    step the event fires."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(seconds):
-            await event.wait()
-            return True
-    return False
-
-
-@dataclass
-class Source:
-    peer_id: str
-    name: str
-    host: str
-    port: int
-    token: bytes
-
-    def connect(self, local_host: str) -> socket.socket:
-        """A data channel to this source, from `local_host` ("" any)."""
-        return open_data_channel(self.host, self.port, self.token, local_host)
+BUSY_BACKOFF = (0.1, 0.4)  # a source whose upload slots are full is asked again after
 
 
 @dataclass
@@ -104,6 +69,10 @@ class Downloader:
     pin: str = ""  # the organiser's manifest root for this version: no vote then
     limiter: RateLimiter = field(default_factory=RateLimiter)  # the download limit
     local_host: str = ""  # where data channels leave from: the listen address if specific
+    sharing: Sharing = field(default_factory=lambda: Sharing(enabled=False))
+    # Equally rare chunks are taken in a random order, so that peers starting together
+    # ask for different ones; None keeps file order.
+    order: random.Random | None = field(default_factory=random.Random)
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
@@ -113,24 +82,35 @@ class Downloader:
     _fingerprint: str = ""
     received: Counter[str] = field(default_factory=Counter)  # bytes per peer id
     _pool: ThreadPoolExecutor | None = None
-
-    def candidates(self) -> list[Peer]:
-        return self.peers.holding(self.game_id, self.version)
+    _slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(MAX_STREAMS))
 
     async def run(self) -> None:
-        reference = self._agree(await self._file_lists())
+        reference, self._fingerprint, self.sources = await agree(
+            self.peers, self.game_id, self.version, self.pin
+        )
         files = PartialDownload(self.root, self.game_id, self.version, self._fingerprint)
         self._files = files
-        plan = await asyncio.to_thread(files.prepare, reference)
+        plan = await asyncio.to_thread(files.prepare, reference, self.order)
         for peer_id in self.sources:
             plan.add_source(peer_id)
         self.progress(plan.bytes_done, plan.total_bytes)
+        share = PartialShare(
+            self.game_id,
+            self.version,
+            self._fingerprint,
+            self.root,
+            reference.chunk_size,
+            reference.files,
+            plan.verified,
+        )
+        self.sharing.start(share)
         try:
             # Its own threads: asyncio's default pool has cpu_count + 4, which the streams
             # of three sources alone filled.
             with ThreadPoolExecutor(MAX_STREAMS, "download") as self._pool:
-                await self._transfer(plan)
+                await self._transfer(plan, share.numbers)
         finally:
+            self.sharing.stop(self.game_id)  # before the commit: nothing half-done served
             await asyncio.to_thread(files.close)
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(files.save_resume, plan)
@@ -143,58 +123,39 @@ class Downloader:
         known = self.sources.get(peer_id) or self.peers.peers.get(peer_id)
         return known.name if known is not None else peer_id[:8]
 
-    async def _file_lists(self) -> dict[str, FileList]:
-        """Every candidate's file list that passes the checks, asked all at once."""
-        candidates = self.candidates()
-        if not candidates:
-            raise NoSources(f"no connected peer has {self.game_id} version {self.version}")
-        results = await asyncio.gather(
-            *(
-                self.peers.request_file_list(p.peer_id, self.game_id, self.version)
-                for p in candidates
-            ),
-            return_exceptions=True,
-        )
-        lists: dict[str, FileList] = {}
-        for peer, result in zip(candidates, results, strict=True):
-            if not isinstance(result, FileList):
-                log.warning("%s cannot serve %s: %s", peer.name, self.game_id, result)
-                continue
-            try:
-                validate_file_list(result)
-            except InvalidArgument as exc:
-                log.warning("ignoring %s as a source: %s", peer.name, exc)
-                continue
-            lists[peer.peer_id] = result
-        if not lists:
-            raise NoSources(f"no peer could serve {self.game_id} version {self.version}")
-        return lists
-
-    def _agree(self, lists: dict[str, FileList]) -> FileList:
-        """The pinned file list, or else the majority's; who sent it become the sources."""
-        self._fingerprint, agreeing = agreed(lists, self.pin, f"{self.game_id} {self.version}")
-        why = "is not the organiser's pin" if self.pin else "disagrees with the majority"
-        for peer_id in sorted(set(lists) - set(agreeing)):
-            log.warning("%s: its file list for %s %s", self._name(peer_id), self.game_id, why)
-        for peer_id in agreeing:
-            peer = self.peers.peers.get(peer_id)
-            if peer is not None:
-                self.sources[peer_id] = Source(
-                    peer_id, peer.name, peer.host, peer.data_port, lists[peer_id].token
-                )
-        return lists[agreeing[0]]
-
-    async def _transfer(self, plan: DownloadPlan) -> None:
-        """Workers for every source, the saver and the recruiter, until the plan settles."""
+    async def _transfer(self, plan: DownloadPlan, numbers: ChunkNumbers) -> None:
+        """Workers for every source, the saver, the teller and the recruiter, until the
+        plan settles."""
         try:
             async with asyncio.TaskGroup() as tg:
-                for source in self.sources.values():
-                    for _ in range(STREAMS_PER_SOURCE):
+
+                def start_workers(source: Source, partial: bool) -> None:
+                    for _ in range(STREAMS_PER_PARTIAL if partial else STREAMS_PER_SOURCE):
                         tg.create_task(self._worker(source, plan))
+
+                recruiter = Recruiter(
+                    self.peers,
+                    self.game_id,
+                    self.version,
+                    self._fingerprint,
+                    numbers,
+                    plan,
+                    start_workers,
+                    self.clock,
+                    self._settled,
+                    self.sources,
+                )
+                unwatch = self.sharing.watch(self.game_id, lambda: self._held(recruiter))
+                for source in list(self.sources.values()):
+                    start_workers(source, False)
                 tg.create_task(self._save_periodically(plan))
-                recruiter = tg.create_task(self._recruit(plan, tg))
-                await self._until_settled(plan)
-                recruiter.cancel()  # it may be waiting on a slow peer's file list
+                tg.create_task(self._tell_held())
+                recruiting = tg.create_task(recruiter.run())
+                try:
+                    await self._until_settled(plan)
+                finally:
+                    unwatch()
+                recruiting.cancel()  # it may be waiting on a slow peer's file list
                 self._settled.set()
                 self._changed.set()
         except BaseExceptionGroup as group:
@@ -204,23 +165,33 @@ class Downloader:
                 raise errors[0] from None
             raise
 
+    def _held(self, recruiter: Recruiter) -> None:
+        """A peer holds more of the game: idle workers may now have something to fetch."""
+        recruiter.sync_held()
+        self._changed.set()
+
     async def _until_settled(self, plan: DownloadPlan) -> None:
         alone_since: float | None = None
         while not plan.finished:
-            if plan.sources:
+            missing = plan.missing()
+            if plan.sources and missing is None:
                 alone_since = None
             elif alone_since is None:
                 # A switch that reboots or a cable re-plugged drops every peer for a few
                 # seconds; they are redialled and rejoin through the recruiter.
                 alone_since = self.clock()
+                what = (
+                    "every source of %s left"
+                    if not plan.sources
+                    else ("no source of %s holds all of it now")
+                )
                 log.info(
-                    "every source of %s left; waiting %.0f s for one to come back",
-                    self.game_id,
-                    SOURCES_GRACE,
+                    what + "; waiting %.0f s for one to come back", self.game_id, SOURCES_GRACE
                 )
             elif self.clock() - alone_since > SOURCES_GRACE:
+                what = "every source" if not plan.sources else "every source holding all"
                 raise PeersGone(
-                    f"every source of {self.game_id} left; "
+                    f"{what} of {self.game_id} left; "
                     f"{plan.bytes_done} of {plan.total_bytes} bytes are kept for a resume"
                 )
             stuck = plan.unobtainable()
@@ -241,52 +212,13 @@ class Downloader:
             if await woken(self._settled, SAVE_INTERVAL):
                 return
             # in_thread joins the thread even when cancelled: no save outlives the job.
-            await in_thread(None, files.save_resume, plan)
+            # The verified set is copied here: workers add to it on this loop meanwhile.
+            await in_thread(None, files.save_resume, plan, set(plan.verified))
 
-    async def _recruit(self, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
-        """Take peers that come to serve the game mid-download as sources too.
-
-        At a party most players download the same game at about the same time; each
-        one that finishes serves it at once, and the downloads still running should
-        pull from it rather than stay with the sources they started with.
-        """
-        asked: dict[tuple[str, float], float] = {}  # (peer, connected since) -> retry at
-        async with asyncio.TaskGroup() as joining:  # a slow peer does not hold up others
-            while not plan.finished:
-                now = self.clock()
-                for peer in self.candidates():
-                    key = (peer.peer_id, peer.since)
-                    if (
-                        peer.peer_id in plan.sources
-                        or plan.corrupt_count[peer.peer_id] >= MAX_CORRUPT
-                        or asked.get(key, 0.0) > now
-                    ):
-                        continue
-                    asked[key] = now + RECRUIT_RETRY
-                    joining.create_task(self._join(peer, plan, tg))
-                await woken(self._settled, RECRUIT_INTERVAL)
-
-    async def _join(self, peer: Peer, plan: DownloadPlan, tg: asyncio.TaskGroup) -> None:
-        source = await self._enlist(peer)
-        if source is None or plan.finished or peer.peer_id in plan.sources:
-            return
-        self.sources[peer.peer_id] = source
-        plan.add_source(peer.peer_id)
-        log.info("%s joins the download of %s as a source", peer.name, self.game_id)
-        for _ in range(STREAMS_PER_SOURCE):
-            tg.create_task(self._worker(source, plan))
-
-    async def _enlist(self, peer: Peer) -> Source | None:
-        try:
-            listing = await self.peers.request_file_list(peer.peer_id, self.game_id, self.version)
-            validate_file_list(listing)
-        except (PeerError, InvalidArgument) as exc:
-            log.info("%s cannot join the download of %s: %s", peer.name, self.game_id, exc)
-            return None
-        if fingerprint(listing) != self._fingerprint:
-            log.warning("%s lists other files for %s; not used", peer.name, self.game_id)
-            return None
-        return Source(peer.peer_id, peer.name, peer.host, peer.data_port, listing.token)
+    async def _tell_held(self) -> None:
+        """Tell peers the chunks verified since the last time, a few times a second."""
+        while not await woken(self._settled, DELTA_INTERVAL):
+            self.sharing.tell(self.game_id)
 
     async def _worker(self, source: Source, plan: DownloadPlan) -> None:
         """One data connection to one source, taking chunks until none are left for it.
@@ -296,7 +228,9 @@ class Downloader:
         without copies, and release the GIL, so several connections use every core.
         """
         try:
-            sock = await in_thread(None, source.connect, self.local_host)
+            sock = await in_thread(
+                None, open_data_channel, source.host, source.port, source.token, self.local_host
+            )
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)
@@ -304,36 +238,57 @@ class Downloader:
             return
         buffer = chunk_buffer(plan.chunk_size)
         try:
-            while True:
-                chunk = plan.next_for(source.peer_id)
-                if chunk is None:
-                    if plan.finished or source.peer_id not in plan.sources:
-                        return
-                    self._changed.clear()
-                    await woken(self._changed, 0.5)
-                    continue
-                await self.limiter.take(chunk.length)
-                if await in_thread(sock, self._fetch, sock, buffer, plan, chunk, pool=self._pool):
-                    plan.completed(chunk)
-                    self.received[source.peer_id] += chunk.length
-                    self.progress(plan.bytes_done, plan.total_bytes)
-                else:
-                    log.warning(
-                        "corrupt chunk %d of %s from %s; fetching it elsewhere",
-                        chunk.index,
-                        plan.files[chunk.file_index].path,
-                        source.name,
-                    )
-                    if plan.corrupt(chunk, source.peer_id):
-                        log.warning("dropping %s as a source: repeated corrupt data", source.name)
-                        return
-                self._changed.set()
+            while await self._take_chunk(sock, buffer, source, plan):
+                pass
         except (OSError, RemoteProtocolError, PeerError) as exc:
             log.info("source %s stopped: %s", source.name, exc or type(exc).__name__)
             plan.source_lost(source.peer_id)
         finally:
             self._changed.set()
             sock.close()
+
+    async def _take_chunk(
+        self, sock: socket.socket, buffer: mmap.mmap, source: Source, plan: DownloadPlan
+    ) -> bool:
+        """Fetch one chunk from `source`, or wait for one it can send; False when done."""
+        stored: bool | None = False
+        async with self._slots:  # a chunk is taken only when a thread is free to fetch it
+            chunk = plan.next_for(source.peer_id)
+            if chunk is not None:
+                await self.limiter.take(chunk.length)
+                try:
+                    stored = await in_thread(
+                        sock, self._fetch, sock, buffer, plan, chunk, pool=self._pool
+                    )
+                except (SourceBusy, ChunkNotHeld):
+                    plan.released(chunk, source.peer_id)
+                    self._changed.set()
+                    stored = None
+        if stored is None:  # asked again a little later, by then maybe for another chunk
+            await woken(self._settled, random.uniform(*BUSY_BACKOFF))  # noqa: S311
+            return True
+        if chunk is None:
+            if plan.finished or source.peer_id not in plan.sources:
+                return False
+            self._changed.clear()
+            await woken(self._changed, 0.5)
+            return True
+        if stored:
+            if plan.completed(chunk):  # the end game's second fetch counts for nobody
+                self.received[source.peer_id] += chunk.length
+                self.progress(plan.bytes_done, plan.total_bytes)
+        else:
+            log.warning(
+                "corrupt chunk %d of %s from %s; fetching it elsewhere",
+                chunk.index,
+                plan.files[chunk.file_index].path,
+                source.name,
+            )
+            if plan.corrupt(chunk, source.peer_id):
+                log.warning("dropping %s as a source: repeated corrupt data", source.name)
+                return False
+        self._changed.set()
+        return True
 
     def _fetch(
         self, sock: socket.socket, buffer: mmap.mmap, plan: DownloadPlan, chunk: Chunk

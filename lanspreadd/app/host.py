@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lanspreadd.app.config import Config
+from lanspreadd.app.sharing import PartialShare, Sharing
 from lanspreadd.archive.provider import RarStreamProvider
 from lanspreadd.core.admission import ConnectionCaps
 from lanspreadd.core.hashes import CHUNK_SIZE, HashCache
@@ -58,6 +59,7 @@ class Host:
         self._served_changed = served_changed
         self._peer_changed = peer_changed
         self.hashes = HashCache(config.state_dir / "hashes")
+        self.sharing = Sharing(config.share_while_downloading)
         self.transfers = OutboundTransfers(lambda game_id, _count: game_changed(game_id))
         self.data_server = DataServer(
             self.is_servable,
@@ -143,6 +145,9 @@ class Host:
 
     # ---- the peer layer's host (PeerHost) -----------------------------------------------
     async def file_list(self, peer: Peer, request: FileListRequest) -> FileList:
+        share = self.sharing.share(request.game_id, request.version)
+        if share is not None and not self.is_servable(request.game_id, request.version):
+            return self._partial_file_list(peer, request, share)
         if not self.is_servable(request.game_id, request.version):
             raise NotServable(f"{request.game_id} {request.version} is not served here now")
         root = self.library.game_root(request.game_id)
@@ -155,6 +160,20 @@ class Host:
         )
         return FileList(
             request.request_id, request.game_id, request.version, CHUNK_SIZE, entries, token
+        )
+
+    def _partial_file_list(
+        self, peer: Peer, request: FileListRequest, share: PartialShare
+    ) -> FileList:
+        """A download in progress answers with the file list it downloads (never a hash
+        of its half-written files), and its grant serves verified chunks only."""
+        grant = Grant(
+            peer.peer_id, share.game_id, share.version, share.root, share.files, **_bound(peer)
+        )
+        grant.held = share
+        token = self.data_server.issue(grant)
+        return FileList(
+            request.request_id, share.game_id, share.version, share.chunk_size, share.files, token
         )
 
     async def stream_grant(self, peer: Peer, request: StreamInstallRequest) -> StreamInstallGrant:

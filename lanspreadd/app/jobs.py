@@ -65,6 +65,7 @@ class JobRunner:
         self.library = library
         self.host = host
         self.peers = peers
+        host.sharing.attach(peers)  # downloads tell and hear held chunks through the peers
         self.observers = observers
         self.unpack_logs = unpack_logs
         self._no_sources = no_sources
@@ -164,6 +165,7 @@ class JobRunner:
         downloader.pin = game.pin.manifest if game.pin is not None else ""
         downloader.limiter = self.download_limiter
         downloader.local_host = self.peers.local_host
+        downloader.sharing = self.host.sharing
         job.sources = downloader.received  # live: the Job object shows who contributes
         # Cancel() cancels this job task itself while it downloads; the job catches that.
         task = asyncio.current_task()
@@ -173,6 +175,8 @@ class JobRunner:
             await downloader.run()
         finally:
             self._async_work.pop(job.id, None)
+            # Peers were served chunks while it ran: none is read while the game installs.
+            await self.host.transfers.cancel_and_drain(job.game_id)
         listed = downloader.committed
         if listed is not None and listed.chunk_size == CHUNK_SIZE:
             try:

@@ -19,6 +19,7 @@ import json
 import logging
 import mmap
 import os
+import random
 from pathlib import Path
 
 from lanspreadd.archive.directio import DirectWriter, aligned_buffer, open_direct
@@ -48,7 +49,7 @@ class PartialDownload:
         self.sentinel: bytes | None = None
         self._files: dict[int, DirectWriter] = {}
 
-    def prepare(self, reference: FileList) -> DownloadPlan:
+    def prepare(self, reference: FileList, order: random.Random | None = None) -> DownloadPlan:
         """Open every file at its size; keep chunks a previous run verified."""
         root = self.root
         root.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,7 @@ class PartialDownload:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             os.ftruncate(fd, entry.size)
             self._files[fi] = DirectWriter(fd, open_direct(path))
-        return DownloadPlan(reference.files, reference.chunk_size, verified)
+        return DownloadPlan(reference.files, reference.chunk_size, verified, order)
 
     def store(self, plan: DownloadPlan, chunk: Chunk, data: memoryview) -> bool:
         """Write a chunk that matches its hash; False (and nothing written) if not."""
@@ -126,13 +127,16 @@ class PartialDownload:
             log.info("resuming %s: %d chunks already verified", self.game_id, len(verified))
         return verified
 
-    def save_resume(self, plan: DownloadPlan) -> None:
+    def save_resume(self, plan: DownloadPlan, verified: set[tuple[int, int]] | None = None) -> None:
+        """Keep what is verified for a resume (`verified`: a copy taken on the event loop,
+        where the plan changes while this runs in a thread)."""
+        verified = plan.verified if verified is None else verified
         version_index = {i for i, f in enumerate(plan.files) if f.path == VERSION_INI}
         state = {
             "game_id": self.game_id,
             "version": self.version,
             "fingerprint": self.fingerprint,
-            "verified": sorted(v for v in plan.verified if v[0] not in version_index),
+            "verified": sorted(v for v in verified if v[0] not in version_index),
         }
         atomic_write(self.root / RESUME_FILE, json.dumps(state).encode())
 

@@ -8,7 +8,8 @@ are checked (`validate_file_list`) and the one most sources agree on is chosen
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +20,9 @@ from lanspreadd.errors import InvalidArgument, NoMajority, NoSources
 from lanspreadd.protocol.messages import FileEntry, FileList
 
 MAX_CORRUPT = 2
+END_GAME_FETCHERS = 2  # in the end game a chunk is fetched from at most this many sources
+
+ChunkKey = tuple[int, int]  # (file index, chunk index) in the plan's file list
 
 
 @dataclass(frozen=True)
@@ -28,29 +32,47 @@ class Chunk:
     offset: int
     length: int
 
+    @property
+    def key(self) -> ChunkKey:
+        return (self.file_index, self.index)
+
 
 class DownloadPlan:
-    """Which chunks remain, which are in flight and from whom, and who misbehaved."""
+    """Which chunks remain, which are in flight and from whom, and who misbehaved.
+
+    A source is complete (it serves every chunk) or partial: a peer still downloading
+    the same file list, which serves the chunks it says it holds (`add_held`). Each
+    source is handed the rarest chunk it can send (fewest partial holders; equals in
+    an order shuffled per plan, so that receivers starting together pick different
+    ones; file order without an `rng`), and once every chunk is asked for, an idle
+    source also takes a chunk already in flight (the end game), so one slow source
+    does not hold the end back.
+    """
 
     def __init__(
         self,
         files: tuple[FileEntry, ...],
         chunk_size: int,
-        verified: Iterable[tuple[int, int]] = (),
+        verified: Iterable[ChunkKey] = (),
+        rng: random.Random | None = None,
     ) -> None:
         self.files = files
         self.chunk_size = chunk_size
-        self.verified: set[tuple[int, int]] = set(verified)
-        self.pending: deque[Chunk] = deque()
-        for fi, entry in enumerate(files):
-            for ci in range(len(entry.hashes)):
-                if (fi, ci) in self.verified:
-                    continue
-                offset = ci * chunk_size
-                self.pending.append(Chunk(fi, ci, offset, min(chunk_size, entry.size - offset)))
-        self.in_flight: dict[Chunk, str] = {}
+        self.verified: set[ChunkKey] = set(verified)
+        chunks = [
+            Chunk(fi, ci, ci * chunk_size, min(chunk_size, entry.size - ci * chunk_size))
+            for fi, entry in enumerate(files)
+            for ci in range(len(entry.hashes))
+            if (fi, ci) not in self.verified
+        ]
+        if rng is not None:  # without one, file order: what tests that count bytes expect
+            rng.shuffle(chunks)
+        self.pending: dict[Chunk, None] = dict.fromkeys(chunks)
+        self.in_flight: dict[Chunk, set[str]] = {}
         self.excluded: dict[Chunk, set[str]] = {}
         self.sources: set[str] = set()
+        self.held: dict[str, set[ChunkKey]] = {}  # partial sources: what each holds
+        self.copies: Counter[ChunkKey] = Counter()  # partial sources holding each chunk
         self.corrupt_count: Counter[str] = Counter()
         self.total_bytes = sum(f.size for f in files)
         self.bytes_done = sum(self._length(fi, ci) for fi, ci in self.verified)
@@ -62,32 +84,96 @@ class DownloadPlan:
     def finished(self) -> bool:
         return not self.pending and not self.in_flight
 
-    def add_source(self, source: str) -> None:
+    def add_source(self, source: str, held: Iterable[ChunkKey] | None = None) -> None:
+        """A source that serves everything, or (with `held`) only the chunks it holds."""
         self.sources.add(source)
+        if held is not None:
+            self.held.setdefault(source, set())
+            self.add_held(source, held)
+
+    def add_held(self, source: str, keys: Iterable[ChunkKey]) -> None:
+        """A partial source verified more chunks."""
+        held = self.held.get(source)
+        if held is None or source not in self.sources:
+            return
+        for key in keys:
+            if key not in held:
+                held.add(key)
+                self.copies[key] += 1
+
+    def holds(self, source: str, key: ChunkKey) -> bool:
+        held = self.held.get(source)
+        return source in self.sources and (held is None or key in held)
 
     def next_for(self, source: str) -> Chunk | None:
         if source not in self.sources:
             return None
-        for _ in range(len(self.pending)):
-            chunk = self.pending.popleft()
-            if source in self.excluded.get(chunk, ()):
-                self.pending.append(chunk)
-                continue
-            self.in_flight[chunk] = source
+        chunk = self._rarest(source)
+        if chunk is not None:
+            del self.pending[chunk]
+            self.in_flight[chunk] = {source}
             return chunk
-        return None
+        chunk = self._end_game(source)
+        if chunk is not None:
+            self.in_flight[chunk].add(source)
+        return chunk
 
-    def completed(self, chunk: Chunk) -> None:
+    def _rarest(self, source: str) -> Chunk | None:
+        held = self.held.get(source)
+        floor = 0 if held is None else 1  # no chunk a partial source holds is rarer than 1
+        best: Chunk | None = None
+        best_copies = 0
+        for chunk in self.pending:
+            key = chunk.key
+            if held is not None and key not in held:
+                continue
+            if source in self.excluded.get(chunk, ()):
+                continue
+            copies = self.copies[key]
+            if best is None or copies < best_copies:
+                best, best_copies = chunk, copies
+                if copies <= floor:
+                    break
+        return best
+
+    def _end_game(self, source: str) -> Chunk | None:
+        if self.pending:
+            return None
+        best: Chunk | None = None
+        for chunk, fetchers in self.in_flight.items():
+            if (
+                len(fetchers) < END_GAME_FETCHERS
+                and source not in fetchers
+                and source not in self.excluded.get(chunk, ())
+                and self.holds(source, chunk.key)
+                and (best is None or len(fetchers) < len(self.in_flight[best]))
+            ):
+                best = chunk
+        return best
+
+    def completed(self, chunk: Chunk) -> bool:
+        """A chunk verified and written; False for a second fetch of it finishing later,
+        which counts nothing."""
         if self.in_flight.pop(chunk, None) is None:
-            return
-        self.verified.add((chunk.file_index, chunk.index))
+            return False
+        self.verified.add(chunk.key)
         self.bytes_done += chunk.length
+        return True
+
+    def released(self, chunk: Chunk, source: str) -> None:
+        """`source` did not send `chunk` (it was busy, or no longer holds it): no blame."""
+        fetchers = self.in_flight.get(chunk)
+        if fetchers is None or source not in fetchers:
+            return
+        fetchers.discard(source)
+        if not fetchers:
+            del self.in_flight[chunk]
+            self.pending[chunk] = None
 
     def corrupt(self, chunk: Chunk, source: str) -> bool:
         """Requeue a chunk that failed verification; True if the source is now dropped."""
-        self.in_flight.pop(chunk, None)
         self.excluded.setdefault(chunk, set()).add(source)
-        self.pending.appendleft(chunk)
+        self.released(chunk, source)
         self.corrupt_count[source] += 1
         if self.corrupt_count[source] >= MAX_CORRUPT:
             self.source_lost(source)
@@ -96,17 +182,28 @@ class DownloadPlan:
 
     def source_lost(self, source: str) -> None:
         self.sources.discard(source)
-        for chunk, owner in list(self.in_flight.items()):
-            if owner == source:
-                del self.in_flight[chunk]
-                self.pending.appendleft(chunk)
+        for key in self.held.pop(source, ()):
+            self.copies[key] -= 1
+        for chunk, fetchers in list(self.in_flight.items()):
+            if source in fetchers:
+                self.released(chunk, source)
 
     def unobtainable(self) -> Chunk | None:
-        """A pending chunk that no remaining source may send us, if any."""
-        for chunk in self.pending:
-            if self.sources and self.sources <= self.excluded.get(chunk, set()):
+        """A pending chunk that every remaining source holding it sent corrupt, if any."""
+        for chunk, excluded in self.excluded.items():
+            if chunk not in self.pending:
+                continue
+            holders = [s for s in self.sources if self.holds(s, chunk.key)]
+            if holders and all(h in excluded for h in holders):
                 return chunk
         return None
+
+    def missing(self) -> Chunk | None:
+        """A pending chunk that no remaining source holds: partial sources alone may
+        all lack it, and then only a new source can end the download."""
+        if any(s not in self.held for s in self.sources):
+            return None  # a complete source holds everything
+        return next((c for c in self.pending if not self.copies[c.key]), None)
 
 
 def fingerprint(file_list: FileList) -> str:

@@ -17,8 +17,10 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import TypeVar
 
-from lanspreadd.errors import PeerError
+from lanspreadd.errors import ChunkNotHeld, PeerError, SourceBusy
 from lanspreadd.protocol.datachannel import (
+    BUSY,
+    NOT_HELD,
     OK,
     REPLY,
     ChunkRequest,
@@ -100,5 +102,6 @@ def fetch_chunk(
     view = memoryview(buffer)[:length]
     recv_exactly(sock, view)
     if status != OK:
-        raise PeerError(bytes(view).decode("utf-8", "replace"))
+        reason = bytes(view).decode("utf-8", "replace")
+        raise {BUSY: SourceBusy, NOT_HELD: ChunkNotHeld}.get(status, PeerError)(reason)
     return view

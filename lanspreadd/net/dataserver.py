@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
 from lanspreadd.core.admission import ConnectionCaps
@@ -28,7 +29,9 @@ from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol import stream
 from lanspreadd.protocol.datachannel import (
     BAD_REQUEST,
+    BUSY,
     GREETING_LEN,
+    NOT_HELD,
     NOT_SERVABLE,
     OK,
     REQUEST,
@@ -45,6 +48,10 @@ log = logging.getLogger(__name__)
 GRANTS_KEPT = 2  # per peer and game: a download in progress and its successor
 GREETING_TIMEOUT = 10.0
 IDLE_TIMEOUT = 30.0  # an authorised connection that asks for nothing this long is closed
+# Chunks sent or waiting for the upload limit at once; more are answered BUSY. With a
+# deep queue, a flash crowd's receivers all wait on the source for chunks they chose
+# long ago, and none is whole (and servable by its receiver) until late.
+UPLOAD_SLOTS = 4
 
 
 class FrameProducer:
@@ -94,6 +101,13 @@ class FrameProducer:
         self.entries.close()
 
 
+class HeldChunks(Protocol):
+    """What a peer still downloading a game serves: only the chunks it has verified."""
+
+    def serving(self) -> bool: ...
+    def holds(self, file_index: int, offset: int, length: int) -> bool: ...
+
+
 @dataclass
 class Grant:
     """What a data-channel token allows: one peer reading one game's listed files,
@@ -111,6 +125,7 @@ class Grant:
     provider: StreamInstallProvider | None = None
     host: str = ""  # the issuing connection's remote address; "" takes any (tests)
     alive: Callable[[], bool] = lambda: True
+    held: HeldChunks | None = None  # a download in progress: its verified chunks only
 
 
 @dataclass
@@ -160,8 +175,11 @@ class DataServer:
         caps: ConnectionCaps,
         upload_limit: int = 0,
         idle_timeout: float = IDLE_TIMEOUT,
+        upload_slots: int = UPLOAD_SLOTS,
     ) -> None:
         self.idle_timeout = idle_timeout
+        self.upload_slots = upload_slots
+        self._uploading = 0
         self.is_servable = is_servable
         self.transfers = transfers
         self.refusals = refusals
@@ -290,7 +308,11 @@ class DataServer:
     ) -> None:
         # This token, not any grant for the game: a revoked token serves nothing more.
         valid = self.grants.get(token) is grant and grant.alive()
-        if not valid or not self.is_servable(grant.game_id, grant.version):
+        held = grant.held
+        servable = (
+            held.serving() if held is not None else self.is_servable(grant.game_id, grant.version)
+        )
+        if not valid or not servable:
             await self._refuse(writer, NOT_SERVABLE, f"{grant.game_id} is not served right now")
             raise RemoteProtocolError("game no longer servable")
         if request.file_index >= len(grant.files):
@@ -300,15 +322,25 @@ class DataServer:
         if request.offset + request.length > entry.size:
             await self._refuse(writer, BAD_REQUEST, "range outside the file")
             raise RemoteProtocolError("bad range")
+        if held is not None and not held.holds(request.file_index, request.offset, request.length):
+            await self._refuse(writer, NOT_HELD, "that chunk is not here yet")
+            return
+        if self._uploading >= self.upload_slots:
+            await self._refuse(writer, BUSY, "every upload slot is taken")
+            return
         path = grant.root.joinpath(*check_relative_path(entry.path).parts)
-        with path.open("rb") as fh:
-            if os.fstat(fh.fileno()).st_size != entry.size:
-                await self._refuse(writer, NOT_SERVABLE, "file changed")
-                raise RemoteProtocolError("file changed under the grant")
-            await self.limiter.take(request.length)
-            writer.write(encode_reply_header(OK, request.length))
-            loop = asyncio.get_running_loop()
-            await loop.sendfile(writer.transport, fh, request.offset, request.length)
+        self._uploading += 1
+        try:
+            with path.open("rb") as fh:
+                if os.fstat(fh.fileno()).st_size != entry.size:
+                    await self._refuse(writer, NOT_SERVABLE, "file changed")
+                    raise RemoteProtocolError("file changed under the grant")
+                await self.limiter.take(request.length)
+                writer.write(encode_reply_header(OK, request.length))
+                loop = asyncio.get_running_loop()
+                await loop.sendfile(writer.transport, fh, request.offset, request.length)
+        finally:
+            self._uploading -= 1
 
     async def _stream_install(
         self, grant: Grant, provider: StreamInstallProvider, writer: asyncio.StreamWriter

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lanspreadd.core.announced import Announced, IsKnown
+from lanspreadd.core.held import HeldMap
 from lanspreadd.core.identity import Identity, verify_signature
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import LanspreadError, NotFound, PeerError
@@ -28,6 +29,8 @@ from lanspreadd.protocol.messages import (
     CatalogAnnounce,
     CatalogDocument,
     CatalogRequest,
+    ChunkDelta,
+    ChunkMap,
     Delta,
     ErrorReply,
     FileList,
@@ -55,6 +58,8 @@ class Peer:
     announced: Announced = field(default_factory=Announced)
     since: float = field(default_factory=time.time)
     catalog: CatalogAnnounce | None = None  # the catalog it said it uses, once it said
+    # What it holds of games it is downloading (catalog games only): the swarm's maps.
+    held: dict[str, HeldMap] = field(default_factory=dict)
 
     @property
     def games(self) -> dict[str, str]:
@@ -113,6 +118,9 @@ class PeerManager(Requester):
         self._server: GuardedQuicServer | None = None
         self._last_snapshot: dict[str, str] = {}
         self.ready = asyncio.Event()
+        # The swarm (app.sharing): our maps for a new peer; a peer's map or delta came.
+        self.chunk_maps: Callable[[], list[ChunkMap]] = list
+        self.held_changed: Callable[[str, str], None] = lambda _peer, _game: None
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -262,6 +270,8 @@ class PeerManager(Requester):
         self.peers[event.peer_id] = peer
         log.info("peer %s (%s) connected from %s", event.name, event.peer_id[:8], peer.host)
         conn.send_message(Snapshot(self.owner.snapshot()))
+        for chunk_map in self.chunk_maps():
+            conn.send_message(chunk_map)
         if self.catalogs is not None:
             conn.send_message(self.catalogs.announcement())
         if conn.established is not None and not conn.established.done():
@@ -285,6 +295,12 @@ class PeerManager(Requester):
         elif isinstance(message, CatalogAnnounce) and self.catalogs is not None:
             peer.catalog = message
             self.catalogs.heard(peer)
+        elif (
+            isinstance(message, ChunkMap | ChunkDelta)
+            and self._known(message.game_id)
+            and take_held(peer, message)
+        ):
+            self.held_changed(peer.peer_id, message.game_id)
 
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         peer = self._peer_of(conn)
@@ -356,6 +372,20 @@ async def answer(
 def authenticated(conn: object) -> bool:
     """A connection whose peer proved its identity: never pushed out for a newcomer."""
     return isinstance(conn, PeerConnection) and conn.session.peer is not None
+
+
+def take_held(peer: Peer, message: ChunkMap | ChunkDelta) -> bool:
+    """Take in what a peer says it holds of a game it downloads; True if it holds more.
+    A delta for a map we do not have (another file list, or none) is ignored."""
+    if isinstance(message, ChunkMap):
+        old = peer.held.pop(message.game_id, None)
+        if not message.chunks:
+            return False
+        new = HeldMap(message.version, message.fingerprint, message.chunks, message.bits)
+        peer.held[message.game_id] = old.replaced_by(new) if old is not None else new
+        return True
+    held = peer.held.get(message.game_id)
+    return held is not None and held.fingerprint == message.fingerprint and held.add(message.added)
 
 
 def take_announcement(

@@ -7,5 +7,7 @@ Nothing here imports asyncio or touches a socket; time is passed in as `now`.
 # challenges); version 1 signed any challenge for any verifier and could be relayed.
 # 3: peers tell each other their catalog's revision and signer, and pass the organiser's
 # signed catalog on (CatalogAnnounce, CatalogRequest, CatalogDocument).
-PROTOCOL_VERSION = 3
+# 4: peers downloading a game serve the chunks they hold and say which (ChunkMap,
+# ChunkDelta); a data channel may answer BUSY when its upload slots are full.
+PROTOCOL_VERSION = 4
 ALPN = "lanspread/1"

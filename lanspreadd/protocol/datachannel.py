@@ -23,6 +23,8 @@ MAX_CHUNK = 64 << 20
 OK = 0
 NOT_SERVABLE = 1
 BAD_REQUEST = 2
+BUSY = 3  # every upload slot is taken: ask again later; the connection stays open
+NOT_HELD = 4  # a peer still downloading does not hold that chunk yet; the connection stays
 
 
 @dataclass(frozen=True)

@@ -422,6 +422,84 @@ class CatalogDocument(Message):
         )
 
 
+MAX_BITFIELD = 1 << 20  # bytes: 8 Mi chunks, 32 TiB of game at 4 MiB chunks
+MAX_DELTA = 4096  # chunk numbers in one ChunkDelta
+
+
+@dataclass(frozen=True)
+class ChunkMap(Message):
+    """Which chunks of a game's file list this peer holds verified while downloading it.
+
+    Bit i (most significant bit first) is chunk i in canonical order: the file list's
+    files sorted by path, each file's chunks in order (`core.held`). Sent when a download
+    starts serving and to every peer that connects; `chunks` 0 withdraws the map."""
+
+    TYPE = 17
+    MAX_SIZE = 4 * MAX_BITFIELD // 3 + 4096
+    game_id: str
+    version: str
+    fingerprint: str
+    chunks: int
+    bits: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "game_id": self.game_id,
+            "version": self.version,
+            "fingerprint": self.fingerprint,
+            "chunks": self.chunks,
+            "bits": base64.b64encode(self.bits).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChunkMap:
+        fingerprint = _field(data, "fingerprint", str)
+        chunks = _field(data, "chunks", int)
+        if (fingerprint or chunks) and not SHA256_HEX.fullmatch(fingerprint):
+            raise RemoteProtocolError("field 'fingerprint' is not a file list root")
+        bits = _b64(data, "bits", MAX_BITFIELD)
+        if len(bits) != (chunks + 7) // 8:
+            raise RemoteProtocolError(f"a map of {chunks} chunks cannot have {len(bits)} bytes")
+        if chunks % 8 and bits[-1] & (0xFF >> (chunks % 8)):
+            raise RemoteProtocolError("the map sets bits past its last chunk")
+        return cls(
+            game_id=_str(data, "game_id", MAX_NAME),
+            version=_str(data, "version", MAX_NAME),
+            fingerprint=fingerprint,
+            chunks=chunks,
+            bits=bits,
+        )
+
+
+@dataclass(frozen=True)
+class ChunkDelta(Message):
+    """Chunks newly verified since the last map or delta, sent a few times a second."""
+
+    TYPE = 18
+    MAX_SIZE = 16 * MAX_DELTA + 4096
+    game_id: str
+    fingerprint: str
+    added: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"game_id": self.game_id, "fingerprint": self.fingerprint, "added": self.added}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ChunkDelta:
+        fingerprint = _field(data, "fingerprint", str)
+        if not SHA256_HEX.fullmatch(fingerprint):
+            raise RemoteProtocolError("field 'fingerprint' is not a file list root")
+        added = _field(data, "added", list)
+        if len(added) > MAX_DELTA or not all(
+            isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 8 * MAX_BITFIELD
+            for n in added
+        ):
+            raise RemoteProtocolError("field 'added' must be at most 4096 chunk numbers")
+        return cls(
+            game_id=_str(data, "game_id", MAX_NAME), fingerprint=fingerprint, added=tuple(added)
+        )
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -441,5 +519,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         CatalogAnnounce,
         CatalogRequest,
         CatalogDocument,
+        ChunkMap,
+        ChunkDelta,
     )
 }

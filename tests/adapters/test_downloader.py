@@ -224,7 +224,10 @@ class Lan:
             self.progressed.set()
 
         self.progress.clear()
-        return Downloader(self.dest, GAME, VERSION, self.peers, progress, clock=self.clock)
+        # File order: the tests count the bytes of the first chunks fetched.
+        return Downloader(
+            self.dest, GAME, VERSION, self.peers, progress, clock=self.clock, order=None
+        )
 
     async def until_done(self, chunks: int) -> None:
         while not self.progress or self.progress[-1][0] < chunks * CHUNK:
@@ -244,7 +247,7 @@ class Lan:
 
 
 class LogWatch(logging.Handler):
-    """The downloader's log lines, and a wait for one that says something."""
+    """The download's log lines (downloader, agreement, recruiter), and a wait for one."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -263,7 +266,7 @@ class LogWatch(logging.Handler):
 
 @pytest.fixture
 def watch() -> Iterator[LogWatch]:
-    logger = logging.getLogger("lanspreadd.app.downloader")
+    logger = logging.getLogger("lanspreadd.app")  # the downloader, its agreement, recruiter
     handler, level = LogWatch(), logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -1,0 +1,43 @@
+"""What a download takes from the peer layer: who holds a game, and how to reach them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from lanspreadd.net.peers import Peer
+from lanspreadd.protocol.messages import FileList
+
+
+class PeerSource(Protocol):
+    """What a download needs of the peer layer (`PeerManager`): who holds the game now,
+    the connected peers (with what they hold of games they download), and their file
+    lists. Small, so a test can stand in for it."""
+
+    @property
+    def peers(self) -> Mapping[str, Peer]: ...
+    def holding(self, game_id: str, version: str) -> list[Peer]: ...
+    async def request_file_list(self, peer_id: str, game_id: str, version: str) -> FileList: ...
+
+
+@dataclass
+class Source:
+    peer_id: str
+    name: str
+    host: str
+    port: int
+    token: bytes
+
+
+async def woken(event: asyncio.Event, seconds: float) -> bool:
+    """Wait for `event` at most `seconds`; True if it was set. asyncio.timeout, not
+    wait_for: on 3.11 wait_for swallows a cancel (a job's Cancel) that arrives in the
+    step the event fires."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+            return True
+    return False
