@@ -84,6 +84,7 @@ class Games:
             state, _ = self.library.rescan(game_id)
             assert state is not None
         job = self.ops.get(game_id)
+        share = self.host.sharing.shares.get(game_id)
         return GameView(
             id=game_id,
             name=entry.name,
@@ -102,6 +103,8 @@ class Games:
             outbound_transfers=self.host.transfers.count(game_id),
             served=self.host.serves(game_id, state),
             pinned=entry.pin is not None,
+            sharing_chunks=share.held_count if share is not None else 0,
+            sharing_total=share.chunk_count if share is not None else 0,
         )
 
     def all(self) -> list[GameView]:

@@ -59,7 +59,7 @@ class Host:
         self._served_changed = served_changed
         self._peer_changed = peer_changed
         self.hashes = HashCache(config.state_dir / "hashes")
-        self.sharing = Sharing(config.share_while_downloading)
+        self.sharing = Sharing(config.share_while_downloading, game_changed)
         self.transfers = OutboundTransfers(lambda game_id, _count: game_changed(game_id))
         self.data_server = DataServer(
             self.is_servable,

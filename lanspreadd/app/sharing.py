@@ -55,7 +55,13 @@ class PartialShare:
 
     @property
     def held_count(self) -> int:
-        return len(self.verified - self.numbers.never)
+        # Not a set difference: the verified set may hold tens of thousands of chunks.
+        return len(self.verified) - len(self.numbers.never & self.verified)
+
+    @property
+    def chunk_count(self) -> int:
+        """The chunks of the file list it may ever serve: all but `version.ini`'s."""
+        return self.numbers.count - len(self.numbers.never)
 
     def chunk_map(self, to_all: bool = False) -> ChunkMap:
         """Every chunk held now; `to_all` when every peer gets it, so deltas start here."""
@@ -85,8 +91,13 @@ class Sharing:
     """The downloads served while they run, and the wake-ups of downloads that take
     from peers' (peer id, game id) held chunks."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(
+        self, enabled: bool = True, changed: Callable[[str], None] = lambda _game_id: None
+    ) -> None:
         self.enabled = enabled
+        # What a game serves while downloading is part of its view: told when a share
+        # starts, grows (with the deltas, a few times a second) and stops.
+        self.changed = changed
         self.shares: dict[str, PartialShare] = {}
         self.send: Callable[[Message], None] = lambda _m: None
         self._watchers: dict[str, Callable[[], None]] = {}
@@ -102,6 +113,7 @@ class Sharing:
             return
         self.shares[share.game_id] = share
         self.send(share.chunk_map(to_all=True))
+        self.changed(share.game_id)
 
     def stop(self, game_id: str) -> None:
         """The download ended: nothing of it is served any more, and peers are told."""
@@ -110,11 +122,15 @@ class Sharing:
             return
         share.active = False
         self.send(ChunkMap(game_id, share.version, share.fingerprint, 0, b""))
+        self.changed(game_id)
 
     def tell(self, game_id: str) -> None:
         share = self.shares.get(game_id)
-        for delta in share.deltas() if share is not None else ():
+        deltas = share.deltas() if share is not None else []
+        for delta in deltas:
             self.send(delta)
+        if deltas:
+            self.changed(game_id)
 
     def share(self, game_id: str, version: str) -> PartialShare | None:
         share = self.shares.get(game_id)

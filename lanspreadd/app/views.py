@@ -30,6 +30,10 @@ class GameView:
     outbound_transfers: int
     served: bool  # announced to peers right now
     pinned: bool = False  # the organiser's catalog pins this version's content
+    # A download in progress that serves peers: the chunks they may take from us now,
+    # of those of its file list it may ever serve; both 0 when not sharing.
+    sharing_chunks: int = 0
+    sharing_total: int = 0
 
 
 class Observer(Protocol):

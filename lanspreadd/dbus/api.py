@@ -109,6 +109,8 @@ def game_dict(game: GameView) -> dict[str, Variant]:
         "OutboundTransfers": Variant("u", game.outbound_transfers),
         "Served": Variant("b", game.served),
         "Pinned": Variant("b", game.pinned),
+        "SharingChunks": Variant("u", game.sharing_chunks),
+        "SharingTotal": Variant("u", game.sharing_total),
         "ObjectPath": Variant("o", game_path(game.id)),
     }
 
@@ -217,6 +219,16 @@ class GameInterface(Exported):
     def Pinned(self) -> "b":
         return self.game.pinned
 
+    @dbus_property(access=PropertyAccess.READ)
+    def SharingChunks(self) -> "u":
+        """Chunks of the download in progress that peers may take from us now."""
+        return self.game.sharing_chunks
+
+    @dbus_property(access=PropertyAccess.READ)
+    def SharingTotal(self) -> "u":
+        """The chunks of its file list it may serve (all but version.ini's); 0: not sharing."""
+        return self.game.sharing_total
+
 
 class PeerInterface(Exported):
     CONSTANT = frozenset({"Id", "Address", "Direction", "ConnectedSince"})
@@ -285,7 +297,7 @@ class ManagerInterface(Exported):
         "OutboundTransfersChanged": ("game_id", "count"),
         "CatalogAdopted": ("revision", "signer"),
     }
-    CONSTANT = frozenset({"Version", "Name", "PeerId", "Port"})
+    CONSTANT = frozenset({"Version", "Name", "PeerId", "Port", "ShareWhileDownloading"})
     UNTOLD = frozenset({"Refusals"})  # a flood must not become a signal storm: ask
 
     def __init__(self, api: "DBusApi") -> None:
@@ -356,6 +368,11 @@ class ManagerInterface(Exported):
     @DownloadLimit.setter  # type: ignore[no-redef]  # dbus-fast's setters take the getter's name
     async def DownloadLimit(self, rate: "t") -> None:
         await self.api.set_limit("DownloadLimit", rate)
+
+    @dbus_property(access=PropertyAccess.READ)
+    def ShareWhileDownloading(self) -> "b":
+        """Downloads in progress serve their verified chunks to peers (the setting)."""
+        return self.daemon.config.share_while_downloading
 
     @dbus_property(access=PropertyAccess.READ)
     def Refusals(self) -> "a{st}":

@@ -131,6 +131,7 @@ class FakeGames:
 class FakeConfig:
     name: str = "lan-party-pc"
     port: int = 4433
+    share_while_downloading: bool = False  # not the default: read through, not made up
 
 
 @dataclass
@@ -553,6 +554,7 @@ def test_the_manager_reads_through_to_the_daemon(private_bus: PrivateBus) -> Non
                 "Refusals": {"peer-handshake": 1},
                 "UploadLimit": 1 << 20,
                 "DownloadLimit": 0,
+                "ShareWhileDownloading": False,
             }
             limit = ["DownloadLimit", Variant("t", 5 << 20)]
             await client.ok("Set", "ssv", [MANAGER, *limit], interface=PROPS)
