@@ -59,10 +59,17 @@ class Output:
             print(escape_lines(text), file=self.stream, flush=True)
 
 
+def sharing(game: dict[str, Any]) -> str:
+    """'sharing 12 of 24 chunks' while a download serves peers what it has; else ''."""
+    total = game.get("SharingTotal", 0)
+    return f"sharing {game.get('SharingChunks', 0)} of {total} chunks" if total else ""
+
+
 def game_table(games: list[dict[str, Any]]) -> str:
     rows = [["ID", "STATE", "INSTALLED", "LOCAL", "CATALOG", "PINNED", "NAME"]]
     for g in games:
-        state = g["Availability"] + (f" ({g['Operation']})" if g["Operation"] else "")
+        doing = "; ".join(part for part in (g["Operation"], sharing(g)) if part)
+        state = g["Availability"] + (f" ({doing})" if doing else "")
         if g.get("UpdateReady"):
             state += " (update ready)"
         elif g["Availability"] == "Ready" and not g["Operation"] and not g.get("Served", True):
@@ -196,6 +203,12 @@ async def cmd_status(client: Client, args: argparse.Namespace, out: Output) -> i
             + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
             f"operations: {', '.join(busy) if busy else 'none'}",
             f"limits:     {limits.describe(props)}",
+            "sharing:    "
+            + (
+                "games whole and downloads in progress (their verified chunks)"
+                if props.get("ShareWhileDownloading", True)
+                else "whole games only (share_while_downloading is off)"
+            ),
             "refused:    "
             + (", ".join(f"{n} {cause}" for cause, n in sorted(refusals.items())) or "nothing"),
         ]
@@ -215,8 +228,13 @@ async def cmd_show(client: Client, args: argparse.Namespace, out: Output) -> int
     game = await client.manager("GetGame", "s", args.game)
     props = await catalogs.catalog_props(client)
     game |= {k: props[k] for k in ("CatalogRevision", "CatalogSigner")}
-    text = "\n".join(f"{k}: {escape(str(v))}" for k, v in game.items())
-    out.emit(snake(game), text)
+    lines = [f"{k}: {escape(str(v))}" for k, v in game.items() if not k.startswith("Sharing")]
+    if game.get("SharingTotal") or game["Operation"] == "download":
+        shared = f"{sharing(game) or 'sharing nothing'} while downloading"
+        if not props.get("ShareWhileDownloading", True):
+            shared += " (share_while_downloading is off)"
+        lines.append(f"Sharing: {shared}")
+    out.emit(snake(game), "\n".join(lines))
     return EXIT_OK
 
 
