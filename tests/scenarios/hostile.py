@@ -5,16 +5,26 @@
   of the game (`..`) and sizes no honest peer agrees with, and on request sends
   an oversized frame and malformed JSON on its session.
 - `name NAME`: says Hello with a name no sink can take raw (a lone surrogate, a
-  NUL, terminal escapes), then falls silent; prints how the target answered.
+  NUL, terminal escapes), then falls silent; prints how the target answered
+  (`refused: ...` when the target closed the connection, `unanswered: ...` when the
+  dial never reached it).
 - `data-flood HOST PORT COUNT`: opens COUNT TCP connections to a data port as
   fast as it can, holds them until its stdin closes, and prints how many the
   target accepted and how many it closed at once.
+- `swarm-liar STATE SOURCE RECEIVER...`: a receiver of the swarm that lies. It asks
+  SOURCE for the game's real file list as any peer would, then tells every peer it
+  connects to (the RECEIVERs) that it holds every chunk of that list (a full ChunkMap
+  with the real fingerprint), hands out that list and a data-channel token when asked,
+  and answers every chunk request with garbage of the right length. Prints
+  "connected" once it has told all of them, then the number of chunks it served for
+  each line read on stdin.
 """
 
 from __future__ import annotations
 
 import asyncio
 import resource
+import secrets
 import socket
 import subprocess
 import sys
@@ -23,12 +33,24 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from lanspreadd.core.held import ChunkNumbers
 from lanspreadd.core.identity import load_or_create
+from lanspreadd.core.plan import fingerprint
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import PeerError
-from lanspreadd.net.peers import Peer, PeerManager
+from lanspreadd.errors import NotServable, PeerError
+from lanspreadd.net.peers import Peer, PeerHost, PeerManager
 from lanspreadd.protocol.codec import HEADER
+from lanspreadd.protocol.datachannel import (
+    GREETING_LEN,
+    OK,
+    REQUEST,
+    decode_greeting,
+    decode_request,
+    encode_reply_header,
+)
+from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import (
+    ChunkMap,
     FileEntry,
     FileList,
     FileListRequest,
@@ -59,14 +81,96 @@ class LyingHost:
         return StreamInstallGrant(request.request_id, 1 << 40, b"t" * 32)
 
 
-def hostile_manager(state: Path, name: str) -> PeerManager:
+def hostile_manager(
+    state: Path, name: str, host: PeerHost | None = None, listen: str = "127.0.0.1"
+) -> PeerManager:
+    """Our dials leave from `listen` when it is a specific address: in a namespace of
+    its own, where 127.0.0.1 reaches nobody, the hostile listens on the wildcard."""
     identity = load_or_create(state, "hostile")
-    return PeerManager(identity, name, "127.0.0.1", free_port(), LyingHost(), RefusalTally())
+    return PeerManager(identity, name, listen, free_port(), host or LyingHost(), RefusalTally())
+
+
+class SwarmLiarHost:
+    """Holds nothing, says it holds every chunk: it hands out the real file list (so it
+    passes the fingerprint check a partial holder must pass) and serves garbage."""
+
+    def __init__(self) -> None:
+        self.listing: FileList | None = None
+        self.tokens: set[bytes] = set()
+        self.served = 0  # corrupt chunks sent
+
+    def snapshot(self) -> dict[str, str]:
+        return {}  # not a complete holder: it never votes, it joins as a partial one
+
+    def peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
+        pass
+
+    def full_map(self) -> ChunkMap:
+        listing = self.listing
+        assert listing is not None
+        numbers = ChunkNumbers(listing.files)
+        bits = numbers.bits(numbers.keys)
+        return ChunkMap(GAME, listing.version, fingerprint(listing), numbers.count, bits)
+
+    async def file_list(self, peer: Peer, request: FileListRequest) -> FileList:
+        listing = self.listing
+        if listing is None or (request.game_id, request.version) != (GAME, listing.version):
+            raise NotServable(f"{request.game_id} is not here")
+        token = secrets.token_bytes(32)
+        self.tokens.add(token)
+        return FileList(
+            request.request_id, GAME, listing.version, listing.chunk_size, listing.files, token
+        )
+
+    async def stream_grant(self, peer: Peer, request: StreamInstallRequest) -> StreamInstallGrant:
+        raise NotServable("no stream installs from a liar")
+
+    async def serve_data(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """The data channel: a valid token, then garbage for every chunk asked."""
+        try:
+            if decode_greeting(await reader.readexactly(GREETING_LEN)) not in self.tokens:
+                return
+            while True:
+                request = decode_request(await reader.readexactly(REQUEST.size))
+                writer.write(encode_reply_header(OK, request.length))
+                writer.write(b"\xa5" * request.length)
+                await writer.drain()
+                self.served += 1
+        except (OSError, asyncio.IncompleteReadError, RemoteProtocolError):
+            pass
+        finally:
+            writer.close()
+
+
+async def swarm_liar(state: Path, source: str, receivers: list[str]) -> None:
+    """Take the real file list from `source`, then tell `receivers` we hold all of it."""
+    host = SwarmLiarHost()
+    manager = hostile_manager(state, "hostile", host)
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(manager.run())
+        await manager.ready.wait()
+        data = await asyncio.start_server(host.serve_data, manager.host, manager.port)
+        source_host, source_port = source.rsplit(":", 1)
+        source_id = await manager.connect(source_host, int(source_port))
+        # Whoever holds the game hands its file list to any peer that asks.
+        host.listing = await manager.request_file_list(source_id, GAME, "1.0")
+        full = host.full_map()
+        manager.chunk_maps = lambda: [full]  # told to every peer as it connects
+        for receiver in receivers:
+            peer_host, peer_port = receiver.rsplit(":", 1)
+            await manager.connect(peer_host, int(peer_port))
+        print("connected", flush=True)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            print(f"served {host.served}", flush=True)
+        data.close()
+        raise SystemExit(0)
 
 
 async def say_hello_as(state: Path, target: str, name: str) -> str:
-    """Connect under `name`, which the protocol must refuse, and report the answer."""
-    manager = hostile_manager(state, name)
+    """Connect under `name`, which the protocol must refuse, and report the answer:
+    "refused" only if the target closed the connection itself, else "unanswered"."""
+    manager = hostile_manager(state, name, listen="0.0.0.0")  # noqa: S104 (a netns of its own)
     async with asyncio.TaskGroup() as tg:
         run = tg.create_task(manager.run())
         await manager.ready.wait()
@@ -75,7 +179,10 @@ async def say_hello_as(state: Path, target: str, name: str) -> str:
             await manager.connect(host, int(port))
             outcome = "connected"
         except PeerError as exc:
-            outcome = f"refused: {exc}"
+            # The target's own close carries its reason after "HOST:PORT: "; a dial that
+            # never reached it says "no lanspread peer answered" or "cannot connect".
+            refused = str(exc).startswith(f"{host}:{int(port)}: ")
+            outcome = f"{'refused' if refused else 'unanswered'}: {exc}"
         run.cancel()
     return outcome
 
@@ -149,11 +256,15 @@ class HostilePeer:
 
 
 @contextmanager
-def hostile_process(module: str, state: Path, target: Daemon) -> Iterator[subprocess.Popen[str]]:
-    """A hostile peer (`python -m module STATE HOST:PORT`) connected to `target`: it says
-    "connected" once authenticated, takes commands on stdin and is killed at the end."""
+def hostile_process(
+    module: str, state: Path, target: Daemon, *others: Daemon, mode: str = ""
+) -> Iterator[subprocess.Popen[str]]:
+    """A hostile peer (`python -m module [MODE] STATE HOST:PORT...`) connected to `target`
+    (and `others`): it says "connected" once authenticated, takes commands on stdin and
+    is killed at the end."""
+    addresses = [f"{d.listen}:{d.port}" for d in (target, *others)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", module, str(state), f"127.0.0.1:{target.port}"],
+        [sys.executable, "-m", module, *([mode] if mode else []), str(state), *addresses],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -177,10 +288,42 @@ def run_hostile_peer(state: Path, target: Daemon) -> Iterator[HostilePeer]:
         yield HostilePeer(proc)
 
 
+class SwarmLiar:
+    """The running `swarm-liar` process, asked how many chunks it has served."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def served(self) -> int:
+        """Corrupt chunks it has sent so far."""
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("served\n")
+        self.proc.stdin.flush()
+        word, count = self.proc.stdout.readline().split()
+        assert word == "served", word
+        return int(count)
+
+
+@contextmanager
+def run_swarm_liar(state: Path, source: Daemon, receivers: list[Daemon]) -> Iterator[SwarmLiar]:
+    """The lying swarm member: it takes the file list from `source` and tells every one
+    of `receivers` that it holds all of it."""
+    with hostile_process(
+        "tests.scenarios.hostile", state, source, *receivers, mode="swarm-liar"
+    ) as proc:
+        yield SwarmLiar(proc)
+
+
+MODES = ("lie", "name", "data-flood", "swarm-liar")
+
+
 def main(argv: list[str]) -> None:
-    mode, args = (argv[0], argv[1:]) if argv[0] in ("lie", "name", "data-flood") else ("lie", argv)
+    mode, args = (argv[0], argv[1:]) if argv[0] in MODES else ("lie", argv)
     if mode == "lie":
         asyncio.run(serve(Path(args[0]), args[1]))
+    elif mode == "swarm-liar":
+        asyncio.run(swarm_liar(Path(args[0]), args[1], args[2:]))
     elif mode == "name":
         name = args[2].encode().decode("unicode_escape")  # passed escaped: argv takes no NUL
         print(asyncio.run(say_hello_as(Path(args[0]), args[1], name)), flush=True)
