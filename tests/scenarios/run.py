@@ -26,20 +26,34 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dbus_fast import Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from lanspreadd.archive.writer import Entry
-from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, GameFiles
+from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, RESUME_FILE, GameFiles
 from tests.netns import Lan
 from tests.scenarios.hostile_announce import scenario as hostile_announce
 from tests.scenarios.hostile_flood import hostile_flood
-from tests.support import Daemon, PrivateBus, call, disconnect, make_game, tree, wait_for
+from tests.support import (
+    MANAGER,
+    ROOT,
+    Daemon,
+    PrivateBus,
+    bus_driver_call,
+    call,
+    disconnect,
+    free_port,
+    make_game,
+    tree,
+    wait_for,
+    wait_for_async,
+)
 
 GAME = "sample-game"
 MiB = 1 << 20
@@ -80,7 +94,9 @@ class Cluster:
         self.lan = lan
         self.peers: list[Daemon] = []
 
-    def add(self, name: str, *args: str, game_dir: Path | None = None) -> Daemon:
+    def add(self, name: str, *args: str, game_dir: Path | None = None, listen: str = "") -> Daemon:
+        """A daemon on the LAN, or on loopback: `listen` gives it its own address there
+        (127.0.0.N), so per-address limits apply to it as to a host on a LAN."""
         home = self.base / name
         (home / "bus").mkdir(parents=True)
         (home / "games").mkdir()
@@ -88,6 +104,8 @@ class Cluster:
         if self.lan is not None:
             ns, address = self.lan.add_host(len(self.peers))
             extra = {"netns": ns, "listen": address, "mdns": True, "port": 41800}
+        elif listen:
+            extra = {"listen": listen, "port": free_port(listen)}
         daemon = Daemon(
             PrivateBus(home / "bus"),
             game_dir or home / "games",
@@ -753,6 +771,340 @@ def swarm(runs: int, receivers: int, size: int, rate_mbit: int, stagger: float) 
     )
 
 
+# ---- swarms of receivers starting together (loopback, each daemon on its own address) --
+def swarm_members(
+    c: Cluster, receivers: int, size: int, seed: int, upload_limit: int
+) -> tuple[Daemon, Path, list[Daemon]]:
+    """A source capping what it serves at `upload_limit` bytes/s (one slow LAN port) and
+    holding a game, and `receivers` receivers, all started; on 127.0.0.2, 127.0.0.3, ..."""
+    source = c.add("source", "--upload-limit", str(upload_limit), listen="127.0.0.2")
+    root = make_game(source.game_dir, GAME, "1.0", payload(size, seed))
+    others = [c.add(f"r{i}", listen=f"127.0.0.{i + 3}") for i in range(receivers)]
+    for peer in [source, *others]:
+        peer.start(wait=False)
+    for peer in [source, *others]:
+        peer.wait_ready()
+    return source, root, others
+
+
+JOB = "org.lanspread.Lanspread1.Job"
+COMPLETED = f"type='signal',interface='{JOB}',member='Completed'"
+
+
+@dataclass
+class Link:
+    """Our D-Bus connection to one daemon, and the jobs it told us have ended."""
+
+    daemon: Daemon
+    bus: MessageBus
+    peer_id: str = ""
+    ended: dict[str, list[Any]] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.daemon.name
+
+    def take(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == "Completed":
+            self.ended[str(msg.path)] = msg.body
+            self.arrived.set()
+
+    async def ask(
+        self,
+        member: str,
+        signature: str = "",
+        body: list[Any] | None = None,
+        path: str = ROOT,
+        interface: str = MANAGER,
+    ) -> Any:
+        reply = await call(self.bus, member, signature, body, path=path, interface=interface)
+        check(reply.message_type is not MessageType.ERROR, f"{member}: {reply.body}")
+        return reply.body[0] if reply.body else None
+
+    async def prop(self, path: str, interface: str, name: str) -> Any:
+        value = await self.ask(
+            "Get", "ss", [interface, name], path, "org.freedesktop.DBus.Properties"
+        )
+        assert isinstance(value, Variant)
+        return value.value
+
+
+@contextlib.asynccontextmanager
+async def linked(daemons: list[Daemon]) -> AsyncIterator[list[Link]]:
+    """A D-Bus connection to each daemon, knowing its peer id."""
+    links = [Link(d, await MessageBus(bus_address=d.bus.address).connect()) for d in daemons]
+    try:
+        for link in links:
+            link.peer_id = str(await link.prop(ROOT, MANAGER, "PeerId"))
+        yield links
+    finally:
+        for link in links:
+            await disconnect(link.bus)
+
+
+async def meshed(links: list[Link]) -> bool:
+    """Every daemon sees every other, and every receiver sees the source holding the game."""
+    ids = {link.peer_id for link in links}
+    seen = await asyncio.gather(*(link.ask("ListPeers") for link in links))
+    for link, peers in zip(links, seen, strict=True):
+        if ids - {link.peer_id} - {str(p["Id"].value) for p in peers}:
+            return False
+    games = await asyncio.gather(*(link.ask("GetGame", "s", [GAME]) for link in links[1:]))
+    return all(int(game["Sources"].value) >= 1 for game in games)
+
+
+async def mesh(daemons: list[Daemon], joining: list[Daemon] | None = None) -> dict[str, str]:
+    """Connect every pair of `daemons` (the source first), or every pair with one of
+    `joining` in it, all at once, and wait until the mesh holds; names by peer id."""
+    async with linked(daemons) as links:
+        # A dial may meet the other's redial and lose to it: the mesh is what counts.
+        await asyncio.gather(
+            *(
+                a.ask("ConnectPeer", "s", [f"{b.daemon.listen}:{b.daemon.port}"])
+                for i, a in enumerate(links)
+                for b in links[i + 1 :]
+                if joining is None or a.daemon in joining or b.daemon in joining
+            ),
+            return_exceptions=True,
+        )
+        await wait_for_async(lambda: meshed(links), 60, "every daemon to see all the others")
+        return {link.peer_id: link.name for link in links}
+
+
+@dataclass
+class Finish:
+    """One receiver's download: when it ended after the common start, how, from whom."""
+
+    name: str
+    seconds: float
+    success: bool
+    error: str
+    sources: dict[str, int]  # bytes by peer id (Job.Sources)
+
+
+async def finish(link: Link, job: str, began: float) -> Finish:
+    while job not in link.ended:
+        link.arrived.clear()
+        await link.arrived.wait()
+    seconds = time.monotonic() - began
+    success, message, _state, error = link.ended[job]
+    # The Job object stays 10 s after it ends: its Sources are still there.
+    sources = await link.prop(job, JOB, "Sources")
+    return Finish(link.name, seconds, bool(success), f"{error} {message}".strip(), sources)
+
+
+async def download_together(receivers: list[Daemon], allowed: float) -> list[Finish]:
+    """Download on every receiver at the same moment; each job's end, in their order."""
+    async with linked(receivers) as links:
+        for link in links:
+            link.bus.add_message_handler(link.take)
+            await bus_driver_call(link.bus, "AddMatch", COMPLETED)
+        began = time.monotonic()
+        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in links))
+        async with asyncio.timeout(allowed):
+            return list(
+                await asyncio.gather(
+                    *(finish(link, str(job), began) for link, job in zip(links, jobs, strict=True))
+                )
+            )
+
+
+def uploaded(daemon: Daemon) -> int:
+    """Bytes the daemon has written: its data server's sendfile counts, so across a
+    download this is what the source served (its log lines add a few KiB)."""
+    assert daemon.proc is not None
+    for line in Path(f"/proc/{daemon.proc.pid}/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise ScenarioFailed("no wchar in /proc/PID/io")
+
+
+def game_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def received_from(finishes: list[Finish], names: dict[str, str], source: Daemon) -> tuple[int, int]:
+    """Bytes the receivers took from the source and from one another (Job.Sources)."""
+    from_source = from_receivers = 0
+    for finish in finishes:
+        for peer_id, count in finish.sources.items():
+            if names.get(peer_id) == source.name:
+                from_source += count
+            else:
+                from_receivers += count
+    return from_source, from_receivers
+
+
+def all_identical(receivers: list[Daemon], root: Path) -> None:
+    expected = downloads(root)
+    for peer in receivers:
+        check(show(peer)["availability"] == "Ready", f"{peer.name} not Ready")
+        check(downloads(peer.game_dir / GAME) == expected, f"{peer.name}'s copy differs")
+
+
+def swarm_flash(runs: int, receivers: int, size: int, upload_limit: int) -> Outcome:
+    """A flash crowd: every receiver asks for the game at the same moment from one source
+    whose uploads are capped; receivers serve each other the chunks they have verified,
+    so the source sends far fewer than one copy each."""
+    passed = 0
+    figures: list[str] = []
+    for run in range(runs):
+        with cluster() as c:
+            source, root, others = swarm_members(c, receivers, size, run, upload_limit)
+            names = asyncio.run(mesh([source, *others]))
+            total = game_bytes(root)
+            source_only = receivers * total / upload_limit
+            before = uploaded(source)
+            finishes = asyncio.run(download_together(others, 2 * source_only + 60))
+            sent = uploaded(source) - before
+            failed = [f"{f.name}: {f.error}" for f in finishes if not f.success]
+            check(not failed, f"downloads failed: {failed}")
+            all_identical(others, root)
+            from_source, from_receivers = received_from(finishes, names, source)
+            share = from_receivers / (from_source + from_receivers)
+            copies = sent / total
+            done = max(f.seconds for f in finishes)
+            figure = (
+                f"{receivers} receivers, {total / MiB:.0f} MiB at {upload_limit / 1e6:g} MB/s: "
+                f"all done in {done:.1f} s (source-only bound {source_only:.1f} s, swarm ideal "
+                f"{total / upload_limit:.1f} s); {share:.0%} of bytes from receivers; the "
+                f"source sent {copies:.2f} copies ({from_source / total:.2f} kept)"
+            )
+            print(f"    swarm-flash: {figure}", flush=True)
+            check(share >= 0.4, f"only {share:.0%} of the bytes came from receivers")
+            # Alone it sends one copy per receiver: the swarm saves at least half of that.
+            check(copies < receivers / 2, f"the source sent {copies:.2f} copies")
+            figures.append(figure)
+            passed += 1
+    return Outcome(runs, passed, figures[-1])
+
+
+def resume_saved(peer: Daemon) -> int:
+    """Chunks the receiver's resume state says it has verified (0 before the first save)."""
+    path = peer.game_dir / GAME / RESUME_FILE
+    try:
+        return len(json.loads(path.read_text())["verified"])
+    except (OSError, ValueError, KeyError):
+        return 0  # not there yet, or being replaced right now
+
+
+async def leave_once_serving(leaving: list[Daemon], staying: list[Daemon], timeout: float) -> None:
+    """Download on every receiver at once; kill `leaving` (SIGKILL) as soon as one of
+    `staying` has had a chunk from one of them and both have saved their resume state."""
+    async with linked([*leaving, *staying]) as links:
+        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in links))
+        gone = {link.peer_id for link in links[: len(leaving)]}
+        others = list(zip(links, jobs, strict=True))[len(leaving) :]
+
+        async def serving_others() -> bool:
+            if not all(resume_saved(d) for d in leaving):
+                return False
+            # A job that ended was not served by them in time: its object then goes.
+            sources = await asyncio.gather(
+                *(link.prop(job, JOB, "Sources") for link, job in others)
+            )
+            return any(n > 0 for s in sources for peer_id, n in s.items() if peer_id in gone)
+
+        await wait_for_async(serving_others, timeout, "another receiver to take from the two")
+        for peer in leaving:
+            peer.stop(signal.SIGKILL)
+
+
+def swarm_leave(runs: int, receivers: int, size: int, upload_limit: int) -> Outcome:
+    """Two receivers are killed mid-swarm while the others download from them; the
+    others finish, and the two, restarted, resume from their verified chunks."""
+    passed = 0
+    kept: list[int] = []
+    for run in range(runs):
+        with cluster() as c:
+            source, root, others = swarm_members(c, receivers, size, run, upload_limit)
+            asyncio.run(mesh([source, *others]))
+            leaving, staying = others[:2], others[2:]
+            asyncio.run(leave_once_serving(leaving, staying, 60))
+            still = [p.name for p in staying if not idle(p)]
+            check(bool(still), "every other receiver was done before two left: no swarm to leave")
+            for peer in staying:
+                wait_for(lambda: idle(peer), 300, f"{peer.name}'s download")
+            all_identical(staying, root)
+            taken = sum(served_by(p).get(gone.name, 0) for p in staying for gone in leaving)
+            check(taken > 0, "the others kept nothing they had from the two")
+            for peer in leaving:
+                peer.start()
+            asyncio.run(mesh([source, *others], joining=leaving))
+            for peer in leaving:
+                saved = resume_saved(peer)
+                result = peer.ctl_json("download", GAME)
+                check(result["state"] == "finished", f"{peer.name}'s resumed download: {result}")
+                resumed = re.findall(
+                    r"resuming sample-game: (\d+) chunks already verified", peer.stderr()
+                )
+                check(
+                    resumed == [str(saved)], f"{peer.name} did not resume {saved} chunks: {resumed}"
+                )
+                kept.append(saved)
+            all_identical(others, root)
+            print(
+                f"    swarm-leave: {len(still)} of {len(staying)} still downloading when "
+                f"{len(leaving)} left, having taken {taken} MiB from them; the two resumed "
+                f"with {kept[-2:]} chunks verified",
+                flush=True,
+            )
+            passed += 1
+    return Outcome(
+        runs,
+        passed,
+        f"{receivers} receivers, 2 killed mid-swarm: the rest finished, the 2 resumed "
+        f"(chunks kept: {kept}) and finished, all copies identical",
+    )
+
+
+def swarm_corrupt(runs: int, receivers: int, size: int, upload_limit: int) -> Outcome:
+    """A receiver of the swarm says it holds every chunk of the real file list and sends
+    garbage: every honest receiver drops it after its second corrupt chunk and fetches
+    those chunks elsewhere."""
+    from tests.scenarios.hostile import run_swarm_liar
+
+    passed = 0
+    garbage = 0
+    for run in range(runs):
+        with cluster() as c:
+            source, root, others = swarm_members(c, receivers, size, run, upload_limit)
+            names = asyncio.run(mesh([source, *others]))
+            total = game_bytes(root)
+            allowed = 2 * receivers * total / upload_limit + 60
+            with run_swarm_liar(c.base / "hostile", source, others) as liar:
+                finishes = asyncio.run(download_together(others, allowed))
+                served = liar.served()
+            failed = [f"{f.name}: {f.error}" for f in finishes if not f.success]
+            check(not failed, f"downloads failed: {failed}")
+            all_identical(others, root)
+            check(served > 0, "nobody asked the liar for a chunk")
+            for peer, finish in zip(others, finishes, strict=True):
+                log = peer.stderr()
+                check(
+                    "dropping hostile as a source: repeated corrupt data" in log,
+                    f"{peer.name} did not drop the liar",
+                )
+                strangers = set(finish.sources) - set(names)
+                check(not strangers, f"{peer.name} kept bytes from the liar: {finish.sources}")
+            from_source, from_receivers = received_from(finishes, names, source)
+            print(
+                f"    swarm-corrupt: the liar sent {served} corrupt chunks; "
+                f"{from_receivers / (from_source + from_receivers):.0%} of bytes from honest "
+                "receivers",
+                flush=True,
+            )
+            garbage += served
+            passed += 1
+    return Outcome(
+        runs,
+        passed,
+        f"{garbage} corrupt chunks from a receiver claiming all: dropped by all {receivers}, "
+        "refetched, copies identical",
+    )
+
+
 SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     # name: (quick, full)
     "fan-out": (lambda: fan_out(1, 4, 16 * MiB, 200), lambda: fan_out(2, 8, 64 * MiB, 200)),
@@ -760,6 +1112,18 @@ SCENARIOS: dict[str, tuple[Callable[[], Outcome], Callable[[], Outcome]]] = {
     "swarm": (
         lambda: swarm(1, 3, 32 * MiB, 100, 1.0),
         lambda: swarm(2, 6, 96 * MiB, 200, 2.0),
+    ),
+    "swarm-flash": (
+        lambda: swarm_flash(1, 6, 48 * MiB, 6_000_000),
+        lambda: swarm_flash(3, 8, 96 * MiB, 8_000_000),
+    ),
+    "swarm-leave": (
+        lambda: swarm_leave(1, 5, 48 * MiB, 6_000_000),
+        lambda: swarm_leave(3, 6, 96 * MiB, 8_000_000),
+    ),
+    "swarm-corrupt": (
+        lambda: swarm_corrupt(1, 3, 32 * MiB, 6_000_000),
+        lambda: swarm_corrupt(3, 6, 96 * MiB, 8_000_000),
     ),
     "churn": (lambda: churn(2, 48 * MiB), lambda: churn(6, 96 * MiB)),
     "hostile-peer": (lambda: hostile_peer(1), lambda: hostile_peer(3)),

@@ -20,6 +20,9 @@ SLOW = {
     "hostile-lan",
     "soak",
     "swarm",
+    "swarm-corrupt",
+    "swarm-flash",
+    "swarm-leave",
 }
 
 
