@@ -175,9 +175,9 @@ class DownloadPlan:
         self.excluded.setdefault(chunk, set()).add(source)
         self.released(chunk, source)
         self.corrupt_count[source] += 1
-        if self.corrupt_count[source] >= MAX_CORRUPT:
+        if self.corrupt_count[source] >= MAX_CORRUPT and source in self.sources:
             self.source_lost(source)
-            return True
+            return True  # once: a chunk still in flight from it may fail after the drop
         return False
 
     def source_lost(self, source: str) -> None:
