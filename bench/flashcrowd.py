@@ -404,7 +404,7 @@ def seconds(value: float | None, waited: float) -> str:
 SWARM_HEAD = (
     f"{'receivers':>9} {'game MB':>8} {'all done s':>10} {'median s':>8} "
     f"{'source-only s':>13} {'swarm ideal s':>13} {'time/ideal':>10} "
-    f"{'from receivers %':>16} {'copies sent by source':>21}"
+    f"{'from receivers %':>16} {'copies sent by source':>21} {'ok':>7}"
 )
 
 
@@ -412,7 +412,8 @@ def swarm_row(run: Run) -> str:
     return (
         f"{run.receivers:>9} {run.size / 1e6:>8.1f} {run.all_done:>10.1f} {run.median_done:>8.1f} "
         f"{run.source_only:>13.1f} {run.ideal:>13.1f} {run.all_done / run.ideal:>10.2f} "
-        f"{run.from_receivers * 100:>16.1f} {run.from_source / run.size:>21.2f}"
+        f"{run.from_receivers * 100:>16.1f} {run.from_source / run.size:>21.2f} "
+        f"{f'{run.receivers - len(run.failed)}/{run.receivers}':>7}"
     )
 
 
@@ -648,7 +649,10 @@ def main() -> int:
         return 130
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print("\nswarm: every receiver calls Download at the same moment")
+    print(
+        "\nswarm: every receiver calls Download at the same moment (all done and median: "
+        "when the jobs ended; ok: those that succeeded)"
+    )
     print(SWARM_HEAD)
     for run in runs:
         print(swarm_row(run))

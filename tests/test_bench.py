@@ -75,8 +75,8 @@ def test_flashcrowd_rows(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     # receivers, game MB, all done, median, source-only bound, swarm ideal, time/ideal,
-    # % from receivers, copies the source sent.
-    swarm = re.search(rf"^\s+2{NUMBER * 8}$", out, re.MULTILINE)
+    # % from receivers, copies the source sent, downloads that succeeded.
+    swarm = re.search(rf"^\s+2{NUMBER * 8}\s+2/2$", out, re.MULTILINE)
     assert swarm, f"no swarm row in:\n{out}"
     size, done, median, bound, ideal, ratio, share, copies = map(float, swarm.groups())
     assert size == pytest.approx(8.4, abs=0.1)
