@@ -50,9 +50,9 @@ SHOWN = re.compile(r"^Sharing: sharing (\d+) of (\d+) chunks while downloading$"
 
 
 def shared_chunks(root: Path) -> int:
-    """The chunks of the game's file list a download may serve: all but version.ini's."""
-    sizes = [len(data) for rel, data in downloads(root).items() if data and rel != "version.ini"]
-    return sum(math.ceil(size / CHUNK_SIZE) for size in sizes)
+    """The chunks of the game's file list, version.ini's included (served from memory)."""
+    sizes = [len(data) for data in downloads(root).values() if data is not None]
+    return sum(max(1, math.ceil(size / CHUNK_SIZE)) for size in sizes)
 
 
 def game_change(message: Message) -> dict[str, Any]:

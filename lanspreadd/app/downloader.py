@@ -102,6 +102,7 @@ class Downloader:
             reference.chunk_size,
             reference.files,
             plan.verified,
+            lambda: files.sentinel,
         )
         self.sharing.start(share)
         try:

@@ -3,10 +3,11 @@
 A download that shares registers its file list and the set of chunks it has verified;
 peers downloading the same file list learn what we hold from a `ChunkMap` (when the
 download starts and when a peer connects) and `ChunkDelta`s a few times a second, and
-may then ask us for exactly those chunks over the data channel (`Grant.held`). Nothing
-else of the game is served: not `version.ini` (kept in memory until the commit), not a
-chunk not yet verified, and nothing at all once the download ends, before it commits
-and installs. A stream install's tree and `local/` are never part of it.
+may then ask us for exactly those chunks over the data channel (`Grant.held`); a
+verified `version.ini` is served from memory (it reaches the disk last, at the commit).
+Nothing else of the game is served: not a chunk not yet verified, and nothing at all
+once the download ends, before it commits and installs. A stream install's tree and
+`local/` are never part of it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lanspreadd.core.held import ChunkKey, ChunkNumbers
+from lanspreadd.core.library import VERSION_INI
 from lanspreadd.net.peers import PeerManager
 from lanspreadd.protocol.messages import MAX_DELTA, ChunkDelta, ChunkMap, FileEntry, Message
 
@@ -36,12 +38,15 @@ class PartialShare:
     chunk_size: int
     files: tuple[FileEntry, ...]
     verified: set[ChunkKey]  # the plan's own set: only chunks written after their check
+    # version.ini, verified but kept in memory until the commit: served from there.
+    sentinel: Callable[[], bytes | None] = lambda: None
     numbers: ChunkNumbers = field(init=False)
     active: bool = True
     _told: set[ChunkKey] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.numbers = ChunkNumbers(self.files)
+        self._ini = next((i for i, f in enumerate(self.files) if f.path == VERSION_INI), -1)
 
     def serving(self) -> bool:
         return self.active
@@ -49,19 +54,21 @@ class PartialShare:
     def holds(self, file_index: int, offset: int, length: int) -> bool:
         first, last = offset // self.chunk_size, (offset + length - 1) // self.chunk_size
         return self.active and all(
-            (file_index, ci) in self.verified and (file_index, ci) not in self.numbers.never
-            for ci in range(first, last + 1)
+            (file_index, ci) in self.verified for ci in range(first, last + 1)
         )
+
+    def in_memory(self, file_index: int) -> bytes | None:
+        """The bytes of a file not on disk yet (version.ini, written last), else None."""
+        return self.sentinel() if file_index == self._ini else None
 
     @property
     def held_count(self) -> int:
-        # Not a set difference: the verified set may hold tens of thousands of chunks.
-        return len(self.verified) - len(self.numbers.never & self.verified)
+        return len(self.verified)
 
     @property
     def chunk_count(self) -> int:
-        """The chunks of the file list it may ever serve: all but `version.ini`'s."""
-        return self.numbers.count - len(self.numbers.never)
+        """The chunks of the file list."""
+        return self.numbers.count
 
     def chunk_map(self, to_all: bool = False) -> ChunkMap:
         """Every chunk held now; `to_all` when every peer gets it, so deltas start here."""

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from lanspreadd.core.library import VERSION_INI
 from lanspreadd.protocol.messages import FileEntry
 
 ChunkKey = tuple[int, int]  # (file index, chunk index) in one file list's order
 
 
 class ChunkNumbers:
-    """The canonical numbers of one file list's chunks. `version.ini` is never held:
-    a download keeps it in memory and writes it last."""
+    """The canonical numbers of one file list's chunks."""
 
     def __init__(self, files: tuple[FileEntry, ...]) -> None:
         order = sorted(range(len(files)), key=lambda fi: files[fi].path)
@@ -26,7 +24,6 @@ class ChunkNumbers:
             (fi, ci) for fi in order for ci in range(len(files[fi].hashes))
         ]
         self.number: dict[ChunkKey, int] = {key: n for n, key in enumerate(self.keys)}
-        self.never = {(fi, 0) for fi, f in enumerate(files) if f.path == VERSION_INI}
 
     @property
     def count(self) -> int:
@@ -35,17 +32,17 @@ class ChunkNumbers:
     def bits(self, held: Iterable[ChunkKey]) -> bytes:
         field = bytearray((self.count + 7) // 8)
         for key in held:
-            if key not in self.never and (n := self.number.get(key)) is not None:
+            if (n := self.number.get(key)) is not None:
                 field[n >> 3] |= 0x80 >> (n & 7)
         return bytes(field)
 
     def numbers(self, held: Iterable[ChunkKey]) -> list[int]:
-        return sorted(self.number[k] for k in held if k in self.number and k not in self.never)
+        return sorted(self.number[k] for k in held if k in self.number)
 
     def keys_of(self, numbers: Iterable[int]) -> list[ChunkKey]:
-        """The chunks these numbers name; numbers past the list and version.ini are left out."""
+        """The chunks these numbers name; numbers past the list are left out."""
         keys = self.keys
-        return [keys[n] for n in numbers if 0 <= n < len(keys) and keys[n] not in self.never]
+        return [keys[n] for n in numbers if 0 <= n < len(keys)]
 
 
 def set_bits(field: bytes) -> list[int]:

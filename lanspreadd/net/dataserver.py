@@ -106,6 +106,7 @@ class HeldChunks(Protocol):
 
     def serving(self) -> bool: ...
     def holds(self, file_index: int, offset: int, length: int) -> bool: ...
+    def in_memory(self, file_index: int) -> bytes | None: ...
 
 
 @dataclass
@@ -331,6 +332,16 @@ class DataServer:
         path = grant.root.joinpath(*check_relative_path(entry.path).parts)
         self._uploading += 1
         try:
+            data = held.in_memory(request.file_index) if held is not None else None
+            if data is not None:  # verified, not yet on disk (version.ini)
+                end = request.offset + request.length
+                if len(data) != entry.size:
+                    await self._refuse(writer, NOT_SERVABLE, "file changed")
+                    raise RemoteProtocolError("file changed under the grant")
+                await self.limiter.take(request.length)
+                writer.write(encode_reply_header(OK, request.length) + data[request.offset : end])
+                await writer.drain()
+                return
             with path.open("rb") as fh:
                 if os.fstat(fh.fileno()).st_size != entry.size:
                     await self._refuse(writer, NOT_SERVABLE, "file changed")

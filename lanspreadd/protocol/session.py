@@ -19,8 +19,10 @@ from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
 from lanspreadd.protocol.identity import peer_id_of
 from lanspreadd.protocol.messages import Auth, Goodbye, Hello, Message, Ping, Pong, Refuse
 
-PING_INTERVAL = 1.0
-DEAD_AFTER = 5.0
+# Every connection pings at this pace whatever the party's size: at 1 s, 33 idle daemons
+# in a full mesh spent 1.8 of 2 cores on pings, pongs and their QUIC acknowledgements.
+PING_INTERVAL = 5.0
+DEAD_AFTER = 15.0  # a silent peer is dropped after this; its sockets fail sooner if it crashed
 # A timer handled this late means we (or our host) were stalled, not the peer.
 STALL_GAP = 2 * PING_INTERVAL
 HANDSHAKE_TIMEOUT = 10.0
