@@ -19,7 +19,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +54,7 @@ STREAMS_PER_PARTIAL = 2  # a partial holder serves a few chunks; many of them se
 MAX_STREAMS = 12  # chunks of one download fetched at once; more workers wait their turn
 SAVE_INTERVAL = 2.0
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
-BUSY_BACKOFF = (0.1, 0.4)  # a source whose upload slots are full is asked again after
+BUSY_BACKOFF = (0.5, 1.5)  # a source whose upload slots are full is asked again after
 
 
 @dataclass
@@ -75,6 +75,7 @@ class Downloader:
     order: random.Random | None = field(default_factory=random.Random)
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
+    _wakes: dict[str, asyncio.Event] = field(default_factory=dict)  # idle workers, by source
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     # The file list now on disk, every chunk verified: lets us serve without rehashing.
     committed: FileList | None = None
@@ -158,7 +159,7 @@ class Downloader:
                     unwatch()
                 recruiting.cancel()  # it may be waiting on a slow peer's file list
                 self._settled.set()
-                self._changed.set()
+                self._wake()
         except BaseExceptionGroup as group:
             # Report the download's own outcome (PeersGone, CorruptData...), not the group.
             errors = [e for e in group.exceptions if isinstance(e, LanspreadError | OSError)]
@@ -167,9 +168,16 @@ class Downloader:
             raise
 
     def _held(self, recruiter: Recruiter) -> None:
-        """A peer holds more of the game: idle workers may now have something to fetch."""
-        recruiter.sync_held()
+        """A peer holds more of the game: its idle workers may have something to fetch."""
+        self._wake(recruiter.sync_held())
+
+    def _wake(self, peer_ids: Iterable[str] | None = None) -> None:
+        """Wake the settle loop and the idle workers of these sources (None: all). Each
+        delta from each of 31 peers woke every worker of a flash crowd's receivers."""
         self._changed.set()
+        for peer_id in self._wakes if peer_ids is None else peer_ids:
+            if (event := self._wakes.get(peer_id)) is not None:
+                event.set()
 
     async def _until_settled(self, plan: DownloadPlan) -> None:
         alone_since: float | None = None
@@ -235,7 +243,7 @@ class Downloader:
         except OSError as exc:
             log.warning("cannot open a data channel to %s: %s", source.name, exc)
             plan.source_lost(source.peer_id)
-            self._changed.set()
+            self._wake()
             return
         buffer = chunk_buffer(plan.chunk_size)
         try:
@@ -245,7 +253,7 @@ class Downloader:
             log.info("source %s stopped: %s", source.name, exc or type(exc).__name__)
             plan.source_lost(source.peer_id)
         finally:
-            self._changed.set()
+            self._wake()
             sock.close()
 
     async def _take_chunk(
@@ -263,7 +271,7 @@ class Downloader:
                     )
                 except (SourceBusy, ChunkNotHeld):
                     plan.released(chunk, source.peer_id)
-                    self._changed.set()
+                    self._wake()
                     stored = None
         if stored is None:  # asked again a little later, by then maybe for another chunk
             await woken(self._settled, random.uniform(*BUSY_BACKOFF))  # noqa: S311
@@ -271,8 +279,9 @@ class Downloader:
         if chunk is None:
             if plan.finished or source.peer_id not in plan.sources:
                 return False
-            self._changed.clear()
-            await woken(self._changed, 0.5)
+            wake = self._wakes.setdefault(source.peer_id, asyncio.Event())
+            wake.clear()
+            await woken(wake, 0.5)
             return True
         if stored:
             if plan.completed(chunk):  # the end game's second fetch counts for nobody
@@ -288,7 +297,7 @@ class Downloader:
             if plan.corrupt(chunk, source.peer_id):
                 log.warning("dropping %s as a source: repeated corrupt data", source.name)
                 return False
-        self._changed.set()
+        self._wake(None if not stored or not plan.pending else ())  # the end game: all
         return True
 
     def _fetch(

@@ -77,8 +77,10 @@ class Recruiter:
                 if await woken(self.settled, RECRUIT_INTERVAL):
                     return
 
-    def sync_held(self) -> None:
-        """Take in what partial sources said they hold since we last looked."""
+    def sync_held(self) -> list[str]:
+        """Take in what partial sources said they hold since we last looked; returns
+        those that hold more."""
+        news = []
         for peer_id in list(self.plan.held):
             peer = self.peers.peers.get(peer_id)
             held = peer.held.get(self.game_id) if peer is not None else None
@@ -88,7 +90,10 @@ class Recruiter:
             if generation != held.generation:
                 read = 0
             self._cursors[peer_id] = (held.generation, len(held.numbers))
-            self.plan.add_held(peer_id, self.numbers.keys_of(held.numbers[read:]))
+            if read < len(held.numbers):
+                self.plan.add_held(peer_id, self.numbers.keys_of(held.numbers[read:]))
+                news.append(peer_id)
+        return news
 
     async def _join(self, peer: Peer, partial: bool) -> None:
         source = await self._enlist(peer)

@@ -21,6 +21,8 @@ from lanspreadd.protocol.messages import FileEntry, FileList
 
 MAX_CORRUPT = 2
 END_GAME_FETCHERS = 2  # in the end game a chunk is fetched from at most this many sources
+BUSY_FETCHES = 2  # with this many chunks in flight, complete sources get only chunks no
+# partial source holds
 
 ChunkKey = tuple[int, int]  # (file index, chunk index) in the plan's file list
 
@@ -121,6 +123,17 @@ class DownloadPlan:
     def _rarest(self, source: str) -> Chunk | None:
         held = self.held.get(source)
         floor = 0 if held is None else 1  # no chunk a partial source holds is rarer than 1
+        best = self._least_copies(source, held, floor)
+        if best is not None and held is None and self.copies[best.key] and self._busy():
+            # A complete source's upload is what a flash crowd waits on: it goes to chunks
+            # no peer downloading with us holds yet, while those peers keep us busy.
+            return None
+        return best
+
+    def _busy(self) -> bool:
+        return len(self.in_flight) >= BUSY_FETCHES
+
+    def _least_copies(self, source: str, held: set[ChunkKey] | None, floor: int) -> Chunk | None:
         best: Chunk | None = None
         best_copies = 0
         for chunk in self.pending:
@@ -143,6 +156,7 @@ class DownloadPlan:
         for chunk, fetchers in self.in_flight.items():
             if (
                 len(fetchers) < END_GAME_FETCHERS
+                and (source in self.held or not self.copies[chunk.key])  # as in _rarest
                 and source not in fetchers
                 and source not in self.excluded.get(chunk, ())
                 and self.holds(source, chunk.key)

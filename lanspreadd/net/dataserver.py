@@ -52,6 +52,11 @@ IDLE_TIMEOUT = 30.0  # an authorised connection that asks for nothing this long 
 # deep queue, a flash crowd's receivers all wait on the source for chunks they chose
 # long ago, and none is whole (and servable by its receiver) until late.
 UPLOAD_SLOTS = 4
+# A chunk a complete holder sent to one peer is refused to another for this long (as
+# NOT_HELD: "take it from the one that has it"): the one that got it serves it on within
+# a second, and our upload goes to chunks nobody else has (BitTorrent's super-seeding).
+SENT_ELSEWHERE = 3.0
+SENT_KEPT = 4096  # chunks remembered before the old ones are forgotten
 
 
 class FrameProducer:
@@ -181,6 +186,8 @@ class DataServer:
         self.idle_timeout = idle_timeout
         self.upload_slots = upload_slots
         self._uploading = 0
+        self.sent_elsewhere = SENT_ELSEWHERE
+        self._sent: dict[tuple[str, int, int], tuple[str, float]] = {}  # chunk: peer, when
         self.is_servable = is_servable
         self.transfers = transfers
         self.refusals = refusals
@@ -329,6 +336,9 @@ class DataServer:
         if self._uploading >= self.upload_slots:
             await self._refuse(writer, BUSY, "every upload slot is taken")
             return
+        if held is None and self._sent_to_another(grant, request):
+            await self._refuse(writer, NOT_HELD, "sent to another peer just now: ask it")
+            return
         path = grant.root.joinpath(*check_relative_path(entry.path).parts)
         self._uploading += 1
         try:
@@ -352,6 +362,18 @@ class DataServer:
                 await loop.sendfile(writer.transport, fh, request.offset, request.length)
         finally:
             self._uploading -= 1
+
+    def _sent_to_another(self, grant: Grant, request: ChunkRequest) -> bool:
+        """Was this chunk sent to another peer within `sent_elsewhere`? Notes it as ours."""
+        now = asyncio.get_running_loop().time()
+        key = (grant.game_id, request.file_index, request.offset)
+        last = self._sent.get(key)
+        if last is not None and last[0] != grant.peer_id and now - last[1] < self.sent_elsewhere:
+            return True
+        if len(self._sent) > SENT_KEPT:
+            self._sent = {k: v for k, v in self._sent.items() if now - v[1] < self.sent_elsewhere}
+        self._sent[key] = (grant.peer_id, now)
+        return False
 
     async def _stream_install(
         self, grant: Grant, provider: StreamInstallProvider, writer: asyncio.StreamWriter
