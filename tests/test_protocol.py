@@ -28,6 +28,8 @@ from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,
     Hello,
+    Ping,
+    Pong,
     Snapshot,
 )
 from lanspreadd.protocol.session import (
@@ -191,6 +193,35 @@ def test_liveness_pings_and_timeout(identities: tuple[Identity, Identity, Identi
     assert isinstance(events[0], Closed)
     assert "silent" in events[0].reason
     assert t - now <= DEAD_AFTER + 0.5
+
+
+def test_only_the_dialling_side_pings_and_a_silent_dialler_is_still_dropped(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    """One ping and one pong per interval and connection: what idle costs at a party."""
+    p = pair(identities)
+    sent: dict[Role, list[type]] = {Role.CLIENT: [], Role.SERVER: []}
+    now = 0.0
+    while now < 4 * PING_INTERVAL:
+        now += 0.5
+        for role, session in ((Role.CLIENT, p.client), (Role.SERVER, p.server)):
+            session.handle_timer(now)
+            data = session.data_to_send()
+            sent[role] += [type(m) for m in FrameDecoder().feed(data)]
+            other = p.server if role is Role.CLIENT else p.client
+            other.receive(data, now)
+    assert 3 <= sent[Role.CLIENT].count(Ping) <= 4
+    assert Ping not in sent[Role.SERVER]
+    assert sent[Role.SERVER].count(Pong) == sent[Role.CLIENT].count(Ping)
+    assert p.server.state is State.ESTABLISHED and p.client.state is State.ESTABLISHED
+    # The dialler goes silent: the other side drops it after DEAD_AFTER.
+    events: list[Event] = []
+    start = now
+    while not events and now < start + DEAD_AFTER + 2:
+        now += 0.5
+        events = p.server.handle_timer(now)
+    assert isinstance(events[0], Closed) and "silent" in events[0].reason
+    assert now - start <= DEAD_AFTER + 0.5
 
 
 def test_our_own_stall_does_not_kill_a_healthy_peer(

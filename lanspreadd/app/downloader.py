@@ -50,7 +50,7 @@ __all__ = ["Downloader", "PeerSource", "Source", "woken"]
 log = logging.getLogger(__name__)
 
 STREAMS_PER_SOURCE = 4  # one receives while another hashes and writes: 2 gave 620 MB/s, 4 800
-STREAMS_PER_PARTIAL = 2  # a partial holder serves a few chunks; many of them serve together
+STREAMS_PER_PARTIAL = 1  # a partial holder serves a few chunks; many of them serve together
 MAX_STREAMS = 12  # chunks of one download fetched at once; more workers wait their turn
 SAVE_INTERVAL = 2.0
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return

@@ -281,6 +281,8 @@ class Session:
             return None
         if self.state is not State.ESTABLISHED:
             return self._started + HANDSHAKE_TIMEOUT
+        # Both sides wake at the ping pace (a wake without a ping sends nothing): a
+        # timer that fires late is how our own stalls are told from a silent peer.
         return min(self._last_ping + PING_INTERVAL, self._last_received + DEAD_AFTER)
 
     def handle_timer(self, now: float) -> list[Event]:
@@ -297,8 +299,11 @@ class Session:
         self._last_timer = now
         if now >= self._last_received + DEAD_AFTER:
             return self._closed(f"peer silent for {DEAD_AFTER:.0f}s", by_peer=False)
+        # Only the side that dialled pings; the other hears the pings and answers each:
+        # one ping and one pong per interval and connection, not two of each.
         if now >= self._last_ping + PING_INTERVAL:
-            self._ping_nonce += 1
-            self._queue(Ping(self._ping_nonce))
             self._last_ping = now
+            if self.role is Role.CLIENT:
+                self._ping_nonce += 1
+                self._queue(Ping(self._ping_nonce))
         return []
