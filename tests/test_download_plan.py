@@ -355,3 +355,18 @@ def test_the_majority_file_list_wins_and_a_tie_is_no_majority() -> None:
 def test_unusable_file_lists_are_refused(files: tuple[tuple[str, int], ...], problem: str) -> None:
     with pytest.raises(InvalidArgument, match=problem):
         validate_file_list(listing(*files))
+
+
+def test_a_complete_source_is_kept_for_chunks_no_partial_holder_has() -> None:
+    """A flash crowd waits on the source's upload: while partial holders keep us busy,
+    it only sends what none of them holds; with nothing in flight it sends anything."""
+    p = plan(30)
+    p.add_source("complete")
+    p.add_source("partial", held=[(0, 0), (0, 1)])
+    taken = p.next_for("partial")
+    assert taken is not None
+    assert p.next_for("complete") == Chunk(0, 2, 20, 10), "the chunk no partial holder has"
+    assert p.next_for("complete") is None, "the rest is held by a partial holder"
+    p.completed(taken)
+    p.completed(Chunk(0, 2, 20, 10))
+    assert p.next_for("complete") is not None, "nothing in flight: the source helps"

@@ -21,7 +21,7 @@ from lanspreadd.protocol.messages import FileEntry, FileList
 
 MAX_CORRUPT = 2
 END_GAME_FETCHERS = 2  # in the end game a chunk is fetched from at most this many sources
-BUSY_FETCHES = 2  # with this many chunks in flight, complete sources get only chunks no
+BUSY_FETCHES = 1  # with this many chunks in flight, complete sources get only chunks no
 # partial source holds
 
 ChunkKey = tuple[int, int]  # (file index, chunk index) in the plan's file list
@@ -187,6 +187,10 @@ class DownloadPlan:
     def corrupt(self, chunk: Chunk, source: str) -> bool:
         """Requeue a chunk that failed verification; True if the source is now dropped."""
         self.excluded.setdefault(chunk, set()).add(source)
+        held = self.held.get(source)
+        if held is not None and chunk.key in held:  # no copy we can have from it
+            held.discard(chunk.key)
+            self.copies[chunk.key] -= 1
         self.released(chunk, source)
         self.corrupt_count[source] += 1
         if self.corrupt_count[source] >= MAX_CORRUPT and source in self.sources:
