@@ -54,7 +54,7 @@ STREAMS_PER_PARTIAL = 1  # a partial holder serves a few chunks; many of them se
 MAX_STREAMS = 12  # chunks of one download fetched at once; more workers wait their turn
 SAVE_INTERVAL = 2.0
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
-BUSY_BACKOFF = (0.5, 1.5)  # a source whose upload slots are full is asked again after
+BUSY_BACKOFF = 0.25  # a busy source is asked again after 0.5, 1, 2, then 4 s (+-50%)
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Downloader:
     sources: dict[str, Source] = field(default_factory=dict)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _wakes: dict[str, asyncio.Event] = field(default_factory=dict)  # idle workers, by source
+    _refused: Counter[str] = field(default_factory=Counter)  # BUSY answers in a row, by source
     _settled: asyncio.Event = field(default_factory=asyncio.Event)
     # The file list now on disk, every chunk verified: lets us serve without rehashing.
     committed: FileList | None = None
@@ -118,12 +119,8 @@ class Downloader:
                 await asyncio.to_thread(files.save_resume, plan)
         await asyncio.to_thread(files.commit, reference)
         self.committed = reference
-        names = {p: self._name(p) for p in self.received}
+        names = {p: _name(p, self.sources, self.peers) for p in self.received}
         log.info("downloaded %s %s from %s", self.game_id, self.version, _who(self.received, names))
-
-    def _name(self, peer_id: str) -> str:
-        known = self.sources.get(peer_id) or self.peers.peers.get(peer_id)
-        return known.name if known is not None else peer_id[:8]
 
     async def _transfer(self, plan: DownloadPlan, numbers: ChunkNumbers) -> None:
         """Workers for every source, the saver, the teller and the recruiter, until the
@@ -273,9 +270,12 @@ class Downloader:
                     plan.released(chunk, source.peer_id)
                     self._wake()
                     stored = None
-        if stored is None:  # asked again a little later, by then maybe for another chunk
-            await woken(self._settled, random.uniform(*BUSY_BACKOFF))  # noqa: S311
+        if stored is None:  # asked again later (longer each time), maybe for another chunk
+            self._refused[source.peer_id] += 1
+            backoff = BUSY_BACKOFF * 2 ** min(self._refused[source.peer_id], 3)
+            await woken(self._settled, backoff * random.uniform(0.5, 1.5))  # noqa: S311
             return True
+        self._refused.pop(source.peer_id, None)
         if chunk is None:
             if plan.finished or source.peer_id not in plan.sources:
                 return False
@@ -308,6 +308,11 @@ class Downloader:
         files = self._files
         assert files is not None
         return files.store(plan, chunk, fetch_chunk(sock, buffer, request))
+
+
+def _name(peer_id: str, sources: Mapping[str, Source], peers: PeerSource) -> str:
+    known = sources.get(peer_id) or peers.peers.get(peer_id)
+    return known.name if known is not None else peer_id[:8]
 
 
 def _who(received: Mapping[str, int], names: Mapping[str, str]) -> str:
