@@ -24,7 +24,7 @@ from lanspreadd.protocol.messages import MAX_DELTA, ChunkDelta, ChunkMap, FileEn
 
 log = logging.getLogger(__name__)
 
-DELTA_INTERVAL = 0.5  # newly verified chunks are told at most this often
+DELTA_INTERVAL = 1.0  # newly verified chunks are told at most this often (QUIC messages cost)
 
 
 @dataclass
