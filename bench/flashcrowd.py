@@ -45,12 +45,20 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from bench.datapath import GAME, make_game, parse_size, proc_cpu
 from lanspreadd.core.hashes import HashCache
-from tests.support import MANAGER, Daemon, PrivateBus, bus_driver_call, call, disconnect
+from tests.support import (
+    MANAGER,
+    Daemon,
+    Link,
+    PrivateBus,
+    bus_driver_call,
+    call,
+    disconnect,
+)
 
 JOB = "org.lanspread.Lanspread1.Job"
 PROPERTIES = "org.freedesktop.DBus.Properties"
@@ -162,26 +170,6 @@ def memory_available() -> int:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-@dataclass
-class Link:
-    """Our D-Bus connection to one daemon, and the jobs it told us have ended."""
-
-    daemon: Daemon
-    bus: MessageBus
-    peer_id: str = ""
-    ended: dict[str, list[Any]] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def name(self) -> str:
-        return self.daemon.name
-
-    def take(self, msg: Message) -> None:
-        if msg.message_type is MessageType.SIGNAL and msg.member == "Completed":
-            self.ended[str(msg.path)] = msg.body
-            self.arrived.set()
 
 
 async def ask(

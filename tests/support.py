@@ -507,3 +507,24 @@ def system_user(name: str) -> Iterator[str]:
     finally:
         if created:
             subprocess.run(["userdel", name], check=False)
+
+
+@dataclass
+class Link:
+    """Our D-Bus connection to one daemon, and the jobs it told us have ended (the
+    flash-crowd bench and the swarm scenarios drive many daemons through these)."""
+
+    daemon: Daemon
+    bus: MessageBus
+    peer_id: str = ""
+    ended: dict[str, list[Any]] = field(default_factory=dict)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def name(self) -> str:
+        return self.daemon.name
+
+    def take(self, msg: Message) -> None:
+        if msg.message_type is MessageType.SIGNAL and msg.member == "Completed":
+            self.ended[str(msg.path)] = msg.body
+            self.arrived.set()

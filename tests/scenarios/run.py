@@ -28,15 +28,16 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dbus_fast import Message, MessageType, Variant
+from dbus_fast import MessageType, Variant
 from dbus_fast.aio import MessageBus
 
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.install import BACKUP, INSTALLING, INTENT, RESUME_FILE, GameFiles
+from tests import support
 from tests.netns import Lan
 from tests.scenarios.hostile_announce import scenario as hostile_announce
 from tests.scenarios.hostile_flood import hostile_flood
@@ -792,23 +793,8 @@ COMPLETED = f"type='signal',interface='{JOB}',member='Completed'"
 
 
 @dataclass
-class Link:
-    """Our D-Bus connection to one daemon, and the jobs it told us have ended."""
-
-    daemon: Daemon
-    bus: MessageBus
-    peer_id: str = ""
-    ended: dict[str, list[Any]] = field(default_factory=dict)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def name(self) -> str:
-        return self.daemon.name
-
-    def take(self, msg: Message) -> None:
-        if msg.message_type is MessageType.SIGNAL and msg.member == "Completed":
-            self.ended[str(msg.path)] = msg.body
-            self.arrived.set()
+class Link(support.Link):
+    """A daemon's D-Bus connection that also asks it things, failing the scenario on an error."""
 
     async def ask(
         self,
