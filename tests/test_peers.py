@@ -15,6 +15,7 @@ import pytest
 from lanspreadd.app.downloader import SOURCES_GRACE
 from lanspreadd.archive.writer import Entry
 from lanspreadd.core.hashes import HashCache
+from lanspreadd.protocol.session import DEAD_AFTER, PING_INTERVAL
 from tests.support import Daemon, free_port, make_game, tree, wait_for
 
 GAME = "sample-game"
@@ -295,7 +296,9 @@ def test_goodbye_and_killed_peers_leave_the_table(make_peer: MakePeer) -> None:
     wait_for(lambda: len(a.ctl_json("peers")) == 1, 5, "the goodbye")
     assert "peer said goodbye: daemon shutting down" in a.stderr()
     c.stop(signal.SIGKILL)
-    wait_for(lambda: len(a.ctl_json("peers")) == 0, 15, "the silent peer to time out")
+    # Silent for DEAD_AFTER after its last ping, which came up to a ping interval ago.
+    silence = DEAD_AFTER + PING_INTERVAL + 10
+    wait_for(lambda: len(a.ctl_json("peers")) == 0, silence, "the silent peer to time out")
 
 
 @pytest.mark.slow
@@ -336,7 +339,8 @@ def test_a_peer_that_came_back_is_reconnected(request: pytest.FixtureRequest, md
     assert b.proc is not None
     b.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: len(a.ctl_json("peers")) == 0, 15, "a to notice b is silent")
+        silence = DEAD_AFTER + PING_INTERVAL + 10
+        wait_for(lambda: len(a.ctl_json("peers")) == 0, silence, "a to notice b is silent")
     finally:
         b.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: [p["name"] for p in a.ctl_json("peers")] == ["b"], 20, "a to redial b")
