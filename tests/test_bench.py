@@ -109,3 +109,47 @@ def cmdline(proc: Path) -> str:
         return (proc / "cmdline").read_bytes().decode(errors="replace")
     except OSError:  # gone meanwhile
         return ""
+
+
+def test_partysim_rows() -> None:
+    """A tiny party fills, every seat finishing, and the calibration prints its rows."""
+    result = subprocess.run(
+        [sys.executable, "bench/partysim.py", "--seats", "4", "8", "--size", "0.2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    # seats, chunks, all done, ideal, time/ideal, median, connections median/max, copies
+    # the source sent, receivers done, wall seconds.
+    for seats in (4, 8):
+        found = re.search(
+            rf"^\s+{seats}\s+49{NUMBER * 4}{PAIR}{NUMBER}\s+{seats - 1}/{seats - 1}{NUMBER}$",
+            out,
+            re.MULTILINE,
+        )
+        assert found, f"no row for {seats} seats in:\n{out}"
+        done, ideal, ratio, median, conns, most, copies, _ = map(float, found.groups())
+        assert ideal == pytest.approx(0.2e9 / 117e6, abs=0.05)
+        assert ideal <= done and 0 < median <= done
+        assert ratio == pytest.approx(done / ideal, rel=0.05)  # of rounded figures
+        assert conns == most == seats - 1  # a full mesh
+        assert 1 <= copies <= seats - 1
+    result = subprocess.run(
+        [sys.executable, "bench/partysim.py", "--calibrate"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for receivers in (8, 16, 32):
+        found = re.search(rf"^\s+{receivers}{NUMBER * 3}$", result.stdout, re.MULTILINE)
+        assert found, f"no calibration row for {receivers} in:\n{result.stdout}"
+        simulated, measured, ratio = map(float, found.groups())
+        assert simulated >= 10.0  # never faster than the swarm ideal
+        assert ratio == pytest.approx(simulated / measured, abs=0.01)
