@@ -413,7 +413,8 @@ def test_a_download_survives_its_only_source_dropping_out_for_a_while(
     assert source.proc is not None
     source.proc.send_signal(signal.SIGSTOP)
     try:
-        wait_for(lambda: receiver.ctl_json("peers") == [], 15, "the source to drop out")
+        silence = DEAD_AFTER + PING_INTERVAL + 10
+        wait_for(lambda: receiver.ctl_json("peers") == [], silence, "the source to drop out")
     finally:
         source.proc.send_signal(signal.SIGCONT)
     wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 60, "the download")

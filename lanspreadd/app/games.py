@@ -70,6 +70,7 @@ class Games:
         self.sources = SourceIndex()
         self._spawn: Spawn | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        host.sharing.attach(peers)  # downloads tell and hear held chunks through the peers
         self.runner = JobRunner(
             config, library, host, peers, observers, unpack_logs, self._no_sources, self.free_space
         )

@@ -65,7 +65,6 @@ class JobRunner:
         self.library = library
         self.host = host
         self.peers = peers
-        host.sharing.attach(peers)  # downloads tell and hear held chunks through the peers
         self.observers = observers
         self.unpack_logs = unpack_logs
         self._no_sources = no_sources
