@@ -43,11 +43,15 @@ placeholder for the bounded mesh of issue 17, whose policy (which peers, rotatio
 not modelled.
 
 `--scale S` makes chunks S times larger (same game size, links and constants, S times
-fewer chunks): pure Python cannot hand out 5,000 chunks to each of 2,000 plans in good
-time. Larger chunks take S times longer to cross a link before they can be served on,
-so the fill time it gives is if anything pessimistic.
+fewer chunks): the plans' chunk choice is most of the run time, and grows with chunks
+x seats x peers. Larger chunks take S times longer to cross a link before they can be
+served on, and hold an upload slot S times longer (more BUSY answers), so the fill time
+is pessimistic: 100 seats on one switch, 20 random peers, filled in 1.49x the ideal at
+--scale 16 and 1.86x at --scale 64. On this machine --scale 64 took 60 s for 100 seats
+in a full mesh and 15 s with --max-peers 20; --scale 1 does not finish 100 seats in 5
+minutes.
 
-    .venv/bin/python bench/partysim.py --seats 100 500 2000 --scale 16
+    .venv/bin/python bench/partysim.py --seats 100 500 2000 --scale 64 --max-peers 20
     .venv/bin/python bench/partysim.py --calibrate
 """
 
@@ -61,7 +65,7 @@ import statistics
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -230,20 +234,22 @@ class Seat:
     slots: int = MAX_STREAMS
     queue: deque[Worker] = field(default_factory=deque)
     idle: dict[int, list[Worker]] = field(default_factory=dict)
-    # A source's last empty answer, by the plan's state then: asking again before the
+    # Sources whose last answer was nothing, and nothing since could change it (the plan
+    # is deterministic: asking again would give nothing again); idle sources not in it.
     # state changes would give nothing again (the plan is deterministic).
-    empty: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    epoch_all: int = 0  # chunks back in the queue, a source lost, the end game began
-    epoch_complete: int = 0  # a chunk completed: a complete source may be free again
-    epoch_of: Counter[int] = field(default_factory=Counter)  # a source told more
+    empty: set[int] = field(default_factory=set)
+    ready: set[int] = field(default_factory=set)
     refused: Counter[int] = field(default_factory=Counter)
     complete: set[int] = field(default_factory=set)  # complete sources in the plan
     candidates: set[int] = field(default_factory=set)  # peers to enlist
     from_source: int = 0  # chunks completed from the source seat
 
-    def state(self, source: int) -> tuple[int, int, int]:
-        complete = self.epoch_complete if source in self.complete else 0
-        return self.epoch_all, complete, self.epoch_of[source]
+    def forget(self, sources: Iterable[int]) -> None:
+        """The plan may now give these sources a chunk."""
+        for source in sources:
+            self.empty.discard(source)
+            if source in self.idle:
+                self.ready.add(source)
 
 
 @dataclass
@@ -344,7 +350,7 @@ class Party:
                     seat.partial_at.discard(r)
                     continue
                 self.plan(taker).add_held(str(seat.index), fresh)
-                taker.epoch_of[seat.index] += 1
+                taker.forget((seat.index,))
                 self.poke(taker, seat.index)
         self.clock.after(DELTA_INTERVAL, lambda: self.tell(seat))
 
@@ -379,7 +385,7 @@ class Party:
         else:
             plan.add_source(str(p), held=peer.told)
             peer.partial_at.add(seat.index)
-        seat.epoch_of[p] += 1
+        seat.forget((p,))
         self.start_workers(seat, p, peer.done is None)
 
     # -- workers -----------------------------------------------------------------
@@ -391,12 +397,15 @@ class Party:
 
     def poke(self, seat: Seat, source: int | None = None) -> None:
         """Wake idle workers (of one source, or all) that may now be given a chunk."""
-        sources = list(seat.idle) if source is None else [source]
+        if source is None:
+            sources, seat.ready = seat.ready, set()
+        elif source in seat.ready:
+            seat.ready.discard(source)
+            sources = {source}
+        else:
+            sources = set()
         for s in sources:
-            workers = seat.idle.get(s)
-            if workers and seat.empty.get(s) != seat.state(s):
-                del seat.idle[s]
-                seat.queue.extend(workers)
+            seat.queue.extend(seat.idle.pop(s))
         self.drain(seat)
 
     def drain(self, seat: Seat) -> None:
@@ -409,15 +418,15 @@ class Party:
         sid = str(worker.source)
         if sid not in plan.sources:
             return  # its source was dropped: the worker ends
-        if seat.empty.get(worker.source) == seat.state(worker.source):
+        if worker.source in seat.empty:
             seat.idle.setdefault(worker.source, []).append(worker)
             return
         pending = bool(plan.pending)
         chunk = plan.next_for(sid)
         if pending and not plan.pending:
-            seat.epoch_all += 1  # the end game: idle workers may take chunks in flight
+            seat.forget(list(seat.empty))  # the end game: chunks in flight may be given
         if chunk is None:
-            seat.empty[worker.source] = seat.state(worker.source)
+            seat.empty.add(worker.source)
             seat.idle.setdefault(worker.source, []).append(worker)
             return
         seat.slots -= 1
@@ -465,10 +474,9 @@ class Party:
     def back(self, seat: Seat, chunk: Chunk) -> None:
         """A chunk is pending again: the sources that can send it may be given it."""
         plan = self.plan(seat)
-        for s in list(seat.empty):
-            held = plan.held.get(str(s))
-            if held is None or chunk.key in held:
-                del seat.empty[s]
+        seat.forget(
+            [s for s in seat.empty if (h := plan.held.get(str(s))) is None or chunk.key in h]
+        )
 
     def lost(self, worker: Worker, chunk: Chunk) -> None:
         """A partial source that finished: the request failed, the source is dropped."""
@@ -489,7 +497,7 @@ class Party:
         if plan.completed(chunk):
             seat.fresh.append(chunk.key)
             seat.from_source += worker.source == SOURCE
-            seat.epoch_complete += 1
+            seat.forget(seat.complete & seat.empty)  # no longer busy, perhaps
         if plan.finished:
             self.finish(seat)
             return
