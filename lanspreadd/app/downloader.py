@@ -54,7 +54,7 @@ STREAMS_PER_PARTIAL = 1  # a partial holder serves a few chunks; many of them se
 MAX_STREAMS = 12  # chunks of one download fetched at once; more workers wait their turn
 SAVE_INTERVAL = 2.0
 SOURCES_GRACE = 12.0  # with every source gone, how long to wait for one to return
-BUSY_BACKOFF = 0.25  # a busy source is asked again after 0.5, 1, 2, then 4 s (+-50%)
+BUSY_BACKOFF = 0.25  # a busy source is asked again after 0.5, 1, then every 2 s (+-50%)
 
 
 @dataclass
