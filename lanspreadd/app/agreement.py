@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from lanspreadd.app.sources import PeerSource, Source
+from lanspreadd.app.sources import PeerSource, Source, name_of
 from lanspreadd.core.plan import agreed, validate_file_list
 from lanspreadd.errors import InvalidArgument, NoSources
 from lanspreadd.protocol.messages import FileList
@@ -53,13 +53,10 @@ async def agree(
     fingerprint, agreeing = agreed(lists, pin, f"{game_id} {version}")
     why = "is not the organiser's pin" if pin else "disagrees with the majority"
     for peer_id in sorted(set(lists) - set(agreeing)):
-        known = peers.peers.get(peer_id)
-        name = known.name if known is not None else peer_id[:8]
-        log.warning("%s: its file list for %s %s", name, game_id, why)
+        log.warning("%s: its file list for %s %s", name_of(peer_id, peers), game_id, why)
     sources: dict[str, Source] = {}
     for peer_id in agreeing:
         peer = peers.peers.get(peer_id)
         if peer is not None:
-            token = lists[peer_id].token
-            sources[peer_id] = Source(peer_id, peer.name, peer.host, peer.data_port, token)
+            sources[peer_id] = Source.of(peer, lists[peer_id].token)
     return lists[agreeing[0]], fingerprint, sources

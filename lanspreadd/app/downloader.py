@@ -27,7 +27,7 @@ from pathlib import Path
 from lanspreadd.app.agreement import agree
 from lanspreadd.app.recruiter import Recruiter
 from lanspreadd.app.sharing import DELTA_INTERVAL, PartialShare, Sharing
-from lanspreadd.app.sources import PeerSource, Source, woken
+from lanspreadd.app.sources import PeerSource, Source, name_of, woken
 from lanspreadd.core.held import ChunkNumbers
 from lanspreadd.core.partial import PartialDownload, chunk_buffer
 from lanspreadd.core.plan import Chunk, DownloadPlan
@@ -119,7 +119,7 @@ class Downloader:
                 await asyncio.to_thread(files.save_resume, plan)
         await asyncio.to_thread(files.commit, reference)
         self.committed = reference
-        names = {p: _name(p, self.sources, self.peers) for p in self.received}
+        names = {p: name_of(p, self.peers, self.sources) for p in self.received}
         log.info("downloaded %s %s from %s", self.game_id, self.version, _who(self.received, names))
 
     async def _transfer(self, plan: DownloadPlan, numbers: ChunkNumbers) -> None:
@@ -222,7 +222,7 @@ class Downloader:
             await in_thread(None, files.save_resume, plan, set(plan.verified))
 
     async def _tell_held(self) -> None:
-        """Tell peers the chunks verified since the last time, a few times a second."""
+        """Tell peers the chunks verified since the last time, once a second."""
         while not await woken(self._settled, DELTA_INTERVAL):
             self.sharing.tell(self.game_id)
 
@@ -308,11 +308,6 @@ class Downloader:
         files = self._files
         assert files is not None
         return files.store(plan, chunk, fetch_chunk(sock, buffer, request))
-
-
-def _name(peer_id: str, sources: Mapping[str, Source], peers: PeerSource) -> str:
-    known = sources.get(peer_id) or peers.peers.get(peer_id)
-    return known.name if known is not None else peer_id[:8]
 
 
 def _who(received: Mapping[str, int], names: Mapping[str, str]) -> str:

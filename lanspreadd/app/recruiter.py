@@ -40,7 +40,6 @@ class Recruiter:
     clock: Callable[[], float]
     settled: asyncio.Event
     sources: dict[str, Source] = field(default_factory=dict)
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
     _cursors: dict[str, tuple[int, int]] = field(default_factory=dict)  # generation, read
 
     def partial_holders(self) -> list[Peer]:
@@ -73,7 +72,6 @@ class Recruiter:
                         continue
                     asked[key] = now + RECRUIT_RETRY
                     joining.create_task(self._join(peer, partial))
-                self.wake.clear()
                 if await woken(self.settled, RECRUIT_INTERVAL):
                     return
 
@@ -123,4 +121,4 @@ class Recruiter:
         if fingerprint(listing) != self.fingerprint:
             log.warning("%s lists other files for %s; not used", peer.name, self.game_id)
             return None
-        return Source(peer.peer_id, peer.name, peer.host, peer.data_port, listing.token)
+        return Source.of(peer, listing.token)

@@ -2,7 +2,7 @@
 
 A download that shares registers its file list and the set of chunks it has verified;
 peers downloading the same file list learn what we hold from a `ChunkMap` (when the
-download starts and when a peer connects) and `ChunkDelta`s a few times a second, and
+download starts and when a peer connects) and `ChunkDelta`s once a second, and
 may then ask us for exactly those chunks over the data channel (`Grant.held`); a
 verified `version.ini` is served from memory (it reaches the disk last, at the commit).
 Nothing else of the game is served: not a chunk not yet verified, and nothing at all
@@ -12,7 +12,6 @@ once the download ends, before it commits and installs. A stream install's tree 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +20,6 @@ from lanspreadd.core.held import ChunkKey, ChunkNumbers
 from lanspreadd.core.library import VERSION_INI
 from lanspreadd.net.peers import PeerManager
 from lanspreadd.protocol.messages import MAX_DELTA, ChunkDelta, ChunkMap, FileEntry, Message
-
-log = logging.getLogger(__name__)
 
 DELTA_INTERVAL = 1.0  # newly verified chunks are told at most this often (QUIC messages cost)
 
@@ -103,7 +100,7 @@ class Sharing:
     ) -> None:
         self.enabled = enabled
         # What a game serves while downloading is part of its view: told when a share
-        # starts, grows (with the deltas, a few times a second) and stops.
+        # starts, grows (with the deltas, once a second) and stops.
         self.changed = changed
         self.shares: dict[str, PartialShare] = {}
         self.send: Callable[[Message], None] = lambda _m: None

@@ -31,6 +31,17 @@ class Source:
     port: int
     token: bytes
 
+    @classmethod
+    def of(cls, peer: Peer, token: bytes) -> Source:
+        """`peer` as a source, with the token its file list came with."""
+        return cls(peer.peer_id, peer.name, peer.host, peer.data_port, token)
+
+
+def name_of(peer_id: str, peers: PeerSource, sources: Mapping[str, Source] | None = None) -> str:
+    """What the log calls a peer: its name while we know it, else its id's start."""
+    known = (sources or {}).get(peer_id) or peers.peers.get(peer_id)
+    return known.name if known is not None else peer_id[:8]
+
 
 async def woken(event: asyncio.Event, seconds: float) -> bool:
     """Wait for `event` at most `seconds`; True if it was set. asyncio.timeout, not

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def copy_stored(
     target: Path,
     name: str,
     cancel: threading.Event,
-    progress: Any,
+    progress: Callable[[int], None],
     base: int = 0,
 ) -> None:
     """Write `extent` to `target` (created or truncated, never through a link) and check
@@ -91,7 +92,7 @@ def _pipeline(
     extent: Extent,
     writer: DirectWriter,
     cancel: threading.Event,
-    progress: Any,
+    progress: Callable[[int], None],
     base: int,
     name: str,
 ) -> int:

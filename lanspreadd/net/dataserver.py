@@ -344,24 +344,26 @@ class DataServer:
         try:
             data = held.in_memory(request.file_index) if held is not None else None
             if data is not None:  # verified, not yet on disk (version.ini)
-                end = request.offset + request.length
-                if len(data) != entry.size:
-                    await self._refuse(writer, NOT_SERVABLE, "file changed")
-                    raise RemoteProtocolError("file changed under the grant")
-                await self.limiter.take(request.length)
-                writer.write(encode_reply_header(OK, request.length) + data[request.offset : end])
+                await self._reply_ok(writer, request, len(data), entry.size)
+                writer.write(data[request.offset : request.offset + request.length])
                 await writer.drain()
                 return
             with path.open("rb") as fh:
-                if os.fstat(fh.fileno()).st_size != entry.size:
-                    await self._refuse(writer, NOT_SERVABLE, "file changed")
-                    raise RemoteProtocolError("file changed under the grant")
-                await self.limiter.take(request.length)
-                writer.write(encode_reply_header(OK, request.length))
+                await self._reply_ok(writer, request, os.fstat(fh.fileno()).st_size, entry.size)
                 loop = asyncio.get_running_loop()
                 await loop.sendfile(writer.transport, fh, request.offset, request.length)
         finally:
             self._uploading -= 1
+
+    async def _reply_ok(
+        self, writer: asyncio.StreamWriter, request: ChunkRequest, size: int, listed: int
+    ) -> None:
+        """The file still the size its grant lists, the upload limit paid: OK goes out."""
+        if size != listed:
+            await self._refuse(writer, NOT_SERVABLE, "file changed")
+            raise RemoteProtocolError("file changed under the grant")
+        await self.limiter.take(request.length)
+        writer.write(encode_reply_header(OK, request.length))
 
     def _sent_to_another(self, grant: Grant, request: ChunkRequest) -> bool:
         """Was this chunk sent to another peer within `sent_elsewhere`? Notes it as ours."""
