@@ -23,6 +23,7 @@ caller passes the clock and the connected set.
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class Redial:
         max_unconnected: int = MAX_UNCONNECTED,
         new_dials_per_second: float = NEW_DIALS_PER_SECOND,
         new_dial_burst: float = NEW_DIAL_BURST,
+        rng: random.Random | None = None,
     ) -> None:
         self.first_delay = first_delay
         self.max_delay = max_delay
@@ -91,6 +93,7 @@ class Redial:
         self._schedules: dict[Address, _Schedule] = {}
         self._budget = new_dial_burst
         self._budget_at: float | None = None
+        self._rng = rng or random.Random()
 
     def __len__(self) -> int:
         return len(self._known)
@@ -128,11 +131,23 @@ class Redial:
         """The peer withdrew its announcement: stop dialling it."""
         self._known.pop(peer_id, None)
 
-    def due(self, now: float, connected: Collection[str]) -> list[Dial]:
-        """The peers to dial now: one per address, none returned again before its delay."""
+    def due(
+        self,
+        now: float,
+        connected: Collection[str],
+        room: int | None = None,
+        prefer: Collection[str] = (),
+    ) -> list[Dial]:
+        """The peers to dial now: one per address, none returned again before its delay.
+
+        `room` bounds the dials (`core.mesh`: the bounded mesh), except for peers in
+        `prefer` (holders of a game a download needs), which come first; the others
+        are taken in a random order, so that daemons do not all dial the same few.
+        A peer left out for want of room stays due; its schedule does not move.
+        """
         self._refill(now)
         live = {k.address for peer_id, k in self._known.items() if peer_id in connected}
-        dials = []
+        eligible = []
         for peer_id, known in self._known.items():
             schedule = self._schedule(known.address, now)
             if peer_id in connected:
@@ -145,7 +160,18 @@ class Redial:
                 schedule.delay = self.first_delay
                 schedule.next_at = now + self.first_delay
                 continue
-            if known.address in live or now < schedule.next_at:
+            if known.address not in live and now >= schedule.next_at:
+                eligible.append(peer_id)
+        preferred = [p for p in eligible if p in prefer]
+        others = [p for p in eligible if p not in prefer]
+        self._rng.shuffle(others)
+        dials = []
+        for peer_id in preferred + others:
+            if peer_id not in prefer and room is not None and room <= 0:
+                break
+            known = self._known[peer_id]
+            schedule = self._schedule(known.address, now)
+            if known.address in live:
                 continue
             if schedule.answered_by is None:
                 if self._budget < 1:
@@ -156,20 +182,30 @@ class Redial:
             schedule.attempts += 1
             schedule.delay = self._next_delay(schedule)
             schedule.next_at = now + schedule.delay
+            if peer_id not in prefer and room is not None:
+                room -= 1
         return dials
 
-    def next_wake(self, now: float) -> float:
-        """Seconds until the next peer may be due (at most one second, to notice drops)."""
+    def next_wake(self, now: float, room: int | None = None, prefer: Collection[str] = ()) -> float:
+        """Seconds until the next peer may be due (at most one second, to notice drops);
+        with no `room`, only the peers in `prefer` count."""
         waits = [1.0]
-        for known in self._known.values():
+        for peer_id, known in self._known.items():
             schedule = self._schedules.get(known.address)
             if known.connected or schedule is None:
+                continue
+            if room is not None and room <= 0 and peer_id not in prefer:
                 continue
             wait = schedule.next_at - now
             if schedule.answered_by is None and self._budget < 1:
                 wait = max(wait, (1 - self._budget) / self.new_dials_per_second)
             waits.append(wait)
         return max(0.0, min(waits))
+
+    def address(self, peer_id: str) -> Address | None:
+        """Where a known peer said it listens."""
+        known = self._known.get(peer_id)
+        return known.address if known is not None else None
 
     def _next_delay(self, schedule: _Schedule) -> float:
         if schedule.answered_by is not None:
