@@ -93,7 +93,7 @@ class Redial:
         self._schedules: dict[Address, _Schedule] = {}
         self._budget = new_dial_burst
         self._budget_at: float | None = None
-        self._rng = rng or random.Random()
+        self._rng = rng or random.Random()  # noqa: S311 (dial order, not secrets)
 
     def __len__(self) -> int:
         return len(self._known)
