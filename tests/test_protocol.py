@@ -19,15 +19,19 @@ from lanspreadd.protocol.errors import LocalProtocolError, RemoteProtocolError
 from lanspreadd.protocol.messages import (
     MAX_BITFIELD,
     MAX_DELTA,
+    MAX_EXCHANGED,
+    MAX_EXCHANGED_GAMES,
     MESSAGE_TYPES,
     Auth,
     ChunkDelta,
     ChunkMap,
     Delta,
+    ExchangedPeer,
     FileEntry,
     FileList,
     FileListRequest,
     Hello,
+    PeerExchange,
     Ping,
     Pong,
     Snapshot,
@@ -383,6 +387,51 @@ def test_chunk_frames_over_their_bound_are_refused_before_buffering() -> None:
     too_long = _map(chunks=8 * MAX_BITFIELD + 8, bits="A" * 4 * (MAX_BITFIELD // 3 + 2))
     with pytest.raises(RemoteProtocolError, match="'bits' is too long"):
         FrameDecoder().feed(_frame(ChunkMap.TYPE, too_long))
+
+
+PEER = "ab" * 16  # a peer id
+
+
+def _exchange(**changes: object) -> dict[str, object]:
+    entry = {"peer_id": PEER, "host": "10.0.0.7", "port": 41800, "games": ["g"]} | changes
+    return {"peers": [entry]}
+
+
+def test_peer_exchange_round_trips_and_its_largest_fits() -> None:
+    small = PeerExchange((ExchangedPeer(PEER, "fe80::1", 41800, ("g", "h")),))
+    largest = PeerExchange(
+        tuple(
+            ExchangedPeer(f"{i:032x}", "255.255.255.255", 65535, ("g" * 64,) * MAX_EXCHANGED_GAMES)
+            for i in range(MAX_EXCHANGED)
+        )
+    )
+    assert FrameDecoder().feed(encode(small) + encode(largest)) == [small, largest]
+
+
+@pytest.mark.parametrize(
+    ("obj", "complaint"),
+    [
+        (_exchange(), None),
+        (_exchange(host="peer.example"), "not an address"),
+        (_exchange(host="10.0.0.7\n"), "host"),
+        (_exchange(port=0), "port is out of range"),
+        (_exchange(port=70000), "port is out of range"),
+        (_exchange(peer_id="../etc"), "peer_id"),
+        (_exchange(games=["g"] * (MAX_EXCHANGED_GAMES + 1)), "more than 16 games"),
+        (_exchange(games=[1]), "not names"),
+        (_exchange(games=["g" * 65]), "longer than 64"),
+        ({"peers": [7]}, "bad entry"),
+        ({"peers": [_exchange()["peers"][0]] * (MAX_EXCHANGED + 1)}, "more than 32 peers"),  # type: ignore[index]
+        ({}, "missing field 'peers'"),
+    ],
+)
+def test_peer_exchanges_are_checked(obj: object, complaint: str | None) -> None:
+    """A neighbour's list of peers is bounded, and names addresses, not host names to look up."""
+    if complaint is None:
+        assert len(FrameDecoder().feed(_frame(PeerExchange.TYPE, obj))) == 1
+        return
+    with pytest.raises(RemoteProtocolError, match=re.escape(complaint)):
+        FrameDecoder().feed(_frame(PeerExchange.TYPE, obj))
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])

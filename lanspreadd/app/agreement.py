@@ -18,12 +18,22 @@ from lanspreadd.protocol.messages import FileList
 
 log = logging.getLogger(__name__)
 
+# In a bounded mesh a download may start before any holder is connected: the mesh
+# dials one that a neighbour named (app.mesh). A handshake takes a few seconds at most.
+HOLDER_WAIT = 15.0
+HOLDER_POLL = 0.25
+
 
 async def file_lists(peers: PeerSource, game_id: str, version: str) -> dict[str, FileList]:
     """Every complete holder's file list that passes the checks, asked all at once."""
     candidates = peers.holding(game_id, version)
-    if not candidates:
-        raise NoSources(f"no connected peer has {game_id} version {version}")
+    waited = 0.0
+    while not candidates:
+        if waited >= HOLDER_WAIT:
+            raise NoSources(f"no connected peer has {game_id} version {version}")
+        await asyncio.sleep(HOLDER_POLL)
+        waited += HOLDER_POLL
+        candidates = peers.holding(game_id, version)
     results = await asyncio.gather(
         *(peers.request_file_list(p.peer_id, game_id, version) for p in candidates),
         return_exceptions=True,

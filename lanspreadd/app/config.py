@@ -51,6 +51,9 @@ class Config:
     # Serve the chunks of a download in progress to peers downloading the same files
     # (the swarm): a crowd starting together then fills at about the speed of one copy.
     share_while_downloading: bool = True
+    # Peer connections kept once nothing needs more (`core.mesh`, the bounded mesh): we
+    # dial half of them; a download dials holders beyond it, up to four times as many.
+    max_peers: int = 8
     # Organiser keys ("ed25519:<base64>") whose signed catalogs we adopt; those trusted at
     # run time (`lanspreadctl catalog trust`, kept in the state directory) count too.
     trusted_keys: tuple[str, ...] = ()
@@ -92,6 +95,7 @@ _TYPES: dict[str, type] = {
     "data_connections": int,
     "stream_install_when_low_disk": bool,
     "share_while_downloading": bool,
+    "max_peers": int,
     "trusted_keys": tuple,
 }
 
@@ -130,6 +134,8 @@ def validate(config: Config) -> Config:
     _check_rates(config)
     if config.data_connections_per_address < 1 or config.data_connections < 1:
         raise ConfigError("data_connections_per_address and data_connections must be positive")
+    if not 1 <= config.max_peers <= 1024:
+        raise ConfigError(f"max_peers must be 1-1024, not {config.max_peers}")
     if config.log_max_bytes < 4096:
         raise ConfigError("log_max_bytes must be at least 4096")
     if config.fallback_scan_interval <= 0:
@@ -197,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="cap concurrent data connections from one address (default 32)",
     )
+    p.add_argument(
+        "--max-peers",
+        type=int,
+        metavar="N",
+        help="peer connections kept when idle (default 8); downloads may open more to holders",
+    )
     p.add_argument("--listen", help="address for the QUIC and data ports (default all)")
     p.add_argument(
         "--mdns-interface",
@@ -235,6 +247,7 @@ def from_args(argv: list[str] | None = None) -> Config:
         "upload_limit",
         "download_limit",
         "data_connections_per_address",
+        "max_peers",
     ):
         value = getattr(args, key)
         if value is not None:

@@ -10,7 +10,6 @@ what an administrator changes at run time (game directory, catalog, `Limits`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import replace
@@ -23,6 +22,7 @@ from lanspreadd.app.games import Games
 from lanspreadd.app.host import Host
 from lanspreadd.app.limits import Limits
 from lanspreadd.app.logs import LogSink, UnpackLogs, UnpackRun
+from lanspreadd.app.mesh import Mesh
 from lanspreadd.app.settings import Settings
 from lanspreadd.app.supervisor import Policy, Service, Supervisor
 from lanspreadd.app.views import Observers
@@ -32,9 +32,8 @@ from lanspreadd.core.identity import load_or_create
 from lanspreadd.core.install import recover_all
 from lanspreadd.core.library import Library
 from lanspreadd.core.operations import OperationTable
-from lanspreadd.core.redial import Dial, Redial
 from lanspreadd.core.refusals import RefusalTally
-from lanspreadd.errors import Busy, LanspreadError, PeerError
+from lanspreadd.errors import Busy, LanspreadError
 from lanspreadd.net.discovery import Discovery
 from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.net.peers import Peer, PeerManager
@@ -65,8 +64,6 @@ class Daemon:
         self._monitor_changed = asyncio.Event()
         self._refusals_pending = asyncio.Event()
         self.refusals = RefusalTally(on_pending=self._refusals_pending.set)
-        self.redial = Redial()
-        self._redial_wake = asyncio.Event()
         self.host = Host(
             config,
             self.library,
@@ -92,6 +89,15 @@ class Daemon:
             config, trust, first, self.games, self.peers, self.refusals, lambda: self.status
         )
         self.peers.catalogs = self.catalogs
+        self.mesh = Mesh(
+            self.peers,
+            self.refusals,
+            config.max_peers,
+            needed=self.games.needed,
+            offered=self.host.offered,
+            stopping=self._stopping,
+        )
+        self.games.holders_known = self.mesh.policy.knows_holder
         self.limits = Limits(
             config, self.settings, self.host.data_server.limiter, self.games.runner.download_limiter
         )
@@ -152,7 +158,8 @@ class Daemon:
             Service("monitor", self._monitor_service, Policy.BEST_EFFORT),
             Service("rescan", self._queue.run, Policy.REQUIRED),
             Service("fallback-scan", self._fallback_scan, Policy.RESTART),
-            Service("redial", self._redial, Policy.RESTART),
+            Service("dial", self.mesh.dial, Policy.RESTART),
+            Service("mesh", self.mesh.tend, Policy.RESTART),
             Service("preparer", self.host.preparer, Policy.RESTART),
             Service("refusal-report", self._report_refusals, Policy.RESTART),
             Service("after-floods", lambda: release_after_floods(self.refusals), Policy.RESTART),
@@ -207,47 +214,15 @@ class Daemon:
             self.config.name,
             self.config.port,
             list(self.config.mdns_interfaces),
-            self.found,
-            self.redial.gone,
+            self.mesh.found,
+            self.mesh.gone,
         ).run()
-
-    def found(self, peer_id: str, host: str, port: int) -> None:
-        """mDNS proposes a peer, as anyone on the LAN may: dialled in its address's turn."""
-        dropped = self.redial.seen(peer_id, host, port, time.monotonic())
-        if dropped is not None:
-            self.refusals.note(
-                "mdns-too-many-peers",
-                f"{dropped[:8]}: {self.redial.max_unconnected} peers wait unconnected",
-            )
-        self._redial_wake.set()
-
-    async def _redial(self) -> None:
-        """Dial every known peer that is not connected; the dials are owned here."""
-        async with asyncio.TaskGroup() as tg:
-            while True:
-                now = time.monotonic()
-                for dial in self.redial.due(now, self.peers.peers.keys()):
-                    busy = self.peers.is_connected_or_connecting
-                    # A daemon saying goodbye must not dial the peers it just left.
-                    if not self._stopping.is_set() and not busy(dial.peer_id, dial.host, dial.port):
-                        tg.create_task(self._connect_quietly(dial))
-                self._redial_wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.redial.next_wake(now)):
-                        await self._redial_wake.wait()
-
-    async def _connect_quietly(self, dial: Dial) -> None:
-        try:
-            await self.peers.connect(dial.host, dial.port, dial.peer_id)
-        except PeerError as exc:
-            # Said once per outage; the retries that follow are only worth a debug line.
-            level = logging.INFO if dial.attempt == 0 else logging.DEBUG
-            log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
 
     def _peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
         if peer is not None and reason == "connected":
-            # Incoming and manual peers are redialled too once the connection drops.
-            self.redial.seen(peer_id, peer.host, peer.data_port, time.monotonic(), connected=True)
+            self.mesh.connected(peer)
+        elif peer is None:
+            self.mesh.left(peer_id)
         self.games.peer_changed(peer_id, peer, reason)
 
     # ---- management ---------------------------------------------------------------------

@@ -70,6 +70,9 @@ class Games:
         self.sources = SourceIndex()
         self._spawn: Spawn | None = None
         self._job_tasks: set[asyncio.Task[None]] = set()
+        # A holder we are not connected to, named by a neighbour (app.mesh): a download
+        # may start, and the mesh dials it.
+        self.holders_known: Callable[[str], bool] = lambda _game_id: False
         host.sharing.attach(peers)  # downloads tell and hear held chunks through the peers
         self.runner = JobRunner(
             config, library, host, peers, observers, unpack_logs, self._no_sources, self.free_space
@@ -208,7 +211,9 @@ class Games:
         _check_precondition(kind, game)
         if self._spawn is None:
             raise InvalidState("the daemon is shutting down")
-        if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and game.sources == 0:
+        # A download may wait for a holder the mesh dials; a stream install may not.
+        waits = kind is OpKind.DOWNLOAD and self.holders_known(game.id)
+        if kind in (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL) and game.sources == 0 and not waits:
             raise self._no_sources(game.id, game.catalog_version)
         job = self.ops.begin(game.id, kind)
         job.install_after = install
@@ -279,6 +284,11 @@ class Games:
         self.observers.job_finished(job)
         self._tell_now(job.game_id)
         self.changes.served()
+
+    def needed(self) -> set[str]:
+        """Games whose running download or stream install takes from peers."""
+        taking = (OpKind.DOWNLOAD, OpKind.STREAM_INSTALL)
+        return {job.game_id for job in self.ops.jobs.values() if job.kind in taking}
 
     def free_space(self) -> int:
         try:

@@ -82,6 +82,10 @@ class Host:
             if self.serves(game_id, state)
         }
 
+    def offered(self) -> set[str]:
+        """Games peers may take from us: whole, or chunks of a download in progress."""
+        return set(self.snapshot()) | set(self.sharing.shares)
+
     def serves(self, game_id: str, state: GameState) -> bool:
         return self._may_serve(game_id, state) and self._hashed(game_id, state)
 

@@ -109,8 +109,8 @@ class Sharing:
     def attach(self, peers: PeerManager) -> None:
         """Tell our maps through `peers`, and hear theirs."""
         self.send = peers.send_to_all
-        peers.chunk_maps = self.maps
-        peers.held_changed = self.peer_held
+        peers.hooks.chunk_maps = self.maps
+        peers.hooks.held_changed = self.peer_held
 
     def start(self, share: PartialShare) -> None:
         if not self.enabled:

@@ -74,6 +74,10 @@ class MeshPolicy:
         for peer_id in peer_ids:
             self._holds.pop(peer_id, None)
 
+    def knows_holder(self, game_id: str) -> bool:
+        """Whether a peer we are not (yet) connected to was said to hold `game_id`."""
+        return any(game_id in games for games in self._holds.values())
+
     def holders_to_dial(
         self,
         needed: Iterable[str],

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from aioquic.quic.configuration import QuicConfiguration
+
 from lanspreadd.core.announced import Announced, IsKnown
 from lanspreadd.core.held import HeldMap
 from lanspreadd.core.identity import Identity, verify_signature
@@ -36,6 +38,7 @@ from lanspreadd.protocol.messages import (
     FileList,
     FileListRequest,
     Message,
+    PeerExchange,
     Snapshot,
     StreamInstallGrant,
     StreamInstallRequest,
@@ -65,6 +68,31 @@ class Peer:
     def games(self) -> dict[str, str]:
         """The games in our catalog this peer serves, by version."""
         return self.announced.known
+
+
+@dataclass
+class PeerHooks:
+    """What the swarm and the mesh plug into the peer layer."""
+
+    # The swarm (app.sharing): our maps for a new peer; a peer's map or delta came.
+    chunk_maps: Callable[[], list[ChunkMap]] = list
+    held_changed: Callable[[str, str], None] = lambda _peer, _game: None
+    # The bounded mesh (app.mesh): whether a peer that dialled us is kept (counting it),
+    # the peers we name to one we turn away, and a neighbour's exchange.
+    admit: Callable[[int], bool] = lambda _count: True
+    referral: Callable[[str], PeerExchange | None] = lambda _peer_id: None
+    exchanged: Callable[[Peer, PeerExchange], None] = lambda _peer, _message: None
+
+    def turned_away(self, conn: PeerConnection, peer_id: str, count: int) -> bool:
+        """Whether a peer that dialled us, making `count`, is too many: then it learns
+        whom else to try, and goes (its dialler backs off)."""
+        if self.admit(count):
+            return False
+        referral = self.referral(peer_id)
+        if referral is not None:
+            conn.send_message(referral)
+        conn.say_goodbye("too many peers connected")
+        return True
 
 
 class PeerHost(Protocol):
@@ -118,9 +146,7 @@ class PeerManager(Requester):
         self._server: GuardedQuicServer | None = None
         self._last_snapshot: dict[str, str] = {}
         self.ready = asyncio.Event()
-        # The swarm (app.sharing): our maps for a new peer; a peer's map or delta came.
-        self.chunk_maps: Callable[[], list[ChunkMap]] = list
-        self.held_changed: Callable[[str, str], None] = lambda _peer, _game: None
+        self.hooks = PeerHooks()
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -205,27 +231,19 @@ class PeerManager(Requester):
         key = f"{host}:{port}"
         self._connecting.add(key)
         try:
-            async with connect(
+            await dial(
                 host,
                 port,
-                local_host=self.local_host,
-                configuration=quic_configuration(self.identity, is_client=True),
-                create_protocol=functools.partial(
+                self.local_host,
+                quic_configuration(self.identity, is_client=True),
+                functools.partial(
                     self._new_protocol,
                     role=Role.CLIENT,
                     expected_peer_id=expected,
                     established=established,
                 ),
-            ) as conn:
-                assert isinstance(conn, PeerConnection)
-                conn.transmit()
-                await conn.closed.wait()
-                if not established.done():
-                    reason = conn.session.close_reason or "connection closed"
-                    established.set_exception(PeerError(f"{host}:{port}: {reason}"))
-        except (ConnectionError, OSError) as exc:
-            if not established.done():
-                established.set_exception(PeerError(f"cannot connect to {host}:{port}: {exc}"))
+                established,
+            )
         finally:
             self._connecting.discard(key)
 
@@ -235,6 +253,11 @@ class PeerManager(Requester):
 
     def is_connected_or_connecting(self, peer_id: str, host: str, port: int) -> bool:
         return peer_id in self.peers or f"{host}:{port}" in self._connecting
+
+    @property
+    def connecting(self) -> int:
+        """Dials under way, not yet authenticated."""
+        return len(self._connecting)
 
     # ---- session events -----------------------------------------------------------------
     def _on_events(self, conn: PeerConnection, events: list[Event]) -> None:
@@ -266,11 +289,13 @@ class PeerManager(Requester):
                 return
             self.peers.pop(event.peer_id)
             existing.connection.say_goodbye("duplicate connection")
+        if not outgoing and self.hooks.turned_away(conn, event.peer_id, len(self.peers) + 1):
+            return
         peer = Peer(event.peer_id, event.name, conn.remote_host, event.data_port, conn, outgoing)
         self.peers[event.peer_id] = peer
         log.info("peer %s (%s) connected from %s", event.name, event.peer_id[:8], peer.host)
         conn.send_message(Snapshot(self.owner.snapshot()))
-        for chunk_map in self.chunk_maps():
+        for chunk_map in self.hooks.chunk_maps():
             conn.send_message(chunk_map)
         if self.catalogs is not None:
             conn.send_message(self.catalogs.announcement())
@@ -295,12 +320,14 @@ class PeerManager(Requester):
         elif isinstance(message, CatalogAnnounce) and self.catalogs is not None:
             peer.catalog = message
             self.catalogs.heard(peer)
+        elif isinstance(message, PeerExchange):
+            self.hooks.exchanged(peer, message)
         elif (
             isinstance(message, ChunkMap | ChunkDelta)
             and self._known(message.game_id)
             and take_held(peer, message)
         ):
-            self.held_changed(peer.peer_id, message.game_id)
+            self.hooks.held_changed(peer.peer_id, message.game_id)
 
     def _on_closed(self, conn: PeerConnection, event: Closed) -> None:
         peer = self._peer_of(conn)
@@ -336,6 +363,35 @@ class PeerManager(Requester):
         if peer is None:
             raise PeerError(f"peer {peer_id[:8]} is not connected")
         return peer.name, peer.connection.send_message
+
+
+async def dial(
+    host: str,
+    port: int,
+    local_host: str,
+    configuration: QuicConfiguration,
+    create_protocol: Callable[..., PeerConnection],
+    established: asyncio.Future[str],
+) -> None:
+    """One outgoing connection, for as long as it lasts; `established` learns how the
+    handshake went (the peer id, or why not)."""
+    try:
+        async with connect(
+            host,
+            port,
+            local_host=local_host,
+            configuration=configuration,
+            create_protocol=create_protocol,
+        ) as conn:
+            assert isinstance(conn, PeerConnection)
+            conn.transmit()
+            await conn.closed.wait()
+            if not established.done():
+                reason = conn.session.close_reason or "connection closed"
+                established.set_exception(PeerError(f"{host}:{port}: {reason}"))
+    except (ConnectionError, OSError) as exc:
+        if not established.done():
+            established.set_exception(PeerError(f"cannot connect to {host}:{port}: {exc}"))
 
 
 async def answer(

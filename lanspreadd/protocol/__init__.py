@@ -9,5 +9,7 @@ Nothing here imports asyncio or touches a socket; time is passed in as `now`.
 # signed catalog on (CatalogAnnounce, CatalogRequest, CatalogDocument).
 # 4: peers downloading a game serve the chunks they hold and say which (ChunkMap,
 # ChunkDelta); a data channel may answer BUSY when its upload slots are full.
-PROTOCOL_VERSION = 4
+# 5: a bounded mesh: peers pass on some of the peers they are connected to, and what
+# those hold (PeerExchange).
+PROTOCOL_VERSION = 5
 ALPN = "lanspread/1"

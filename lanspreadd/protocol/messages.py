@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -500,6 +501,71 @@ class ChunkDelta(Message):
         )
 
 
+MAX_EXCHANGED = 32  # peers in one PeerExchange
+MAX_EXCHANGED_GAMES = 16  # games named per exchanged peer
+
+
+@dataclass(frozen=True)
+class ExchangedPeer:
+    peer_id: str
+    host: str
+    port: int
+    games: tuple[str, ...]  # what it serves or downloads, of the sender's catalog
+
+
+@dataclass(frozen=True)
+class PeerExchange(Message):
+    """Some of the peers the sender is connected to, and what they hold: how a daemon in a
+    bounded mesh learns of peers beyond its own connections, and finds a game's holders.
+    Sent when a connection starts and, at most every few seconds, when it changed."""
+
+    TYPE = 19
+    MAX_SIZE = MAX_EXCHANGED * (MAX_EXCHANGED_GAMES * (MAX_NAME + 4) + 256) + 4096
+    peers: tuple[ExchangedPeer, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "peers": [
+                {"peer_id": p.peer_id, "host": p.host, "port": p.port, "games": list(p.games)}
+                for p in self.peers
+            ]
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PeerExchange:
+        entries = _field(data, "peers", list)
+        if len(entries) > MAX_EXCHANGED:
+            raise RemoteProtocolError(f"field 'peers' lists more than {MAX_EXCHANGED} peers")
+        peers = []
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise RemoteProtocolError("field 'peers' has a bad entry")
+            port = _field(entry, "port", int)
+            if not 0 < port < 65536:
+                raise RemoteProtocolError("an exchanged peer's port is out of range")
+            host = _str(entry, "host", 64)
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise RemoteProtocolError(
+                    f"an exchanged peer's host is not an address: {host!r}"
+                ) from None
+            games = _field(entry, "games", list)
+            if len(games) > MAX_EXCHANGED_GAMES or not all(isinstance(g, str) for g in games):
+                raise RemoteProtocolError(
+                    f"an exchanged peer names more than {MAX_EXCHANGED_GAMES} games, or not names"
+                )
+            peers.append(
+                ExchangedPeer(
+                    check_peer_id(_field(entry, "peer_id", str)),
+                    host,
+                    port,
+                    tuple(check_text(g, "games id", MAX_NAME) for g in games),
+                )
+            )
+        return cls(tuple(peers))
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.TYPE: cls
     for cls in (
@@ -521,5 +587,6 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         CatalogDocument,
         ChunkMap,
         ChunkDelta,
+        PeerExchange,
     )
 }

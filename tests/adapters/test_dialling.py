@@ -96,16 +96,16 @@ def test_fake_announcements_cost_a_few_packets_and_honest_peers_still_connect(
         try:
             async with running(tmp_path, "victim") as victim, running(tmp_path, "honest") as honest:
                 for i in range(FAKES):
-                    victim.found(fake(i), "127.0.0.1", target_port)
+                    victim.mesh.found(fake(i), "127.0.0.1", target_port)
                 watch = PeerWatch(honest.identity.peer_id)
                 victim.observers.append(watch)
-                victim.found(honest.identity.peer_id, "127.0.0.1", honest.config.port)
+                victim.mesh.found(honest.identity.peer_id, "127.0.0.1", honest.config.port)
                 await watch.connected.wait()
                 for _ in range(WINDOW):
                     # Announced again and again, as a hostile responder may.
                     await asyncio.sleep(1)
                     for i in range(FAKES):
-                        victim.found(fake(i), "127.0.0.1", target_port)
+                        victim.mesh.found(fake(i), "127.0.0.1", target_port)
                 # Two dials (the second 10 s after the first), each an Initial and its
                 # retransmissions. Unguarded, each of the 200 ids was dialled: 1,978
                 # datagrams in the same window.

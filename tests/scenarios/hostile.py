@@ -155,7 +155,7 @@ async def swarm_liar(state: Path, source: str, receivers: list[str]) -> None:
         # Whoever holds the game hands its file list to any peer that asks.
         host.listing = await manager.request_file_list(source_id, GAME, "1.0")
         full = host.full_map()
-        manager.chunk_maps = lambda: [full]  # told to every peer as it connects
+        manager.hooks.chunk_maps = lambda: [full]  # told to every peer as it connects
         for receiver in receivers:
             peer_host, peer_port = receiver.rsplit(":", 1)
             await manager.connect(peer_host, int(peer_port))

@@ -1,0 +1,191 @@
+"""The bounded mesh at work: whom we dial, whom we let go, whom we tell of whom.
+
+Peers come from mDNS and from what connected peers tell (`PeerExchange`); the
+address schedules of `core.redial` say when each may be dialled, and
+`core.mesh.MeshPolicy` how many: a few for the mesh itself, more for the holders
+of a game a download needs. Every few seconds connections that serve nothing
+beyond the cap are let go, and each neighbour is told our other peers and what they
+hold, when that changed since we last told it: an idle party sends nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Collection
+
+from lanspreadd.core.mesh import Link, MeshPolicy
+from lanspreadd.core.redial import Dial, Redial
+from lanspreadd.core.refusals import RefusalTally
+from lanspreadd.errors import PeerError
+from lanspreadd.net.peers import Peer, PeerManager
+from lanspreadd.protocol.messages import (
+    MAX_EXCHANGED,
+    MAX_EXCHANGED_GAMES,
+    ExchangedPeer,
+    PeerExchange,
+)
+
+log = logging.getLogger(__name__)
+
+TEND_INTERVAL = 5.0  # seconds between trims and exchanges
+
+
+class Mesh:
+    def __init__(
+        self,
+        peers: PeerManager,
+        refusals: RefusalTally,
+        max_peers: int,
+        needed: Callable[[], Collection[str]],
+        offered: Callable[[], Collection[str]],
+        stopping: asyncio.Event,
+    ) -> None:
+        self.peers = peers
+        self.refusals = refusals
+        self.policy = MeshPolicy(max_peers)
+        self.redial = Redial()
+        self.needed = needed  # games our downloads need
+        self.offered = offered  # games we serve, whole or while downloading
+        self._stopping = stopping
+        self._wake = asyncio.Event()
+        self._told: dict[str, frozenset[ExchangedPeer]] = {}  # last exchange, per peer
+        peers.hooks.admit = self.policy.admit
+        peers.hooks.referral = self.exchange_for
+        peers.hooks.exchanged = self.exchanged
+
+    # ---- learning of peers ----------------------------------------------------------------
+    def found(self, peer_id: str, host: str, port: int) -> None:
+        """mDNS, or a neighbour, proposes a peer, as anyone on the LAN may: dialled in its
+        address's turn, if the mesh has room for it or a download needs what it holds."""
+        if peer_id == self.peers.local.peer_id:
+            return
+        dropped = self.redial.seen(peer_id, host, port, time.monotonic())
+        if dropped is not None:
+            self.policy.forget([dropped])
+            self.refusals.note(
+                "mdns-too-many-peers",  # proposed by mDNS or by a neighbour
+                f"{dropped[:8]}: {self.redial.max_unconnected} peers wait unconnected",
+            )
+        self._wake.set()
+
+    def gone(self, peer_id: str) -> None:
+        self.redial.gone(peer_id)
+        self.policy.forget([peer_id])
+
+    def exchanged(self, sender: Peer, message: PeerExchange) -> None:
+        for entry in message.peers:
+            if entry.peer_id == sender.peer_id or entry.peer_id in self.peers.peers:
+                continue
+            self.found(entry.peer_id, entry.host, entry.port)
+            if self.redial.address(entry.peer_id) is not None:
+                self.policy.heard(entry.peer_id, entry.games)
+
+    def connected(self, peer: Peer) -> None:
+        """Incoming and manual peers are redialled too once the connection drops."""
+        self.redial.seen(peer.peer_id, peer.host, peer.data_port, time.monotonic(), True)
+        self.policy.heard(peer.peer_id, holds(peer))
+        self._wake.set()
+
+    def left(self, peer_id: str) -> None:
+        self._told.pop(peer_id, None)
+        self._wake.set()
+
+    # ---- dialling -------------------------------------------------------------------------
+    async def dial(self) -> None:
+        """Dial what the policy allows, as the address schedules allow; dials owned here."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                now = time.monotonic()
+                room, prefer = self._room()
+                for dial in self.redial.due(now, self.peers.peers.keys(), room, prefer):
+                    busy = self.peers.is_connected_or_connecting
+                    # A daemon saying goodbye must not dial the peers it just left.
+                    if not self._stopping.is_set() and not busy(dial.peer_id, dial.host, dial.port):
+                        tg.create_task(self._connect_quietly(dial))
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.redial.next_wake(now, room, prefer)):
+                        await self._wake.wait()
+
+    def _room(self) -> tuple[int, set[str]]:
+        """Dials the mesh itself may make, and the holders a download needs dialled;
+        connections that serve nothing make way for those."""
+        connected, connecting = len(self.peers.peers), self.peers.connecting
+        needed = set(self.needed())
+        holders: Counter[str] = Counter()
+        for peer in self.peers.peers.values():
+            holders.update(needed & holds(peer))
+        prefer = self.policy.holders_to_dial(needed, holders, connected, connecting)
+        squeeze = connected + connecting + len(prefer) - self.policy.hard_cap
+        if prefer and squeeze > 0:
+            for peer_id in self.policy.trim(self._links(needed), time.time(), squeeze):
+                self._disconnect(peer_id, "making room for a holder")
+        return self.policy.room(connected, connecting), prefer
+
+    def _disconnect(self, peer_id: str, reason: str) -> None:
+        peer = self.peers.peers.get(peer_id)
+        if peer is not None and not peer.connection.session.closed:
+            log.debug("letting %s (%s) go: %s", peer.name, peer_id[:8], reason)
+            peer.connection.say_goodbye(reason)
+
+    async def _connect_quietly(self, dial: Dial) -> None:
+        try:
+            await self.peers.connect(dial.host, dial.port, dial.peer_id)
+        except PeerError as exc:
+            # Said once per outage; the retries that follow are only worth a debug line.
+            level = logging.INFO if dial.attempt == 0 else logging.DEBUG
+            log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
+
+    # ---- tending ----------------------------------------------------------------------------
+    async def tend(self) -> None:
+        """Every few seconds: let go of what serves nothing beyond the cap, tell
+        neighbours what changed among our peers."""
+        while True:
+            await asyncio.sleep(TEND_INTERVAL)
+            needed = set(self.needed())
+            for peer_id in self.policy.trim(self._links(needed), time.time()):
+                self._disconnect(peer_id, "the mesh is full")
+            for peer_id in list(self.peers.peers):
+                peer = self.peers.peers.get(peer_id)
+                message = self.exchange_for(peer_id)
+                told = frozenset(message.peers) if message is not None else frozenset()
+                if peer is None or message is None or self._told.get(peer_id) == told:
+                    continue
+                self._told[peer_id] = told
+                peer.connection.send_message(message)
+
+    def _links(self, needed: set[str]) -> list[Link]:
+        offered = set(self.offered())
+        return [
+            Link(
+                peer.peer_id,
+                peer.since,
+                bool(needed & holds(peer)) or bool(offered & set(peer.held)),
+            )
+            for peer in self.peers.peers.values()
+        ]
+
+    def exchange_for(self, peer_id: str) -> PeerExchange | None:
+        """Our other peers and what they hold, for `peer_id`; None if we have none."""
+        entries = [
+            ExchangedPeer(p.peer_id, p.host, p.data_port, games_of(p))
+            for p in sorted(self.peers.peers.values(), key=lambda p: p.peer_id)
+            if p.peer_id != peer_id
+        ][:MAX_EXCHANGED]
+        return PeerExchange(tuple(entries)) if entries else None
+
+
+def games_of(peer: Peer) -> tuple[str, ...]:
+    """What an exchange says `peer` holds: its downloads first (what a crowd is after)."""
+    downloading = sorted(peer.held)
+    whole = sorted(set(peer.games) - set(downloading))
+    return tuple(downloading + whole)[:MAX_EXCHANGED_GAMES]
+
+
+def holds(peer: Peer) -> set[str]:
+    """The games of our catalog a peer serves whole or is downloading."""
+    return set(peer.games) | set(peer.held)
