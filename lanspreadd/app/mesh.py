@@ -53,6 +53,7 @@ class Mesh:
         self._stopping = stopping
         self._wake = asyncio.Event()
         self._told: dict[str, frozenset[ExchangedPeer]] = {}  # last exchange, per peer
+        self._dialling = 0  # our dials not yet answered
         peers.hooks.admit = self.policy.admit
         peers.hooks.referral = self.exchange_for
         peers.hooks.exchanged = self.exchanged
@@ -114,7 +115,7 @@ class Mesh:
     def _room(self) -> tuple[int, set[str]]:
         """Dials the mesh itself may make, and the holders a download needs dialled;
         connections that serve nothing make way for those."""
-        connected, connecting = len(self.peers.peers), self.peers.connecting
+        connected, connecting = len(self.peers.peers), self._dialling
         needed = set(self.needed())
         holders: Counter[str] = Counter()
         for peer in self.peers.peers.values():
@@ -133,12 +134,16 @@ class Mesh:
             peer.connection.say_goodbye(reason)
 
     async def _connect_quietly(self, dial: Dial) -> None:
+        self._dialling += 1
         try:
             await self.peers.connect(dial.host, dial.port, dial.peer_id)
         except PeerError as exc:
             # Said once per outage; the retries that follow are only worth a debug line.
             level = logging.INFO if dial.attempt == 0 else logging.DEBUG
             log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
+        finally:
+            self._dialling -= 1
+            self._wake.set()
 
     # ---- tending ----------------------------------------------------------------------------
     async def tend(self) -> None:

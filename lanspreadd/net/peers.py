@@ -254,11 +254,6 @@ class PeerManager(Requester):
     def is_connected_or_connecting(self, peer_id: str, host: str, port: int) -> bool:
         return peer_id in self.peers or f"{host}:{port}" in self._connecting
 
-    @property
-    def connecting(self) -> int:
-        """Dials under way, not yet authenticated."""
-        return len(self._connecting)
-
     # ---- session events -----------------------------------------------------------------
     def _on_events(self, conn: PeerConnection, events: list[Event]) -> None:
         for event in events:
