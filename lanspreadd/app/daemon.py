@@ -219,9 +219,9 @@ class Daemon:
         ).run()
 
     def _peer_changed(self, peer_id: str, peer: Peer | None, reason: str) -> None:
-        if peer is not None and reason == "connected":
-            self.mesh.connected(peer)
-        elif peer is None:
+        if peer is not None:
+            self.mesh.changed(peer, reason)
+        else:
             self.mesh.left(peer_id)
         self.games.peer_changed(peer_id, peer, reason)
 

@@ -78,17 +78,22 @@ class Mesh:
         self.policy.forget([peer_id])
 
     def exchanged(self, sender: Peer, message: PeerExchange) -> None:
+        log.debug("%s named %d peers", sender.name, len(message.peers))
         for entry in message.peers:
-            if entry.peer_id == sender.peer_id or entry.peer_id in self.peers.peers:
+            if entry.peer_id == sender.peer_id:
                 continue
-            self.found(entry.peer_id, entry.host, entry.port)
+            if entry.peer_id not in self.peers.peers:
+                self.found(entry.peer_id, entry.host, entry.port)
             if self.redial.address(entry.peer_id) is not None:
+                # Kept for when we are no longer connected to it (trimmed, dropped).
                 self.policy.heard(entry.peer_id, entry.games)
 
-    def connected(self, peer: Peer) -> None:
-        """Incoming and manual peers are redialled too once the connection drops."""
-        self.redial.seen(peer.peer_id, peer.host, peer.data_port, time.monotonic(), True)
-        self.policy.heard(peer.peer_id, holds(peer))
+    def changed(self, peer: Peer, reason: str) -> None:
+        """A connected peer came, or told what it serves."""
+        if reason == "connected":
+            # Incoming and manual peers are redialled too once the connection drops.
+            self.redial.seen(peer.peer_id, peer.host, peer.data_port, time.monotonic(), True)
+        self.policy.heard(peer.peer_id, peer.games)
         self._wake.set()
 
     def left(self, peer_id: str) -> None:
@@ -119,8 +124,12 @@ class Mesh:
         needed = set(self.needed())
         holders: Counter[str] = Counter()
         for peer in self.peers.peers.values():
-            holders.update(needed & holds(peer))
-        prefer = self.policy.holders_to_dial(needed, holders, connected, connecting)
+            holders.update(needed & set(peer.games))
+        prefer = self.policy.holders_to_dial(
+            needed, holders, connected, connecting, skip=self.peers.peers.keys()
+        )
+        if prefer:
+            log.debug("dialling holders of %s: %s", sorted(needed), sorted(p[:8] for p in prefer))
         squeeze = connected + connecting + len(prefer) - self.policy.hard_cap
         if prefer and squeeze > 0:
             for peer_id in self.policy.trim(self._links(needed), time.time(), squeeze):
@@ -175,22 +184,31 @@ class Mesh:
         ]
 
     def exchange_for(self, peer_id: str) -> PeerExchange | None:
-        """Our other peers and what they hold, for `peer_id`; None if we have none."""
-        entries = [
-            ExchangedPeer(p.peer_id, p.host, p.data_port, games_of(p))
-            for p in sorted(self.peers.peers.values(), key=lambda p: p.peer_id)
-            if p.peer_id != peer_id
-        ][:MAX_EXCHANGED]
-        return PeerExchange(tuple(entries)) if entries else None
+        """For `peer_id`: holders we know of first, connected or not (so that word of a
+        holder spreads beyond its neighbours' neighbours), then our other peers; None if
+        there is nobody to name."""
+        entries = {
+            p.peer_id: ExchangedPeer(p.peer_id, p.host, p.data_port, games_of(p))
+            for p in self.peers.peers.values()
+        }
+        for holder, games in self.policy.holders().items():
+            address = self.redial.address(holder)
+            if holder not in entries and address is not None:
+                named = tuple(sorted(games))[:MAX_EXCHANGED_GAMES]
+                entries[holder] = ExchangedPeer(holder, *address, named)
+        entries.pop(peer_id, None)
+        entries.pop(self.peers.local.peer_id, None)
+        ranked = sorted(entries.values(), key=lambda e: (not e.games, e.peer_id))
+        return PeerExchange(tuple(ranked[:MAX_EXCHANGED])) if ranked else None
 
 
 def games_of(peer: Peer) -> tuple[str, ...]:
-    """What an exchange says `peer` holds: its downloads first (what a crowd is after)."""
-    downloading = sorted(peer.held)
-    whole = sorted(set(peer.games) - set(downloading))
-    return tuple(downloading + whole)[:MAX_EXCHANGED_GAMES]
+    """What an exchange says `peer` holds: the games it serves whole. A download's file
+    list is agreed among those; peers still downloading are found among our own."""
+    return tuple(sorted(peer.games))[:MAX_EXCHANGED_GAMES]
 
 
 def holds(peer: Peer) -> set[str]:
-    """The games of our catalog a peer serves whole or is downloading."""
+    """The games of our catalog a peer serves whole or is downloading: a connection to
+    it is useful while we want one of those, or it wants what we offer."""
     return set(peer.games) | set(peer.held)

@@ -77,13 +77,23 @@ class Recruiter:
 
     def sync_held(self) -> list[str]:
         """Take in what partial sources said they hold since we last looked; returns
-        those that hold more."""
+        those that hold more, or that withdrew their map.
+
+        A withdrawn map means its download ended (finished, or given up), and its grant
+        with it: the source is dropped, its idle workers woken to leave, and a peer
+        that finished joins again as a complete source (`run`). Kept as a partial
+        source holding what it held, it was asked for nothing more: at 32 receivers
+        the last ones took 3 s each, one after the other, from the first source alone.
+        """
         news = []
         for peer_id in list(self.plan.held):
             peer = self.peers.peers.get(peer_id)
             held = peer.held.get(self.game_id) if peer is not None else None
             if held is None or held.fingerprint != self.fingerprint:
-                continue  # withdrawn: its grant ends too, and its workers with it
+                self.plan.source_lost(peer_id)
+                self._cursors.pop(peer_id, None)
+                news.append(peer_id)
+                continue
             generation, read = self._cursors.get(peer_id, (held.generation, 0))
             if generation != held.generation:
                 read = 0

@@ -15,7 +15,7 @@ Sans-IO: the caller passes the clock and what each connection is for.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 # Chosen with bench/flashcrowd.py at 8 and 32 daemons: at 8 connections each, 32 idle
@@ -74,6 +74,10 @@ class MeshPolicy:
         for peer_id in peer_ids:
             self._holds.pop(peer_id, None)
 
+    def holders(self) -> dict[str, frozenset[str]]:
+        """Every peer said to hold games, and which."""
+        return dict(self._holds)
+
     def knows_holder(self, game_id: str) -> bool:
         """Whether a peer we are not (yet) connected to was said to hold `game_id`."""
         return any(game_id in games for games in self._holds.values())
@@ -84,9 +88,11 @@ class MeshPolicy:
         connected_holders: Mapping[str, int],
         connected: int,
         connecting: int,
+        skip: Collection[str] = (),
     ) -> set[str]:
         """Peers to dial because they hold a game a download needs that fewer than
-        HOLDER_DIALS connected peers hold; none beyond the hard cap."""
+        HOLDER_DIALS connected peers hold; none beyond the hard cap, none in `skip`
+        (those connected already)."""
         chosen: set[str] = set()
         free = self.hard_cap - connected - connecting
         for game_id in sorted(needed):
@@ -94,7 +100,7 @@ class MeshPolicy:
             for peer_id, games in self._holds.items():
                 if want <= 0 or free <= len(chosen):
                     break
-                if game_id in games and peer_id not in chosen:
+                if game_id in games and peer_id not in chosen and peer_id not in skip:
                     chosen.add(peer_id)
                     want -= 1
         return chosen

@@ -426,12 +426,13 @@ def authenticated(conn: object) -> bool:
 
 
 def take_held(peer: Peer, message: ChunkMap | ChunkDelta) -> bool:
-    """Take in what a peer says it holds of a game it downloads; True if it holds more.
-    A delta for a map we do not have (another file list, or none) is ignored."""
+    """Take in what a peer says it holds of a game it downloads; True if it holds more,
+    or withdrew its map. A delta for a map we do not have (another file list, or none)
+    is ignored."""
     if isinstance(message, ChunkMap):
         old = peer.held.pop(message.game_id, None)
         if not message.chunks:
-            return False
+            return old is not None
         new = HeldMap(message.version, message.fingerprint, message.chunks, message.bits)
         peer.held[message.game_id] = old.replaced_by(new) if old is not None else new
         return True
