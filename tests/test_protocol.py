@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import struct
@@ -38,6 +39,8 @@ from lanspreadd.protocol.messages import (
 )
 from lanspreadd.protocol.session import (
     DEAD_AFTER,
+    IDLE_AFTER,
+    IDLE_PING_INTERVAL,
     PING_INTERVAL,
     Closed,
     Established,
@@ -226,6 +229,50 @@ def test_only_the_dialling_side_pings_and_a_silent_dialler_is_still_dropped(
         events = p.server.handle_timer(now)
     assert isinstance(events[0], Closed) and "silent" in events[0].reason
     assert now - start <= DEAD_AFTER + 0.5
+
+
+def test_an_idle_connection_pings_at_a_third_of_the_pace_and_both_sides_agree(
+    identities: tuple[Identity, Identity, Identity],
+) -> None:
+    """Idle (nothing but pings for IDLE_AFTER), the dialler pings every 15 s and says so;
+    the other side then waits three of those before it gives up, and a message brings
+    the 5 s pace back."""
+    p = pair(identities)
+    pings: list[tuple[float, int]] = []
+    now = 0.0
+
+    def step(until: float) -> None:
+        nonlocal now
+        while now < until:
+            now += 0.5
+            for session, other in ((p.client, p.server), (p.server, p.client)):
+                assert session.handle_timer(now) == []
+                data = session.data_to_send()
+                sent = FrameDecoder().feed(data)
+                pings.extend((now, m.every) for m in sent if isinstance(m, Ping))
+                if data:
+                    other.receive(data, now)
+
+    step(300.0)  # five minutes of an idle party: nobody is dropped
+    assert p.client.state is State.ESTABLISHED and p.server.state is State.ESTABLISHED
+    idle = [(t, every) for t, every in pings if t > IDLE_AFTER + PING_INTERVAL]
+    assert {every for _, every in idle} == {IDLE_PING_INTERVAL}
+    assert all(b - a == IDLE_PING_INTERVAL for (a, _), (b, _) in itertools.pairwise(idle))
+    # Busy again (a download asks for a file list): 5 s pings within one idle interval.
+    p.client.send(FileListRequest(1, "g", "1.0"))
+    busy_from = len(pings)
+    step(now + IDLE_PING_INTERVAL + 2 * PING_INTERVAL)
+    assert pings[-1][1] == PING_INTERVAL and pings[-1][0] - pings[-2][0] == PING_INTERVAL
+    assert len(pings) - busy_from >= 2
+    # Idle again, then the dialler dies: the other side waits its three idle intervals.
+    step(now + IDLE_AFTER + IDLE_PING_INTERVAL)
+    last_ping = pings[-1][0]
+    events: list[Event] = []
+    while not events and now < last_ping + 3 * IDLE_PING_INTERVAL + 2:
+        now += 0.5
+        events = p.server.handle_timer(now)
+    assert isinstance(events[0], Closed) and "silent for 45s" in events[0].reason
+    assert now - last_ping <= 3 * IDLE_PING_INTERVAL + 0.5
 
 
 def test_our_own_stall_does_not_kill_a_healthy_peer(

@@ -293,15 +293,23 @@ class ErrorReply(Message):
 
 @dataclass(frozen=True)
 class Ping(Message):
+    """Liveness, from the side that dialled; `every` is the seconds until its next ping
+    (slower on an idle connection), so that the other side knows when to give up."""
+
     TYPE = 9
+    MAX_EVERY = 600
     nonce: int
+    every: int = 5
 
     def to_json(self) -> dict[str, Any]:
-        return {"nonce": self.nonce}
+        return {"nonce": self.nonce, "every": self.every}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Ping:
-        return cls(nonce=_field(data, "nonce", int))
+        every = _field(data, "every", int) if "every" in data else 5
+        if not 1 <= every <= cls.MAX_EVERY:
+            raise RemoteProtocolError(f"field 'every' must be 1-{cls.MAX_EVERY} seconds")
+        return cls(nonce=_field(data, "nonce", int), every=every)
 
 
 @dataclass(frozen=True)

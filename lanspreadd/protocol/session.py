@@ -25,6 +25,13 @@ PING_INTERVAL = 5.0
 DEAD_AFTER = 15.0  # a silent peer is dropped after this; its sockets fail sooner if it crashed
 # A timer handled this late means we (or our host) were stalled, not the peer.
 STALL_GAP = 2 * PING_INTERVAL
+# A connection that carried nothing but pings for IDLE_AFTER is idle: the dialler pings
+# it at a third of the pace, and says so in each ping, so that the other side gives it
+# three intervals too. An idle party then costs a third of the packets, while a peer we
+# download from is still missed within 15 s.
+IDLE_AFTER = 30.0
+IDLE_PING_INTERVAL = 3 * PING_INTERVAL
+MISSED_PINGS = 3  # DEAD_AFTER / PING_INTERVAL
 HANDSHAKE_TIMEOUT = 10.0
 
 
@@ -133,6 +140,10 @@ class Session:
         self._last_received = now
         self._last_ping = now
         self._last_timer = now
+        self._last_activity = now  # a message other than a ping or pong, either way
+        self._busy = False  # such a message since the last timer (send has no clock)
+        self._peer_every = PING_INTERVAL  # the dialler's pace, as its last ping said
+        self._every = PING_INTERVAL  # ours, when we dialled: the gap to our next ping
         self._ping_nonce = 0
 
     @property
@@ -170,6 +181,7 @@ class Session:
         if self.state is not State.ESTABLISHED:
             raise LocalProtocolError(f"cannot send {type(message).__name__} in {self.state.value}")
         self._queue(message)
+        self._busy = True
 
     def close(self, reason: str) -> list[Event]:
         """Say goodbye; the caller flushes data_to_send() and closes the transport."""
@@ -219,10 +231,14 @@ class Session:
             if isinstance(message, Hello | Auth):
                 return self._refuse(f"protocol error: unexpected {type(message).__name__}")
             if isinstance(message, Ping):
+                # Never slower than our own idle pace: a peer saying "every 10 minutes"
+                # would hold its connection for half an hour after it went silent.
+                self._peer_every = min(float(message.every), IDLE_PING_INTERVAL)
                 self._queue(Pong(message.nonce))
                 return []
             if isinstance(message, Pong):
                 return []
+            self._busy = True
             return [Received(message)]
         next_state = TRANSITIONS.get((self.role, self.state, type(message)))
         if next_state is None:
@@ -283,7 +299,14 @@ class Session:
             return self._started + HANDSHAKE_TIMEOUT
         # Both sides wake at the ping pace (a wake without a ping sends nothing): a
         # timer that fires late is how our own stalls are told from a silent peer.
-        return min(self._last_ping + PING_INTERVAL, self._last_received + DEAD_AFTER)
+        ping, dead = self._pace()
+        return min(self._last_ping + ping, self._last_received + dead)
+
+    def _pace(self) -> tuple[float, float]:
+        """The ping interval and the silence that kills: the dialler's own, slower once
+        the connection is idle; the other side's, from the dialler's last ping."""
+        every = max(PING_INTERVAL, self._peer_every) if self.role is Role.SERVER else self._every
+        return every, MISSED_PINGS * every
 
     def handle_timer(self, now: float) -> list[Event]:
         if self.state is State.CLOSED:
@@ -292,18 +315,26 @@ class Session:
             if now >= self._started + HANDSHAKE_TIMEOUT:
                 return self._closed("handshake timed out", by_peer=False)
             return []
-        if now - self._last_timer > STALL_GAP:
+        if self._busy:
+            self._busy = False
+            self._last_activity = now
+            self._every = PING_INTERVAL  # busy again: the next ping comes sooner than said
+        ping, dead = self._pace()
+        if now - self._last_timer > 2 * ping:
             # Our own stall must not count against the peer: its pings are probably
             # queued unread. Give it a fresh window from now.
-            self._last_received = max(self._last_received, now - PING_INTERVAL)
+            self._last_received = max(self._last_received, now - ping)
         self._last_timer = now
-        if now >= self._last_received + DEAD_AFTER:
-            return self._closed(f"peer silent for {DEAD_AFTER:.0f}s", by_peer=False)
+        if now >= self._last_received + dead:
+            return self._closed(f"peer silent for {dead:.0f}s", by_peer=False)
         # Only the side that dialled pings; the other hears the pings and answers each:
         # one ping and one pong per interval and connection, not two of each.
-        if now >= self._last_ping + PING_INTERVAL:
+        if now >= self._last_ping + ping:
             self._last_ping = now
             if self.role is Role.CLIENT:
+                # The gap to the next ping, decided now and said in this one.
+                idle = now - self._last_activity >= IDLE_AFTER
+                self._every = IDLE_PING_INTERVAL if idle else PING_INTERVAL
                 self._ping_nonce += 1
-                self._queue(Ping(self._ping_nonce))
+                self._queue(Ping(self._ping_nonce, round(self._every)))
         return []
