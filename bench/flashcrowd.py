@@ -629,7 +629,7 @@ def main() -> int:
     parser.add_argument("--rate", default="10M", help="upload cap per daemon, per s (default 10M)")
     parser.add_argument("--runs", type=int, default=1, help="flash crowds, fresh daemons each")
     parser.add_argument(
-        "--idle", type=float, default=10.0, help="seconds of idle CPU measured (default 10)"
+        "--idle", type=float, default=30.0, help="seconds of idle CPU measured (default 30)"
     )
     parser.add_argument(
         "--ready-timeout", type=float, default=180.0, help="until every daemon has 4 peers"
@@ -644,7 +644,11 @@ def main() -> int:
         "--timeout", type=float, default=0.0, help="downloads (default 2x source-only + 60 s)"
     )
     parser.add_argument(
-        "--settle", type=float, default=5.0, help="seconds after the mesh before idle (default 5)"
+        "--settle",
+        type=float,
+        default=40.0,
+        help="seconds after the mesh before idle is measured (default 40: connections are "
+        "idle after 30 s, and the mesh lets go of what it does not need after 30 s)",
     )
     parser.add_argument("--logs", type=Path, help="keep every daemon's log here, per run")
     parser.add_argument("--log-level", default="info", help="the daemons' (default info)")

@@ -87,15 +87,19 @@ def test_flashcrowd_rows(tmp_path: Path) -> None:
     assert 0 <= share <= 100
     assert 1 <= copies <= 2.01  # at least one whole copy, at most one per receiver
     # receivers, on the bus, source seen, 4 peers, full mesh (s); peers per daemon
-    # (min/median/max: each sees the other two); idle CPU (source %, receivers %,
-    # all daemons in cores); CPU s of the download (source, receivers).
+    # (min/median/max: each sees the other two); the crowd: s until every receiver had
+    # a holder and its peers, most connections (source/receivers); idle CPU (source %,
+    # receivers %, all daemons in cores); CPU s of the download (source, receivers).
     mesh = re.search(
-        rf"^\s+2{NUMBER * 4}\s+2/2/2{NUMBER}{PAIR}{NUMBER * 2}{PAIR}$", out, re.MULTILINE
+        rf"^\s+2{NUMBER * 4}\s+2/2/2{NUMBER}{PAIR}{NUMBER}{PAIR}{NUMBER * 2}{PAIR}$",
+        out,
+        re.MULTILINE,
     )
     assert mesh, f"no mesh row in:\n{out}"
-    on_bus, seen, few, full = map(float, mesh.groups()[:4])
+    on_bus, seen, few, full, reached, peak_source, peak_receiver = map(float, mesh.groups()[:7])
     assert 0 < on_bus <= seen
     assert seen <= 60 and few <= 30 and full <= 30
+    assert reached <= 30 and peak_source == peak_receiver == 2
     for target in ("all done / swarm ideal", "idle CPU %", "to a holder and 4 peers"):
         assert re.search(rf"{re.escape(target)}.*{NUMBER}\s+<=", out), f"{target!r} in:\n{out}"
     # Its daemons, buses, tmpfs and namespace went with it.
