@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from lanspreadd.core.mesh import HOLDER_DIALS, MAX_GAMES_PER_PEER, MIN_AGE, Link, MeshPolicy
+from tests.scenarios.hostile import run_exchange_liar
 from tests.support import Daemon, wait_for
 from tests.test_peers import GAME, MiB, connect, downloads, game_entries, seed_game, sources_of
 
@@ -125,3 +127,28 @@ def test_a_full_daemon_turns_a_peer_away_and_names_whom_else_to_try(make_peer: M
         30,
         "the late peer connected to those the full one named",
     )
+
+
+@pytest.mark.slow
+def test_made_up_holders_from_a_neighbour_do_not_keep_the_real_one_undialled(
+    make_peer: MakePeer, tmp_path: Path
+) -> None:
+    """A prankster connected to the receiver names 32 holders of the game where nothing
+    answers, before the relay names the real one: the receiver tries a few, and while
+    their addresses back off it dials the real holder and downloads from it."""
+    source, relay, receiver = make_peer("source"), make_peer("relay"), make_peer("receiver")
+    root = seed_game(source, game_entries(3 * MiB))
+    for peer in (source, relay, receiver):
+        peer.start()
+    connect(relay, source)
+    wait_for(lambda: sources_of(relay) == 1, 10, "the source's snapshot at the relay")
+    with run_exchange_liar(tmp_path / "liar", receiver):
+        connect(receiver, relay)
+        wait_for(
+            lambda: receiver.ctl("--json", "download", GAME).returncode == 0,
+            90,
+            "a download that finishes",
+        )
+        assert downloads(receiver.game_dir / GAME) == downloads(root)
+        names = {p["name"] for p in receiver.ctl_json("peers")}
+        assert {"relay", "source", "hostile"} <= names, names

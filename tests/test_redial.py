@@ -200,3 +200,16 @@ def test_a_peer_that_drops_right_after_connecting_still_gets_the_grace() -> None
     assert dialled(redial, 0.5) == []
     assert dialled(redial, 2.0) == []
     assert dialled(redial, 2.5) == [A]
+
+
+def test_a_holder_in_backoff_is_not_ready_to_dial() -> None:
+    """The mesh passes over holders whose address waits its turn (`Redial.ready`)."""
+    redial = Redial(silent_retry=10)
+    redial.seen("silent", "10.0.0.9", 41800, now=0)
+    assert redial.ready("silent", 0)
+    assert [d.peer_id for d in redial.due(0, set())] == ["silent"]
+    assert not redial.ready("silent", 5)  # dialled, never answered: 10 s to wait
+    assert redial.ready("silent", 10)
+    redial.seen("up", "10.0.0.8", 41800, now=0, connected=True)
+    assert not redial.ready("up", 0)  # connected already
+    assert not redial.ready("unknown", 0)

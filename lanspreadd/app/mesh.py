@@ -125,8 +125,12 @@ class Mesh:
         holders: Counter[str] = Counter()
         for peer in self.peers.peers.values():
             holders.update(needed & set(peer.games))
+        now = time.monotonic()
+        # Holders whose address is in backoff are passed over: a neighbour naming
+        # made-up holders that never answer must not keep the real ones undialled.
+        waiting = {p for p in self.policy.holders() if not self.redial.ready(p, now)}
         prefer = self.policy.holders_to_dial(
-            needed, holders, connected, connecting, skip=self.peers.peers.keys()
+            needed, holders, connected, connecting, skip=waiting | self.peers.peers.keys()
         )
         if prefer:
             log.debug("dialling holders of %s: %s", sorted(needed), sorted(p[:8] for p in prefer))

@@ -202,6 +202,15 @@ class Redial:
             waits.append(wait)
         return max(0.0, min(waits))
 
+    def ready(self, peer_id: str, now: float) -> bool:
+        """Whether a known, unconnected peer's address may be dialled now: a holder that
+        never answers waits its turn, and another holder is tried meanwhile."""
+        known = self._known.get(peer_id)
+        if known is None or known.connected:
+            return False
+        schedule = self._schedules.get(known.address)
+        return schedule is None or now >= schedule.next_at
+
     def address(self, peer_id: str) -> Address | None:
         """Where a known peer said it listens."""
         known = self._known.get(peer_id)

@@ -18,6 +18,9 @@
   and answers every chunk request with garbage of the right length. Prints
   "connected" once it has told all of them, then the number of chunks it served for
   each line read on stdin.
+- `exchange-liar STATE TARGET`: connects to TARGET and tells it, as a neighbour in the
+  bounded mesh would, of 32 peers that hold the game: made-up ids on addresses where
+  nothing answers. Prints "connected", then stays until its stdin closes.
 """
 
 from __future__ import annotations
@@ -50,10 +53,13 @@ from lanspreadd.protocol.datachannel import (
 )
 from lanspreadd.protocol.errors import RemoteProtocolError
 from lanspreadd.protocol.messages import (
+    MAX_EXCHANGED,
     ChunkMap,
+    ExchangedPeer,
     FileEntry,
     FileList,
     FileListRequest,
+    PeerExchange,
     Snapshot,
     StreamInstallGrant,
     StreamInstallRequest,
@@ -164,6 +170,26 @@ async def swarm_liar(state: Path, source: str, receivers: list[str]) -> None:
         while await loop.run_in_executor(None, sys.stdin.readline):
             print(f"served {host.served}", flush=True)
         data.close()
+        raise SystemExit(0)
+
+
+async def exchange_liar(state: Path, target: str) -> None:
+    """Name made-up holders of the game to `target`, on ports where nothing listens."""
+    manager = hostile_manager(state, "hostile")
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(manager.run())
+        await manager.ready.wait()
+        peer_host, peer_port = target.rsplit(":", 1)
+        peer_id = await manager.connect(peer_host, int(peer_port))
+        fakes = tuple(
+            ExchangedPeer(secrets.token_hex(16), "127.0.0.1", free_port(), (GAME,))
+            for _ in range(MAX_EXCHANGED)
+        )
+        manager.peers[peer_id].connection.send_message(PeerExchange(fakes))
+        print("connected", flush=True)
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, sys.stdin.readline):
+            pass
         raise SystemExit(0)
 
 
@@ -315,7 +341,13 @@ def run_swarm_liar(state: Path, source: Daemon, receivers: list[Daemon]) -> Iter
         yield SwarmLiar(proc)
 
 
-MODES = ("lie", "name", "data-flood", "swarm-liar")
+@contextmanager
+def run_exchange_liar(state: Path, target: Daemon) -> Iterator[subprocess.Popen[str]]:
+    with hostile_process("tests.scenarios.hostile", state, target, mode="exchange-liar") as proc:
+        yield proc
+
+
+MODES = ("lie", "name", "data-flood", "swarm-liar", "exchange-liar")
 
 
 def main(argv: list[str]) -> None:
@@ -324,6 +356,8 @@ def main(argv: list[str]) -> None:
         asyncio.run(serve(Path(args[0]), args[1]))
     elif mode == "swarm-liar":
         asyncio.run(swarm_liar(Path(args[0]), args[1], args[2:]))
+    elif mode == "exchange-liar":
+        asyncio.run(exchange_liar(Path(args[0]), args[1]))
     elif mode == "name":
         name = args[2].encode().decode("unicode_escape")  # passed escaped: argv takes no NUL
         print(asyncio.run(say_hello_as(Path(args[0]), args[1], name)), flush=True)
