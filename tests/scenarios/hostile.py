@@ -32,8 +32,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from lanspreadd.core.held import ChunkNumbers
@@ -175,12 +175,7 @@ async def swarm_liar(state: Path, source: str, receivers: list[str]) -> None:
 
 async def exchange_liar(state: Path, target: str) -> None:
     """Name made-up holders of the game to `target`, on ports where nothing listens."""
-    manager = hostile_manager(state, "hostile")
-    async with asyncio.TaskGroup() as tg:
-        tg.create_task(manager.run())
-        await manager.ready.wait()
-        peer_host, peer_port = target.rsplit(":", 1)
-        peer_id = await manager.connect(peer_host, int(peer_port))
+    async with connected_to(state, target) as (manager, peer_id):
         fakes = tuple(
             ExchangedPeer(secrets.token_hex(16), "127.0.0.1", free_port(), (GAME,))
             for _ in range(MAX_EXCHANGED)
@@ -244,13 +239,19 @@ def data_flood(host: str, port: int, count: int) -> None:
         sock.close()
 
 
-async def serve(state: Path, target: str) -> None:
+@asynccontextmanager
+async def connected_to(state: Path, target: str) -> AsyncIterator[tuple[PeerManager, str]]:
+    """A hostile PeerManager running, connected to `target` (HOST:PORT) as a peer."""
     manager = hostile_manager(state, "hostile")
     async with asyncio.TaskGroup() as tg:
         tg.create_task(manager.run())
         await manager.ready.wait()
         host, port = target.rsplit(":", 1)
-        peer_id = await manager.connect(host, int(port))
+        yield manager, await manager.connect(host, int(port))
+
+
+async def serve(state: Path, target: str) -> None:
+    async with connected_to(state, target) as (manager, peer_id):
         print("connected", flush=True)
         loop = asyncio.get_running_loop()
         while True:
