@@ -71,18 +71,25 @@ def test_trim_lets_go_of_the_oldest_connections_that_serve_nothing() -> None:
     assert policy.trim(busy, now, make_room=2) == []
 
 
-@pytest.mark.slow
-def test_a_download_reaches_a_holder_only_a_neighbour_knows(make_peer: MakePeer) -> None:
-    """The receiver is connected to a relay only, and the relay to the source: the
-    relay's exchange names the source as a holder, the download starts, and the mesh
-    dials the source for it."""
+def holder_behind_a_relay(make_peer: MakePeer) -> tuple[Daemon, Daemon, Path]:
+    """A source with the game and a relay connected to it; the relay, a receiver
+    connected to neither yet, and the game's root on the source."""
     source, relay, receiver = make_peer("source"), make_peer("relay"), make_peer("receiver")
     root = seed_game(source, game_entries(3 * MiB))
     for peer in (source, relay, receiver):
         peer.start()
     connect(relay, source)
-    connect(receiver, relay)
     wait_for(lambda: sources_of(relay) == 1, 10, "the source's snapshot at the relay")
+    return relay, receiver, root
+
+
+@pytest.mark.slow
+def test_a_download_reaches_a_holder_only_a_neighbour_knows(make_peer: MakePeer) -> None:
+    """The receiver is connected to a relay only, and the relay to the source: the
+    relay's exchange names the source as a holder, the download starts, and the mesh
+    dials the source for it."""
+    relay, receiver, root = holder_behind_a_relay(make_peer)
+    connect(receiver, relay)
     assert sources_of(receiver) == 0
     assert [p["name"] for p in receiver.ctl_json("peers")] == ["relay"]
 
@@ -136,12 +143,7 @@ def test_made_up_holders_from_a_neighbour_do_not_keep_the_real_one_undialled(
     """A prankster connected to the receiver names 32 holders of the game where nothing
     answers, before the relay names the real one: the receiver tries a few, and while
     their addresses back off it dials the real holder and downloads from it."""
-    source, relay, receiver = make_peer("source"), make_peer("relay"), make_peer("receiver")
-    root = seed_game(source, game_entries(3 * MiB))
-    for peer in (source, relay, receiver):
-        peer.start()
-    connect(relay, source)
-    wait_for(lambda: sources_of(relay) == 1, 10, "the source's snapshot at the relay")
+    relay, receiver, root = holder_behind_a_relay(make_peer)
     with run_exchange_liar(tmp_path / "liar", receiver):
         connect(receiver, relay)
         wait_for(
