@@ -1,26 +1,58 @@
 """Party simulator: a whole LAN party fills a game, at sizes no machine here can run.
 
 A discrete-event simulation (a heap of events on an injected clock: no asyncio, no
-sockets, no sleeping) that drives the real `DownloadPlan`, one per seat, over a
-modelled network, with the daemon's own constants (upload slots, BUSY backoff, the
-sent-elsewhere rule, delta and recruit intervals, streams per source).
+sockets, no sleeping) that drives the daemon's own sans-IO code, one copy per seat:
+`DownloadPlan` (which chunk next from whom), `MeshPolicy` and `Redial` (the bounded
+mesh: whom to dial and when, whom to admit, whom to let go) and `Locality` (which
+peers look behind our own switch), with the daemon's constants (upload slots, BUSY
+backoff, the sent-elsewhere rule, delta, recruit and exchange intervals).
 
-What is modelled, as the daemon does it:
+The downloads, as the daemon does them:
 - Each receiving seat runs one download: a plan shuffled by its own `rng`, 4 streams to
   each complete source, 1 to each partial one, at most 12 fetches at once (the others
   wait their turn in order, as on the download's semaphore). A worker the plan gives
   nothing waits until woken (its source told more chunks, or any chunk came back) or
   for 0.5 s; a BUSY or NOT_HELD answer gives the chunk back and the worker asks again
-  after 0.5, 1, then 2 s (x0.5-1.5), as `Downloader._take_chunk` computes it.
-- Each seat tells its newly verified chunks once a second from the start of its
-  download; peers that have it as a partial source take them in at once.
-- Each seat's recruiter looks once a second (the first time at the start) for peers
-  downloading the same game or holding it whole, and enlists them after a file-list
-  round trip (`LIST_DELAY`). A finished seat stops serving as a partial holder (the
-  next request to it fails and the asker drops it), and is enlisted as a complete
-  source at the asker's next look.
+  after 0.5, 1, then 2 s (x0.5-1.5), as `Downloader._take_chunk` computes it. A chunk
+  is hashed (0.95 s/GB) before its worker asks again.
+- Each seat tells its newly verified chunks once a second; peers that have it as a
+  partial source take them in at once. Its recruiter looks once a second for connected
+  peers downloading the same game or holding it whole and enlists them after a
+  file-list round trip (`LIST_DELAY`). A seat that finishes withdraws its map (it stops
+  being a partial source) and is enlisted as a complete one.
 - A serving seat answers BUSY with 4 uploads under way; a complete holder refuses
   (NOT_HELD) a chunk it sent to another seat within 3 s.
+- A download starts with the file list: here from any holder (see "Not modelled").
+
+The mesh, as app.mesh does it: daemons start within 10 s and run idle for WARMUP (60 s)
+before the first download may start. mDNS tells each daemon of MAX_UNCONNECTED random
+others (Redial keeps no more unconnected peers: the first it heard). Each dials, in
+Redial's order and at its pace, until `MeshPolicy.dial_target`, admits peers while
+`admit()`, and every TEND (5 s) lets go what `trim()` names and tells each neighbour
+its other peers and whether each holds the game (PeerExchange) when that changed; a
+download with fewer than HOLDER_DIALS holders connected dials `holders_to_dial()`.
+A peer turned away gets the refuser's exchange.
+
+Locality (`--locality rtt`, the default; `oracle` reads the true switch, `none` is the
+mesh without it), as app.mesh applies `core.locality`: Redial ranks the peers it dials
+by `Locality.order`; while a download runs, `trim()` sees the connections
+`Locality.far` names as serving nothing, and `Probing` dials a few peers only to
+measure them, judged SETTLE after the handshake and let go (and forgotten by Redial)
+unless kept; a full Redial makes way for a peer `Locality.replaces` ranks nearer; a
+peer named in an exchange is estimated by its introducer's RTT. A new connection is
+enlisted and told of SETTLE after its handshake (the daemon's recruiter looks once a
+second, its exchanges go every 5 s).
+
+What the RTTs read (QUIC's smoothed RTT, samples as aioquic takes them: from the acks
+of once-a-second deltas while downloading, of pings otherwise, each floored at 1 ms):
+the hosts' turnaround (0.3 ms) with exponential jitter (0.2 ms mean per sample), 5 us
+per switch each way, and the queue at each port on the way: both seats' access ports
+(125 kB, 1 ms at 1 GbE) and, between switches, the four uplink ports (1 MB, 0.85 ms at
+10 GbE each). A port a transfer is waiting for is a bottleneck and its queue is full
+(TCP fills it); otherwise it queues as an M/M/1 queue at its load over the last second.
+Hosts queue nothing of their own (fq_codel). So an idle LAN reads 1 ms to every peer,
+and a busy one 1.3-2.5 ms to a peer behind our switch and 3.5-5.5 ms to one behind
+another while the uplinks are full.
 
 The network (the simplest model that conserves every link's capacity):
 - LAN: each seat has a link of `--link` MB/s each way on a switch of `--ports` seats; each
@@ -32,26 +64,23 @@ The network (the simplest model that conserves every link's capacity):
   path has a free lane (booked in request order, gaps filled). So a seat's uploads go
   one after another (as TCP's fair share would move the same bytes, but each chunk is
   whole sooner), and no link ever carries more than its capacity. Latency is
-  `LATENCY` each way; CPU (hashing, QUIC messages) and disks are free.
+  `LATENCY` each way; CPU but hashing, and disks, are free.
 - Calibration (`--calibrate`): the bench's loopback, where nothing limits but each
   daemon's upload limiter, a token bucket one request deep: a request waits until the
   bytes before it are paid for at the rate, then its chunk goes at loopback speed.
+  Every daemon connected to every other, as when flashcrowd's figures were measured.
 
-Connections: a full mesh by default. `--max-peers K` connects each seat to K random
-peers and to the source (links are both ways, so a seat may have more than K): a
-placeholder for the bounded mesh of issue 17, whose policy (which peers, rotation) is
-not modelled.
+`--scale S` makes chunks S times larger than the daemon's 4 MiB (same game size,
+links and constants, S times fewer chunks): the plans' chunk choice is most of the run
+time, and grows with chunks x seats. Larger chunks take S times longer to cross a link
+before they can be served on, and the 3 s sent-elsewhere memory covers S times fewer of
+them, so the source sends more copies: the fill time is pessimistic.
 
-`--scale S` makes chunks S times larger (same game size, links and constants, S times
-fewer chunks): the plans' chunk choice is most of the run time, and grows with chunks
-x seats x peers. Larger chunks take S times longer to cross a link before they can be
-served on, and hold an upload slot S times longer (more BUSY answers), so the fill time
-is pessimistic: 100 seats on one switch, 20 random peers, filled in 1.49x the ideal at
---scale 16 and 1.86x at --scale 64. On this machine --scale 64 took 60 s for 100 seats
-in a full mesh and 15 s with --max-peers 20; --scale 1 does not finish 100 seats in 5
-minutes.
+Not modelled: the agreement on the file list (the daemon's needs a complete holder
+connected within 60 s: at 2,000 seats one source admits 32), CPU but hashing, disks,
+mDNS traffic, QUIC messages' own cost.
 
-    .venv/bin/python bench/partysim.py --seats 100 500 2000 --scale 64 --max-peers 20
+    .venv/bin/python bench/partysim.py                 # 100, 500 and 2,000 seats
     .venv/bin/python bench/partysim.py --calibrate
 """
 
@@ -60,10 +89,12 @@ from __future__ import annotations
 import argparse
 import bisect
 import heapq
+import math
 import random
 import statistics
 import sys
 import time
+from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -82,16 +113,52 @@ from lanspreadd.app.downloader import (
 from lanspreadd.app.recruiter import RECRUIT_INTERVAL
 from lanspreadd.app.sharing import DELTA_INTERVAL
 from lanspreadd.core.hashes import CHUNK_SIZE
+from lanspreadd.core.locality import FAR_LINKS, NEAR_MARGIN, SETTLE, Locality, Probing
+from lanspreadd.core.mesh import MAX_PEERS, Link, MeshPolicy
 from lanspreadd.core.plan import Chunk, ChunkKey, DownloadPlan
+from lanspreadd.core.redial import MAX_UNCONNECTED, Redial
 from lanspreadd.net.dataserver import SENT_ELSEWHERE, UPLOAD_SLOTS
-from lanspreadd.protocol.messages import FileEntry
+from lanspreadd.protocol.messages import MAX_EXCHANGED, FileEntry
+from lanspreadd.protocol.session import PING_INTERVAL
 
 IDLE_WAIT = 0.5  # a worker the plan gave nothing asks again after this (Downloader)
 LATENCY = 0.0002  # one way, seat to seat (LAN or loopback)
 LIST_DELAY = 0.01  # a file list asked for and received, when a source is enlisted
 LOOPBACK_RATE = 700e6  # bytes/s of one loopback sendfile stream (bench/datapath.py)
+HASH_RATE = 1e9 / 0.95  # SHA-256 of a chunk before its worker asks again (DEVELOPERS.md)
 MB = 1e6
 SOURCE = 0  # the seat that holds the game from the start
+GAME = "game"
+
+# The mesh (app.mesh): daemons start within DAEMON_STARTS, run idle for WARMUP (the
+# mesh forms) before the first download may start; every TEND seconds each trims,
+# tells its neighbours its peers when they changed, and its RTTs are looked at.
+WARMUP = 60.0
+DAEMON_STARTS = 10.0
+TEND = 5.0  # app.mesh.TEND_INTERVAL
+HANDSHAKE = 0.05  # Retry, TLS and the identity proof, seconds
+PORT = 7777
+
+# What QUIC's smoothed RTT would read (`--locality rtt`): the hosts' own turnaround and
+# its jitter (exponential, per sample), a few microseconds per switch each way, and a
+# full queue at each port on the way that is busy: TCP fills the buffer of whatever
+# link is its bottleneck. Queue delay is an M/M/1 queue's (packet time x load / (1 -
+# load)) over the last LOAD_WINDOW, at most the port's buffer.
+HOST_RTT = 300e-6
+JITTER = 200e-6
+HOP = 5e-6
+PACKET = 1500
+SEAT_BUFFER = 125_000  # bytes a 1 GbE access port queues (1 ms)
+UPLINK_BUFFER = 1_000_000  # bytes a 10 GbE uplink port queues (0.85 ms)
+LOAD_WINDOW = 1.0
+LOAD_BUCKET = 0.1
+ORACLE_FAR = 0.01  # `--locality oracle`: the RTT added behind another switch, no noise
+SRTT_GAIN = 1 / 8  # RFC 9002's smoothing of RTT samples
+RTT_FLOOR = 0.001  # aioquic 1.x reads any RTT sample under 1 ms as 1 ms
+# RTT samples per second at each end of a connection: acks of its deltas (once a second)
+# while either end downloads, of pings and pongs (every PING_INTERVAL) otherwise.
+BUSY_SAMPLES = 1 / DELTA_INTERVAL
+IDLE_SAMPLES = 1 / PING_INTERVAL
 
 # bench/flashcrowd.py's figures in the README: receivers -> all done, seconds.
 MEASURED = {8: 15.1, 16: 17.6, 32: 19.2}
@@ -128,12 +195,27 @@ class Network(Protocol):
         """(when the receiver holds the chunk, when the sender's upload ends)."""
         ...
 
+    def rtt(self, a: int, b: int, now: float) -> float:
+        """The round trip between two seats' QUIC stacks now, without the hosts' jitter."""
+        ...
+
+    def far(self, a: int, b: int) -> bool:
+        """Whether traffic between the two crosses the core."""
+        ...
+
+    def capacity(self) -> float:
+        """Bytes/s a seat can receive."""
+        ...
+
 
 class Lanes:
     """One direction of one link: `count` lanes, each a sorted list of booked spans."""
 
     def __init__(self, count: int) -> None:
         self.lanes: list[list[tuple[float, float]]] = [[] for _ in range(count)]
+        self.busy: dict[int, float] = {}  # seconds booked, per LOAD_BUCKET of time
+        self.pruned = 0  # buckets before this one are forgotten
+        self.blocked_until = -math.inf  # a transfer waits for this link until then
 
     @staticmethod
     def _gap(lane: list[tuple[float, float]], t: float, d: float) -> float:
@@ -156,11 +238,38 @@ class Lanes:
         return best
 
     def book(self, t: float, d: float) -> None:
+        end = t + d
+        for bucket in range(int(t / LOAD_BUCKET), int(end / LOAD_BUCKET) + 1):
+            start = bucket * LOAD_BUCKET
+            overlap = min(end, start + LOAD_BUCKET) - max(t, start)
+            if overlap > 0:
+                self.busy[bucket] = self.busy.get(bucket, 0.0) + overlap
         for lane in self.lanes:
             if self._gap(lane, t, d) == t:
                 bisect.insort(lane, (t, t + d))
                 return
         raise AssertionError("no lane free for a span found free")
+
+    def load(self, now: float) -> float:
+        """The share of the link's capacity used over the last LOAD_WINDOW (whole
+        LOAD_BUCKETs, the one under way not counted)."""
+        last = int(now / LOAD_BUCKET)
+        buckets = round(LOAD_WINDOW / LOAD_BUCKET)
+        while self.pruned < last - buckets:
+            self.busy.pop(self.pruned, None)
+            self.pruned += 1
+        busy = sum(self.busy.get(b, 0.0) for b in range(last - buckets, last))
+        return busy / (LOAD_WINDOW * len(self.lanes))
+
+
+def queued(lanes: Lanes, rate: float, buffer: int, now: float) -> float:
+    """Seconds a packet waits at a port sending at `rate` bytes/s: its whole buffer
+    while a transfer waits for it (it is a bottleneck: TCP keeps its queue full), else
+    an M/M/1 queue at its load."""
+    load = lanes.load(now)
+    if load >= 1.0 or now < lanes.blocked_until:
+        return buffer / rate
+    return min(buffer / rate, PACKET / rate * load / (1.0 - load))
 
 
 class Lan:
@@ -170,11 +279,11 @@ class Lan:
         self.link = link
         self.ports = ports
         switches = (seats + ports - 1) // ports
-        lanes = max(1, int(uplink / link + 1e-9))
+        self.lanes = max(1, int(uplink / link + 1e-9))
         self.up = [Lanes(1) for _ in range(seats)]
         self.down = [Lanes(1) for _ in range(seats)]
-        self.switch_up = [Lanes(lanes) for _ in range(switches)]
-        self.switch_down = [Lanes(lanes) for _ in range(switches)]
+        self.switch_up = [Lanes(self.lanes) for _ in range(switches)]
+        self.switch_down = [Lanes(self.lanes) for _ in range(switches)]
 
     def send(self, sender: int, receiver: int, size: int, now: float) -> tuple[float, float]:
         path = [self.up[sender], self.down[receiver]]
@@ -184,13 +293,36 @@ class Lan:
         d = size / self.link
         t = now
         while True:
-            later = max(link.earliest(t, d, now) for link in path)
+            starts = [link.earliest(t, d, now) for link in path]
+            later = max(starts)
             if later == t:
                 break
+            for link, start in zip(path, starts, strict=True):
+                if start == later:  # the bottleneck: TCP would fill its queue meanwhile
+                    link.blocked_until = max(link.blocked_until, later)
             t = later
         for link in path:
             link.book(t, d)
         return t + d, t + d
+
+    def far(self, a: int, b: int) -> bool:
+        return a // self.ports != b // self.ports
+
+    def capacity(self) -> float:
+        return self.link
+
+    def rtt(self, a: int, b: int, now: float) -> float:
+        """Both seats' ports toward them, and the four uplink ports between switches."""
+        rtt = HOST_RTT + 2 * HOP
+        for seat in (a, b):
+            rtt += queued(self.down[seat], self.link, SEAT_BUFFER, now)
+        if self.far(a, b):
+            rtt += 4 * HOP
+            rate = self.link * self.lanes
+            for switch in (a // self.ports, b // self.ports):
+                for lanes in (self.switch_up[switch], self.switch_down[switch]):
+                    rtt += queued(lanes, rate, UPLINK_BUFFER, now)
+        return rtt
 
 
 class Loopback:
@@ -206,6 +338,371 @@ class Loopback:
         end = start + size / LOOPBACK_RATE
         return end, end
 
+    def far(self, a: int, b: int) -> bool:
+        return False
+
+    def capacity(self) -> float:
+        return LOOPBACK_RATE
+
+    def rtt(self, a: int, b: int, now: float) -> float:
+        return HOST_RTT
+
+
+# -- the mesh: each seat's daemon, its connections and what it measures of them ----------
+
+
+@dataclass(eq=False)
+class Daemon:
+    """One seat's daemon as its mesh sees it."""
+
+    index: int
+    policy: MeshPolicy
+    redial: Redial
+    locality: Locality | None
+    probing: Probing | None
+    running: bool = False
+    links: dict[int, float] = field(default_factory=dict)  # peer -> since
+    srtt: dict[int, float] = field(default_factory=dict)
+    connecting: set[int] = field(default_factory=set)
+    known: set[int] = field(default_factory=set)  # unconnected peers Redial keeps
+    silent: bool = False  # a dial was refused since Redial last left a newcomer out
+    full: float = math.inf  # no known peer makes way for a newcomer named this near
+    version: int = 0  # bumped when what we would tell neighbours changed
+    told: dict[int, int] = field(default_factory=dict)  # peer -> version last told
+    waking: bool = False  # a dial step is due
+    made: int = 0  # connections made (ours or theirs)
+    area: float = 0.0  # integral of the connection count over time
+    area_at: float = 0.0
+    most: int = 0  # the most connections at once while downloading
+
+    def count(self, now: float) -> None:
+        """Before the connection count changes: its integral to now."""
+        self.area += len(self.links) * (now - self.area_at)
+        self.area_at = now
+
+    def ids(self) -> set[str]:
+        return {str(p) for p in self.links}
+
+
+class Holdings(Protocol):
+    """What the mesh asks of the seats' downloads."""
+
+    def holds(self, i: int) -> bool:
+        """Whether seat `i` serves the game, whole or while downloading it."""
+        ...
+
+    def downloading(self, i: int) -> bool: ...
+
+
+class Exchanges(ABC):
+    """What the daemons tell and measure of one another every TEND: the mesh's talking
+    half (`Mesh` is its dialling half)."""
+
+    clock: Clock
+    network: Network
+    daemons: list[Daemon]
+    mode: str
+    rng: random.Random
+    holds: Callable[[int], bool]
+    downloading: Callable[[int], bool]
+
+    @abstractmethod
+    def found(self, daemon: Daemon, p: int) -> None: ...
+
+    @abstractmethod
+    def close(self, i: int, p: int) -> None: ...
+
+    @abstractmethod
+    def links(self, daemon: Daemon) -> list[Link]: ...
+
+    @abstractmethod
+    def wake(self, daemon: Daemon, delay: float = 0.0) -> None: ...
+
+    def tend(self, daemon: Daemon) -> None:
+        """Every TEND: RTTs, trims, exchanges."""
+        now = self.clock.now
+        daemon.full = math.inf  # estimates moved
+        i = daemon.index
+        for p in list(daemon.links):
+            busy = self.downloading(i) or self.downloading(p)
+            self.measure(daemon, p, TEND * (BUSY_SAMPLES if busy else IDLE_SAMPLES))
+        for peer_id in daemon.policy.trim(self.links(daemon), now):
+            self.close(i, int(peer_id))
+        for p in list(daemon.links):
+            if daemon.told.get(p) != daemon.version:
+                self.tell(daemon, p)
+        self.wake(daemon)
+        self.clock.after(TEND, partial(self.tend, daemon))
+
+    def measure(self, daemon: Daemon, p: int, samples: float, both: bool = False) -> None:
+        """QUIC's smoothed RTT at our end (and `both`: at p's too) after `samples` more
+        samples."""
+        now = self.clock.now
+        n = max(1, round(samples))
+        if self.mode == "oracle":
+            rtt = HOST_RTT + (ORACLE_FAR if self.network.far(daemon.index, p) else 0.0)
+        else:
+            rtt = self.network.rtt(daemon.index, p, now)
+        other = self.daemons[p]
+        for a, b in ((daemon, other), (other, daemon))[: 2 if both else 1]:
+            sample = rtt
+            if self.mode != "oracle":  # n samples' mean, floored as aioquic floors each
+                sample = max(RTT_FLOOR, rtt + self.rng.gammavariate(n, JITTER / n))
+            old = a.srtt.get(b.index)
+            srtt = sample if old is None else old + (1 - (1 - SRTT_GAIN) ** n) * (sample - old)
+            a.srtt[b.index] = srtt
+            if a.locality is not None:
+                a.locality.measured(str(b.index), srtt, now)
+
+    def tell(self, daemon: Daemon, p: int) -> None:
+        """A PeerExchange to `p`: our other peers and whether each holds the game."""
+        daemon.told[p] = daemon.version
+        self.refer(daemon, self.daemons[p])
+
+    def refer(self, daemon: Daemon, receiver: Daemon) -> None:
+        """`receiver` takes in `daemon`'s PeerExchange (app.mesh.exchanged)."""
+        p = receiver.index
+        now = self.clock.now
+        entries = sorted(
+            q for q, since in daemon.links.items() if q != p and now - since >= SETTLE - 1e-9
+        )[:MAX_EXCHANGED]
+        via = str(daemon.index)
+        for q in entries:
+            if q == p or q in receiver.links:
+                continue
+            if receiver.locality is not None:
+                receiver.locality.heard(str(q), via)
+            self.found(receiver, q)
+            if q in receiver.known:  # Redial took it
+                receiver.policy.heard(str(q), [GAME] if self.holds(q) else [])
+
+    def changed(self, i: int) -> None:
+        """What seat `i` holds changed: its neighbours have something new to tell."""
+        for p in self.daemons[i].links:
+            self.daemons[p].version += 1
+
+
+class Mesh(Exchanges):
+    """Every seat's connections, through the daemon's own `MeshPolicy`, `Redial` and
+    (unless `--locality none`) `Locality`, over a `Network` that says what RTTs read."""
+
+    def __init__(
+        self,
+        clock: Clock,
+        network: Network,
+        seats: int,
+        max_peers: int,
+        locality: str,
+        margin: float,
+        far_links: int,
+        party: Holdings,
+        rng: random.Random,
+    ) -> None:
+        self.clock = clock
+        self.network = network
+        self.mode = locality
+        self.holds = party.holds
+        self.downloading = party.downloading
+        self.rng = rng
+        self.on_link: Callable[[int, int], None] = lambda _a, _b: None
+        self.on_unlink: Callable[[int, int], None] = lambda _a, _b: None
+        self.daemons: list[Daemon] = []
+        for i in range(seats):
+            near = None if locality == "none" else Locality(margin, far_links)
+            redial = Redial(rng=random.Random(rng.getrandbits(64)))  # noqa: S311
+            probing = None if near is None else Probing(near)
+            self.daemons.append(Daemon(i, MeshPolicy(max_peers), redial, near, probing))
+
+    def start(self, i: int) -> None:
+        """The daemon starts; mDNS tells it of others. Redial keeps MAX_UNCONNECTED of
+        those it is told of unconnected and leaves the rest out: the first it heard."""
+        daemon = self.daemons[i]
+        daemon.running = True
+        daemon.area_at = self.clock.now
+        heard = min(MAX_UNCONNECTED, len(self.daemons) - 1)
+        others = self.rng.sample(range(len(self.daemons) - 1), heard)
+        for p in others:
+            self.found(daemon, p if p < i else p + 1)
+        self.wake(daemon)
+        self.clock.after(self.rng.uniform(0, TEND), partial(self.tend, daemon))
+
+    def found(self, daemon: Daemon, p: int) -> None:
+        """Told of a peer (mDNS, or a neighbour's exchange): into the dial schedule, as
+        Redial allows. A full schedule (MAX_UNCONNECTED, none silent to push out) leaves
+        a newcomer out, unless locality ranks it above the worst peer kept, which then
+        makes way (app.mesh.found)."""
+        if p == daemon.index or p in daemon.known or p in daemon.links:
+            return
+        if len(daemon.redial) - len(daemon.links) >= MAX_UNCONNECTED and not daemon.silent:
+            worst = self.worst(daemon, p)
+            if worst is None:
+                return  # what Redial would answer, without asking it
+            daemon.redial.gone(str(worst))
+            self.forget(daemon, worst)
+        dropped = daemon.redial.seen(str(p), host(p), PORT, self.clock.now)
+        if dropped == str(p):
+            daemon.silent = False  # no address that never answered was there to go
+            return
+        if dropped is not None:
+            self.forget(daemon, int(dropped))
+        daemon.known.add(p)
+        daemon.full = math.inf
+
+    def worst(self, daemon: Daemon, p: int) -> int | None:
+        """The peer kept for dialling that `p` should replace (`Locality.replaces`)."""
+        locality = daemon.locality
+        if locality is None:
+            return None
+        estimate = locality.estimate(str(p))
+        if estimate is None or estimate >= daemon.full:
+            return None  # the sim's economy: none makes way for a newcomer no nearer
+        worst = locality.replaces(str(p), map(str, daemon.known))
+        if worst is None:
+            daemon.full = estimate  # until `known` or the estimates change
+            return None
+        return int(worst)
+
+    def forget(self, daemon: Daemon, p: int) -> None:
+        daemon.known.discard(p)
+        daemon.full = math.inf
+        daemon.policy.forget([str(p)])
+
+    # -- dialling ------------------------------------------------------------------------
+
+    def wake(self, daemon: Daemon, delay: float = 0.0) -> None:
+        if not daemon.waking:
+            daemon.waking = True
+            self.clock.after(delay, partial(self.dial, daemon))
+
+    def dial(self, daemon: Daemon) -> None:
+        """app.mesh's dial step: room for the mesh, holders a download needs, the probe."""
+        daemon.waking = False
+        now = self.clock.now
+        connected, connecting = len(daemon.links), len(daemon.connecting)
+        prefer: set[str] = set()
+        if self.downloading(daemon.index):
+            holders = sum(self.holds(p) for p in daemon.links)
+            prefer = daemon.policy.holders_to_dial([GAME], {GAME: holders}, connected, connecting)
+            squeeze = connected + connecting + len(prefer) - daemon.policy.hard_cap
+            if prefer and squeeze > 0:
+                for peer_id in daemon.policy.trim(self.links(daemon), now, squeeze):
+                    self.close(daemon.index, int(peer_id))
+        probes = self.next_probes(daemon, connected + connecting)
+        prefer |= {str(p) for p in probes}
+        room = daemon.policy.room(connected, connecting)
+        if room <= 0 and not prefer:
+            return  # Redial would dial nothing (it notices lost peers at its next call)
+        rank = daemon.locality.order if daemon.locality is not None else None
+        for dial in daemon.redial.due(now, daemon.ids(), room, prefer, rank):
+            p = int(dial.peer_id)
+            if p in probes and daemon.probing is not None:
+                daemon.probing.dialling(dial.peer_id)
+            if p not in daemon.links and p not in daemon.connecting:
+                daemon.connecting.add(p)
+                self.clock.after(HANDSHAKE, partial(self.connect, daemon, p))
+        if room > 0 or prefer:
+            self.wake(daemon, max(0.1, daemon.redial.next_wake(now, room, prefer)))
+
+    def next_probes(self, daemon: Daemon, links: int) -> list[int]:
+        """While a download runs and locality is searching, peers dialled only to
+        measure them (`Probing.pick`)."""
+        if daemon.probing is None or not self.downloading(daemon.index):
+            return []
+        free = daemon.policy.hard_cap - links
+        known = [str(p) for p in daemon.known]
+        near_links = daemon.policy.max_peers - daemon.probing.locality.far_links
+        picked = daemon.probing.pick(known, daemon.ids(), free, self.clock.now, near_links)
+        return [int(p) for p in picked]
+
+    def settle(self, daemon: Daemon, p: int, since: float) -> None:
+        """SETTLE after a handshake: a probe is judged on its RTT (kept if it belongs
+        among our nearest, or if the mesh has room), and a connection kept is told to
+        neighbours and enlisted by downloads."""
+        if daemon.links.get(p) != since:
+            return
+        other = self.daemons[p]
+        probing = daemon.probing
+        if probing is not None and probing.is_probe(str(p)):
+            self.wake(daemon)
+            self.measure(daemon, p, SETTLE * BUSY_SAMPLES)
+            if not probing.judge(str(p), daemon.ids(), daemon.policy.max_peers):
+                self.close(daemon.index, p)
+                daemon.redial.gone(str(p))  # not to be redialled: measured not near
+                self.forget(daemon, p)
+                return
+        for a, b in ((daemon, other), (other, daemon)):
+            a.version += 1
+            self.tell(a, b.index)
+        self.on_link(daemon.index, p)
+
+    def connect(self, daemon: Daemon, p: int) -> None:
+        """A dial's handshake is done: the peer keeps it if its policy admits one more."""
+        daemon.connecting.discard(p)
+        other = self.daemons[p]
+        if not other.running or p in daemon.links or not other.policy.admit(len(other.links) + 1):
+            if daemon.probing is not None and daemon.probing.is_probe(str(p)):
+                daemon.probing.failed(str(p))
+                self.wake(daemon)
+            if other.running and p not in daemon.links:
+                # Turned away with whom else to try; to Redial the address is silent.
+                daemon.silent = True
+                self.refer(other, daemon)
+            return
+        now = self.clock.now
+        self.clock.after(SETTLE, partial(self.settle, daemon, p, now))
+        for a, b in ((daemon, other), (other, daemon)):
+            a.count(now)
+            a.links[b.index] = now
+            a.most = max(a.most, len(a.links)) if self.downloading(a.index) else a.most
+            a.made += 1
+            a.known.discard(b.index)
+            a.full = math.inf
+            a.redial.seen(str(b.index), host(b.index), PORT, now, connected=True)
+            a.policy.heard(str(b.index), [GAME] if self.holds(b.index) else [])
+        self.measure(daemon, p, 1, both=True)  # the handshake's sample
+
+    def close(self, i: int, p: int) -> None:
+        a, b = self.daemons[i], self.daemons[p]
+        if p not in a.links:
+            return
+        now = self.clock.now
+        settled = now - a.links[p] >= SETTLE - 1e-9
+        for x, y in ((a, b), (b, a)):
+            x.count(now)
+            del x.links[y.index]
+            x.srtt.pop(y.index, None)
+            x.told.pop(y.index, None)
+            if x.probing is not None:
+                x.probing.failed(str(y.index))
+            x.known.add(y.index)  # Redial keeps it, to redial
+            x.full = math.inf
+            x.version += settled
+            self.wake(x)
+        self.on_unlink(i, p)
+
+    def links(self, daemon: Daemon) -> list[Link]:
+        """What app.mesh passes to trim: a link serves a download of either end; while
+        we download, locality calls the far ones beyond those it keeps useless
+        (app.mesh._links). A complete holder keeps its far askers: what it sends crosses
+        their uplinks, theirs to judge, and its upload is what a crowd waits on."""
+        far: set[str] = set()
+        if daemon.locality is not None and self.downloading(daemon.index):
+            far = set(daemon.locality.far(daemon.ids()))
+        return [
+            Link(str(p), since, self.useful(daemon.index, p) and str(p) not in far)
+            for p, since in daemon.links.items()
+        ]
+
+    def useful(self, i: int, p: int) -> bool:
+        return (self.downloading(i) and self.holds(p)) or (self.holds(i) and self.downloading(p))
+
+
+def host(i: int) -> str:
+    return f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+
+
+# -- the downloads: each seat's plan, workers and what it serves ---------------------------
+
 
 @dataclass(eq=False)
 class Worker:
@@ -214,13 +711,13 @@ class Worker:
     seat: int
     source: int
     partial: bool
+    epoch: int  # the source's enlistment it belongs to: it ends with it
 
 
 @dataclass(eq=False)
 class Seat:
     index: int
     start: float
-    peers: list[int]
     plan: DownloadPlan | None  # None for the source
     done: float | None = None
     downloading: bool = False
@@ -236,13 +733,15 @@ class Seat:
     idle: dict[int, list[Worker]] = field(default_factory=dict)
     # Sources whose last answer was nothing, and nothing since could change it (the plan
     # is deterministic: asking again would give nothing again); idle sources not in it.
-    # state changes would give nothing again (the plan is deterministic).
     empty: set[int] = field(default_factory=set)
     ready: set[int] = field(default_factory=set)
     refused: Counter[int] = field(default_factory=Counter)
     complete: set[int] = field(default_factory=set)  # complete sources in the plan
     candidates: set[int] = field(default_factory=set)  # peers to enlist
+    epochs: Counter[int] = field(default_factory=Counter)  # enlistments lost, per source
     from_source: int = 0  # chunks completed from the source seat
+    links_area: float = 0.0  # the connection-count integral at the start (at the end:
+    # over the download)
 
     def forget(self, sources: Iterable[int]) -> None:
         """The plan may now give these sources a chunk."""
@@ -257,142 +756,37 @@ class Result:
     seats: int
     chunks: int
     done: list[float]
-    connections: list[int]
+    connections: list[float]  # each seat's mean connections while it downloaded
+    most: int  # the most connections any seat had at once while downloading
+    made: float  # connections made per seat, warm-up and probes included
+    via_core: float  # the share of chunk bytes that crossed the core
     source_copies: float
     wall: float
     unfinished: int
 
 
-class Party:
-    """One simulated party: seats, their downloads and what they serve."""
+class Fetching(ABC):
+    """Each download's workers and each seat's data server: a party's chunk-level half
+    (`Party` is its download-level half)."""
 
-    def __init__(
-        self,
-        receivers: int,
-        size: int,
-        chunk_size: int,
-        network: Network,
-        start_window: float,
-        max_peers: int | None,
-        rng: random.Random,
-    ) -> None:
-        self.clock = Clock()
-        self.network = network
-        self.rng = rng
-        n = receivers + 1
-        count = -(-size // chunk_size)
-        self.files = (
-            FileEntry("game.rar", size, ("",) * count),
-            FileEntry("version.ini", 4, ("",)),
-        )
-        self.chunk_size = chunk_size
-        self.chunks = count + 1
-        neighbours = connect(n, max_peers, rng)
-        self.seats = [
-            Seat(
-                i,
-                0.0 if i == SOURCE else rng.uniform(0, start_window),
-                sorted(neighbours[i]),
-                None if i == SOURCE else DownloadPlan(self.files, chunk_size, rng=rng_of(rng)),
-            )
-            for i in range(n)
-        ]
-        self.seats[SOURCE].done = 0.0
-        self.left = receivers
-
-    def run(self, limit: float) -> None:
-        for seat in self.seats[1:]:
-            self.clock.at(seat.start, partial(self.begin, seat))
-        self.clock.run(lambda: self.left == 0, limit)
+    clock: Clock
+    network: Network
+    rng: random.Random
+    seats: list[Seat]
+    bytes: int
+    core_bytes: int
 
     def plan(self, seat: Seat) -> DownloadPlan:
         assert seat.plan is not None
         return seat.plan
 
-    # -- a download's life -------------------------------------------------------
-
-    def begin(self, seat: Seat) -> None:
-        """Download called: complete peers are the first sources; our (empty) map goes out."""
-        seat.downloading = True
-        plan = self.plan(seat)
-        for p in seat.peers:
-            peer = self.seats[p]
-            if peer.done is not None:
-                plan.add_source(str(p))
-                seat.complete.add(p)
-                self.start_workers(seat, p, False)
-            elif peer.downloading:
-                seat.candidates.add(p)
-                peer.candidates.add(seat.index)
-        self.recruit(seat)
-        self.clock.after(DELTA_INTERVAL, lambda: self.tell(seat))
-        self.clock.after(IDLE_WAIT, lambda: self.tick(seat))
-
-    def finish(self, seat: Seat) -> None:
-        seat.done = self.clock.now
-        seat.downloading = False
-        self.left -= 1
-        for p in seat.peers:  # announced whole: enlisted as a complete source
-            peer = self.seats[p]
-            if peer.downloading:
-                peer.candidates.add(seat.index)
-
-    def tell(self, seat: Seat) -> None:
-        """The once-a-second delta of newly verified chunks."""
-        if not seat.downloading:
-            return
-        if seat.fresh:
-            fresh, seat.fresh = seat.fresh, []
-            seat.told += fresh
-            for r in list(seat.partial_at):
-                taker = self.seats[r]
-                if not taker.downloading:
-                    seat.partial_at.discard(r)
-                    continue
-                self.plan(taker).add_held(str(seat.index), fresh)
-                taker.forget((seat.index,))
-                self.poke(taker, seat.index)
-        self.clock.after(DELTA_INTERVAL, lambda: self.tell(seat))
-
-    def tick(self, seat: Seat) -> None:
-        """Idle workers' 0.5 s timeouts (one tick per seat)."""
-        if not seat.downloading:
-            return
-        self.poke(seat)
-        self.clock.after(IDLE_WAIT, lambda: self.tick(seat))
-
-    def recruit(self, seat: Seat) -> None:
-        if not seat.downloading:
-            return
-        plan = self.plan(seat)
-        for p in list(seat.candidates):
-            if str(p) in plan.sources:
-                if self.seats[p].done is None or p in seat.complete:
-                    seat.candidates.discard(p)
-                continue  # a partial source now whole: enlisted once dropped
-            seat.candidates.discard(p)
-            self.clock.after(LIST_DELAY, partial(self.join, seat, p))
-        self.clock.after(RECRUIT_INTERVAL, lambda: self.recruit(seat))
-
-    def join(self, seat: Seat, p: int) -> None:
-        plan = self.plan(seat)
-        if not seat.downloading or str(p) in plan.sources:
-            return
-        peer = self.seats[p]
-        if peer.done is not None:
-            plan.add_source(str(p))
-            seat.complete.add(p)
-        else:
-            plan.add_source(str(p), held=peer.told)
-            peer.partial_at.add(seat.index)
-        seat.forget((p,))
-        self.start_workers(seat, p, peer.done is None)
-
-    # -- workers -----------------------------------------------------------------
+    @abstractmethod
+    def finish(self, seat: Seat) -> None: ...
 
     def start_workers(self, seat: Seat, source: int, partial: bool) -> None:
+        epoch = seat.epochs[source]
         for _ in range(STREAMS_PER_PARTIAL if partial else STREAMS_PER_SOURCE):
-            seat.queue.append(Worker(seat.index, source, partial))
+            seat.queue.append(Worker(seat.index, source, partial, epoch))
         self.drain(seat)
 
     def poke(self, seat: Seat, source: int | None = None) -> None:
@@ -405,7 +799,7 @@ class Party:
         else:
             sources = set()
         for s in sources:
-            seat.queue.extend(seat.idle.pop(s))
+            seat.queue.extend(seat.idle.pop(s, ()))
         self.drain(seat)
 
     def drain(self, seat: Seat) -> None:
@@ -416,7 +810,7 @@ class Party:
     def take(self, seat: Seat, worker: Worker) -> None:
         plan = self.plan(seat)
         sid = str(worker.source)
-        if sid not in plan.sources:
+        if sid not in plan.sources or worker.epoch != seat.epochs[worker.source]:
             return  # its source was dropped: the worker ends
         if worker.source in seat.empty:
             seat.idle.setdefault(worker.source, []).append(worker)
@@ -449,9 +843,13 @@ class Party:
                 return
             server.sent[chunk.key] = (worker.seat, now)
         server.uploading += 1
+        self.bytes += chunk.length
+        if self.network.far(worker.source, worker.seat):
+            self.core_bytes += chunk.length
         held, sent = self.network.send(worker.source, worker.seat, chunk.length, now)
         self.clock.at(sent, lambda: self.uploaded(server))
-        self.clock.at(held + LATENCY, lambda: self.received(worker, chunk))
+        verified = held + LATENCY + chunk.length / HASH_RATE
+        self.clock.at(verified, lambda: self.received(worker, chunk))
 
     def uploaded(self, server: Seat) -> None:
         server.uploading -= 1
@@ -481,7 +879,9 @@ class Party:
     def lost(self, worker: Worker, chunk: Chunk) -> None:
         """A partial source that finished: the request failed, the source is dropped."""
         seat = self.seats[worker.seat]
-        self.plan(seat).source_lost(str(worker.source))
+        if worker.epoch == seat.epochs[worker.source]:
+            self.plan(seat).source_lost(str(worker.source))
+            seat.epochs[worker.source] += 1
         self.seats[worker.source].partial_at.discard(seat.index)
         self.back(seat, chunk)
         seat.slots += 1
@@ -494,6 +894,9 @@ class Party:
         if not seat.downloading:
             return
         plan = self.plan(seat)
+        if worker.epoch != seat.epochs[worker.source]:
+            self.drain(seat)  # the connection closed while it came: given back already
+            return
         if plan.completed(chunk):
             seat.fresh.append(chunk.key)
             seat.from_source += worker.source == SOURCE
@@ -507,15 +910,218 @@ class Party:
         else:
             self.drain(seat)
 
+
+class Party(Fetching):
+    """One simulated party: seats, their downloads and what they serve."""
+
+    def __init__(
+        self,
+        receivers: int,
+        size: int,
+        chunk_size: int,
+        network: Network,
+        capacity: float,
+        start_window: float,
+        mesh: Callable[[Clock, Holdings], Mesh],
+        rng: random.Random,
+    ) -> None:
+        self.clock = Clock()
+        self.network = network
+        self.rng = rng
+        n = receivers + 1
+        count = -(-size // chunk_size)
+        self.files = (
+            FileEntry("game.rar", size, ("",) * count),
+            FileEntry("version.ini", 4, ("",)),
+        )
+        self.chunk_size = chunk_size
+        self.chunks = count + 1
+        self.seats = [
+            Seat(
+                i,
+                0.0 if i == SOURCE else WARMUP + rng.uniform(0, start_window),
+                None if i == SOURCE else DownloadPlan(self.files, chunk_size, rng=rng_of(rng)),
+            )
+            for i in range(n)
+        ]
+        self.seats[SOURCE].done = 0.0
+        self.left = receivers
+        self.bytes = 0
+        self.core_bytes = 0
+        self.capacity = capacity
+        self.mesh = mesh(self.clock, self)
+        self.mesh.on_link = self.linked
+        self.mesh.on_unlink = self.unlinked
+
+    def holds(self, i: int) -> bool:
+        seat = self.seats[i]
+        return seat.downloading or seat.done is not None
+
+    def downloading(self, i: int) -> bool:
+        return self.seats[i].downloading
+
+    def links(self, seat: Seat) -> dict[int, float]:
+        return self.mesh.daemons[seat.index].links
+
+    def run(self, limit: float) -> None:
+        for i in range(len(self.seats)):
+            self.clock.at(self.rng.uniform(0, DAEMON_STARTS), partial(self.mesh.start, i))
+        for seat in self.seats[1:]:
+            self.clock.at(seat.start, partial(self.begin, seat))
+        self.clock.run(lambda: self.left == 0, WARMUP + limit)
+
+    # -- connections come and go ---------------------------------------------------------
+
+    def linked(self, a: int, b: int) -> None:
+        """A new connection: a download at either end enlists the other at its next look."""
+        for s, o in ((a, b), (b, a)):
+            seat = self.seats[s]
+            if seat.downloading and self.holds(o) and str(o) not in self.plan(seat).sources:
+                seat.candidates.add(o)
+
+    def unlinked(self, a: int, b: int) -> None:
+        """A closed connection: each end's download loses the other as a source."""
+        for s, o in ((a, b), (b, a)):
+            seat = self.seats[s]
+            seat.candidates.discard(o)
+            self.seats[o].partial_at.discard(s)
+            self.drop(seat, o)
+
+    def drop(self, seat: Seat, source: int) -> None:
+        """A download's source is gone (or withdrew its map): its workers end."""
+        if not seat.downloading or str(source) not in self.plan(seat).sources:
+            return
+        self.plan(seat).source_lost(str(source))
+        seat.complete.discard(source)
+        seat.epochs[source] += 1
+        seat.idle.pop(source, None)
+        seat.empty.discard(source)
+        seat.ready.discard(source)
+        seat.forget(list(seat.empty))  # its chunks in flight are pending again
+        self.poke(seat)
+
+    # -- a download's life -------------------------------------------------------
+
+    def begin(self, seat: Seat) -> None:
+        """Download called: complete peers are the first sources; our (empty) map goes out."""
+        seat.downloading = True
+        daemon = self.mesh.daemons[seat.index]
+        daemon.count(self.clock.now)
+        seat.links_area = daemon.area
+        daemon.most = len(daemon.links)
+        self.mesh.changed(seat.index)
+        plan = self.plan(seat)
+        for p in self.links(seat):
+            peer = self.seats[p]
+            if peer.done is not None:
+                plan.add_source(str(p))
+                seat.complete.add(p)
+                self.start_workers(seat, p, False)
+            elif peer.downloading:
+                seat.candidates.add(p)
+                peer.candidates.add(seat.index)
+        self.recruit(seat)
+        self.mesh.wake(daemon)
+        self.clock.after(DELTA_INTERVAL, lambda: self.tell(seat))
+        self.clock.after(IDLE_WAIT, lambda: self.tick(seat))
+
+    def finish(self, seat: Seat) -> None:
+        seat.done = self.clock.now
+        seat.downloading = False
+        daemon = self.mesh.daemons[seat.index]
+        daemon.count(seat.done)
+        seat.links_area = daemon.area - seat.links_area  # now over the whole download
+        self.mesh.changed(seat.index)
+        self.left -= 1
+        for r in list(seat.partial_at):  # our map withdrawn: we stop being a partial source
+            self.drop(self.seats[r], seat.index)
+        seat.partial_at.clear()
+        for p in self.links(seat):  # announced whole: enlisted as a complete source
+            peer = self.seats[p]
+            if peer.downloading:
+                peer.candidates.add(seat.index)
+
+    def tell(self, seat: Seat) -> None:
+        """The once-a-second delta of newly verified chunks."""
+        if not seat.downloading:
+            return
+        if seat.fresh:
+            fresh, seat.fresh = seat.fresh, []
+            seat.told += fresh
+            for r in list(seat.partial_at):
+                taker = self.seats[r]
+                if not taker.downloading:
+                    seat.partial_at.discard(r)
+                    continue
+                plan = self.plan(taker)
+                plan.add_held(str(seat.index), fresh)
+                if any(key not in plan.verified for key in fresh):
+                    # Else the plan answers as it did (the sim's economy).
+                    taker.forget((seat.index,))
+                    self.poke(taker, seat.index)
+        self.clock.after(DELTA_INTERVAL, lambda: self.tell(seat))
+
+    def tick(self, seat: Seat) -> None:
+        """Idle workers' 0.5 s timeouts (one tick per seat)."""
+        if not seat.downloading:
+            return
+        self.poke(seat)
+        self.clock.after(IDLE_WAIT, lambda: self.tick(seat))
+
+    def recruit(self, seat: Seat) -> None:
+        if not seat.downloading:
+            return
+        plan = self.plan(seat)
+        links = self.links(seat)
+        for p in list(seat.candidates):
+            if p not in links:
+                seat.candidates.discard(p)
+                continue
+            if str(p) in plan.sources:
+                if self.seats[p].done is None or p in seat.complete:
+                    seat.candidates.discard(p)
+                continue  # a partial source now whole: enlisted once dropped
+            seat.candidates.discard(p)
+            self.clock.after(LIST_DELAY, partial(self.join, seat, p))
+        self.clock.after(RECRUIT_INTERVAL, lambda: self.recruit(seat))
+
+    def join(self, seat: Seat, p: int) -> None:
+        plan = self.plan(seat)
+        if not seat.downloading or str(p) in plan.sources or p not in self.links(seat):
+            return
+        peer = self.seats[p]
+        if peer.done is not None:
+            plan.add_source(str(p))
+            seat.complete.add(p)
+        elif peer.downloading:
+            plan.add_source(str(p), held=peer.told)
+            peer.partial_at.add(seat.index)
+        else:
+            return
+        seat.forget((p,))
+        self.start_workers(seat, p, peer.done is None)
+
     def result(self, wall: float) -> Result:
         receivers = self.seats[1:]
-        done = [s.done for s in receivers if s.done is not None]
+        done = [s.done - WARMUP for s in receivers if s.done is not None]
+        daemons = self.mesh.daemons
+        connections = []
+        for s in receivers:
+            if s.done is None:
+                daemons[s.index].count(self.clock.now)
+                area, end = daemons[s.index].area - s.links_area, self.clock.now
+            else:
+                area, end = s.links_area, s.done
+            connections.append(area / max(end - s.start, 1e-9))
         copies = sum(s.from_source for s in receivers) / self.chunks
         return Result(
             len(self.seats),
             self.chunks,
             done,
-            [len(s.peers) for s in receivers],
+            connections,
+            max(daemons[s.index].most for s in receivers),
+            sum(d.made for d in daemons) / 2 / len(daemons),
+            self.core_bytes / max(1, self.bytes),
             copies,
             wall,
             len(receivers) - len(done),
@@ -527,20 +1133,12 @@ def rng_of(rng: random.Random) -> random.Random:
     return random.Random(rng.getrandbits(64))  # noqa: S311 (a simulation: repeatable)
 
 
-def connect(n: int, max_peers: int | None, rng: random.Random) -> list[set[int]]:
-    """Who is connected to whom: all to all, or K random peers each and the source."""
-    if max_peers is None or max_peers >= n - 2:
-        return [set(range(n)) - {i} for i in range(n)]
-    neighbours: list[set[int]] = [set() for _ in range(n)]
-    for i in range(1, n):
-        others = rng.sample(range(1, n - 1), max_peers)
-        for j in others:
-            j = j if j < i else j + 1  # any receiver but i
-            neighbours[i].add(j)
-            neighbours[j].add(i)
-        neighbours[i].add(SOURCE)
-        neighbours[SOURCE].add(i)
-    return neighbours
+@dataclass(frozen=True)
+class MeshSettings:
+    max_peers: int = MAX_PEERS
+    locality: str = "rtt"  # rtt, oracle or none
+    margin: float = NEAR_MARGIN
+    far_links: int = FAR_LINKS
 
 
 def simulate(
@@ -549,42 +1147,52 @@ def simulate(
     chunk_size: int,
     network: Network,
     start_window: float,
-    max_peers: int | None,
+    settings: MeshSettings,
     seed: int,
     limit: float,
 ) -> Result:
     began = time.monotonic()
-    party = Party(
-        receivers,
-        size,
-        chunk_size,
-        network,
-        start_window,
-        max_peers,
-        random.Random(seed),  # noqa: S311
-    )
+    rng = random.Random(seed)  # noqa: S311
+    mesh_rng = rng_of(rng)
+
+    def mesh(clock: Clock, party: Holdings) -> Mesh:
+        return Mesh(
+            clock,
+            network,
+            receivers + 1,
+            settings.max_peers,
+            settings.locality,
+            settings.margin,
+            settings.far_links,
+            party,
+            mesh_rng,
+        )
+
+    capacity = network.capacity()
+    party = Party(receivers, size, chunk_size, network, capacity, start_window, mesh, rng)
     party.run(limit)
     return party.result(time.monotonic() - began)
 
 
 HEAD = (
     f"{'seats':>6} {'chunks':>6} {'all done s':>10} {'ideal s':>8} {'time/ideal':>10} "
-    f"{'median s':>8} {'conn/seat med/max':>17} {'source copies':>13} {'done':>11} "
-    f"{'sim s':>6}"
+    f"{'median s':>8} {'conn/seat med/max':>17} {'dials/seat':>10} {'via core':>8} "
+    f"{'source copies':>13} {'done':>11} {'sim s':>6}"
 )
 
 
 def row(result: Result, ideal: float, limit: float) -> str:
     done = max(result.done) if not result.unfinished else limit
     median = statistics.median(result.done) if result.done else limit
-    conns = f"{statistics.median(result.connections):g}/{max(result.connections)}"
+    conns = f"{statistics.median(result.connections):.1f}/{result.most}"
     receivers = result.seats - 1
     finished = f"{receivers - result.unfinished}/{receivers}"
     mark = ">" if result.unfinished else ""
     return (
         f"{result.seats:>6} {result.chunks:>6} {mark + f'{done:.1f}':>10} {ideal:>8.1f} "
-        f"{mark + f'{done / ideal:.2f}':>10} {median:>8.1f} {conns:>17} "
-        f"{result.source_copies:>13.2f} {finished:>11} {result.wall:>6.1f}"
+        f"{mark + f'{done / ideal:.2f}':>10} {median:>8.1f} {conns:>17} {result.made:>10.1f} "
+        f"{result.via_core:>8.0%} {result.source_copies:>13.2f} {finished:>11} "
+        f"{result.wall:>6.1f}"
     )
 
 
@@ -594,11 +1202,13 @@ CALIBRATION_HEAD = (
 
 
 def calibrate(seed: int) -> list[str]:
-    """The bench's own parameters: 100 MiB, 10 MiB/s upload caps, all start at once."""
+    """The bench's own parameters: 100 MiB, 10 MiB/s upload caps, all start at once, and
+    every daemon connected to every other, as when it was measured."""
     lines = [CALIBRATION_HEAD]
     for receivers, measured in MEASURED.items():
         network = Loopback(receivers + 1, CALIBRATION_RATE)
-        result = simulate(receivers, CALIBRATION_SIZE, CHUNK_SIZE, network, 0.0, None, seed, 600.0)
+        full = MeshSettings(max_peers=2 * (receivers + 1), locality="none")
+        result = simulate(receivers, CALIBRATION_SIZE, CHUNK_SIZE, network, 0.0, full, seed, 600.0)
         done = max(result.done) if not result.unfinished else float("inf")
         lines.append(f"{receivers:>9} {done:>11.1f} {measured:>10.1f} {done / measured:>18.2f}")
     return lines
@@ -608,12 +1218,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seats", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--size", type=float, default=20.0, help="game GB (default 20)")
-    parser.add_argument("--scale", type=int, default=1, help="chunks this many times larger")
+    parser.add_argument("--scale", type=int, default=32, help="chunks this many times larger")
     parser.add_argument("--link", type=float, default=117.0, help="seat link MB/s each way")
     parser.add_argument("--uplink", type=float, default=1170.0, help="switch uplink MB/s")
     parser.add_argument("--ports", type=int, default=48, help="seats per switch")
     parser.add_argument("--start-window", type=float, default=10.0, help="seats start within")
-    parser.add_argument("--max-peers", type=int, help="K random peers each (and the source)")
+    parser.add_argument("--max-peers", type=int, default=MAX_PEERS, help="MeshPolicy's cap")
+    parser.add_argument(
+        "--locality",
+        choices=["rtt", "oracle", "none"],
+        default="rtt",
+        help="what ranks peers: modelled QUIC RTTs, the true switch, or nothing",
+    )
+    parser.add_argument("--margin", type=float, default=NEAR_MARGIN * 1e3, help="near, ms")
+    parser.add_argument("--far-links", type=int, default=FAR_LINKS, help="far peers kept")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--limit", type=float, default=20.0, help="give up at this x ideal")
     parser.add_argument("--calibrate", action="store_true", help="the bench's N=8, 16, 32")
@@ -626,11 +1244,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ideal = size / link
     limit = args.limit * ideal
     chunk_size = CHUNK_SIZE * args.scale
-    mesh = "full mesh" if args.max_peers is None else f"{args.max_peers} random peers + source"
+    settings = MeshSettings(args.max_peers, args.locality, args.margin / 1e3, args.far_links)
     print(
-        f"{args.size:g} GB game in {chunk_size >> 20} MiB chunks; {args.link:g} MB/s seat links, "
-        f"{args.ports} per switch, {args.uplink:g} MB/s uplinks; starts within "
-        f"{args.start_window:g} s; {mesh}; times from the first start",
+        f"{args.size:g} GB game in {chunk_size >> 20} MiB chunks (--scale {args.scale}); "
+        f"{args.link:g} MB/s seat links, {args.ports} per switch, {args.uplink:g} MB/s "
+        f"uplinks; starts within {args.start_window:g} s after {WARMUP:g} s of idle mesh; "
+        f"--max-peers {args.max_peers}, locality: {args.locality}"
+        + (
+            f" (margin {args.margin:g} ms, {args.far_links} far kept)"
+            if args.locality != "none"
+            else ""
+        )
+        + "; times from the first possible start",
         flush=True,
     )
     print(HEAD, flush=True)
@@ -638,14 +1263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for seats in args.seats:
         network = Lan(seats, link, args.uplink * MB, args.ports)
         result = simulate(
-            seats - 1,
-            size,
-            chunk_size,
-            network,
-            args.start_window,
-            args.max_peers,
-            args.seed,
-            limit,
+            seats - 1, size, chunk_size, network, args.start_window, settings, args.seed, limit
         )
         failed |= bool(result.unfinished)
         print(row(result, ideal, limit), flush=True)

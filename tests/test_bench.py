@@ -115,33 +115,48 @@ def cmdline(proc: Path) -> str:
         return ""
 
 
+# A party row's figures after seats and chunks.
+PARTY_COLUMNS: tuple[str, ...] = ("done", "ideal", "ratio", "median", "conns", "most")
+PARTY_COLUMNS += ("dials", "core", "copies", "wall")
+
+
 def test_partysim_rows() -> None:
-    """A tiny party fills, every seat finishing, and the calibration prints its rows."""
+    """A tiny party fills through the bounded mesh, every seat finishing, and the
+    calibration prints its rows."""
+    seats = (4, 60)  # one switch; two, whose seats the mesh mostly keeps apart
+    argv = ["--seats", *map(str, seats), "--size", "0.2", "--scale", "1"]
     result = subprocess.run(
-        [sys.executable, "bench/partysim.py", "--seats", "4", "8", "--size", "0.2"],
+        [sys.executable, "bench/partysim.py", *argv],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    # seats, chunks, all done, ideal, time/ideal, median, connections median/max, copies
-    # the source sent, receivers done, wall seconds.
-    for seats in (4, 8):
+    assert "MiB chunks (--scale 1)" in out and "locality: rtt" in out, out
+    # seats, chunks, all done, ideal, time/ideal, median, connections median/max, dials
+    # per seat, share of bytes across the core, copies the source sent, receivers done,
+    # wall seconds.
+    rows = {}
+    for n in seats:
         found = re.search(
-            rf"^\s+{seats}\s+49{NUMBER * 4}{PAIR}{NUMBER}\s+{seats - 1}/{seats - 1}{NUMBER}$",
+            rf"^\s+{n}\s+49{NUMBER * 4}{PAIR}{NUMBER}\s+(\d+)%{NUMBER}\s+{n - 1}/{n - 1}{NUMBER}$",
             out,
             re.MULTILINE,
         )
-        assert found, f"no row for {seats} seats in:\n{out}"
-        done, ideal, ratio, median, conns, most, copies, _ = map(float, found.groups())
-        assert ideal == pytest.approx(0.2e9 / 117e6, abs=0.05)
-        assert ideal <= done and 0 < median <= done
-        assert ratio == pytest.approx(done / ideal, rel=0.05)  # of rounded figures
-        assert conns == most == seats - 1  # a full mesh
-        assert 1 <= copies <= seats - 1
+        assert found, f"no row for {n} seats in:\n{out}"
+        row = rows[n] = dict(zip(PARTY_COLUMNS, map(float, found.groups()), strict=True))
+        assert row["ideal"] == pytest.approx(0.2e9 / 117e6, abs=0.05)
+        assert row["ideal"] <= row["done"] and 0 < row["median"] <= row["done"]
+        assert row["ratio"] == pytest.approx(row["done"] / row["ideal"], rel=0.05)  # rounded
+        assert 1 <= row["conns"] <= row["most"] and row["dials"] >= 1
+        assert 1 <= row["copies"] <= n - 1
+    assert rows[4]["conns"] == rows[4]["most"] == 3  # all connected: the mesh dials up to 4
+    assert rows[4]["core"] == 0  # one switch: nothing crosses the core
+    assert rows[60]["most"] <= 4 * 8  # never over the hard cap (MeshPolicy's default)
+    assert 0 < rows[60]["core"] < 100
     result = subprocess.run(
         [sys.executable, "bench/partysim.py", "--calibrate"],
         cwd=ROOT,

@@ -13,8 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.netns import Lan
 from tests.support import Daemon, make_game, tree, wait_for
-from tests.test_peers import GAME, MiB, downloads, game_entries
+from tests.test_peers import GAME, MiB, connect, downloads, game_entries
 
 
 @pytest.mark.slow
@@ -53,3 +54,47 @@ def test_discovery_download_and_a_killed_source_across_namespaces(
         15,
         "the killed source to be dropped",
     )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # the trim waits 30 s, and the download is paced to outlast it
+def test_a_downloader_lets_go_of_peers_behind_a_full_queue_and_keeps_the_near_ones(
+    lan: Lan, lan_peer: Callable[..., Daemon]
+) -> None:
+    """Five holders; three send through a 2 Mbit/s egress that their uploads keep full
+    (as behind a busy switch uplink), so QUIC reads their RTTs tens of milliseconds
+    longer. A receiver with a cap of 2 peers, connected to all five while it downloads,
+    lets the slow ones go beyond one and keeps the two near ones; the game arrives whole.
+    (Before locality, every holder served the download and none was let go.)"""
+    near = [lan_peer(f"near{i}", "--upload-limit", str(256 * 1024)) for i in range(2)]
+    far = [lan_peer(f"far{i}") for i in range(3)]
+    receiver = lan_peer("receiver", "--max-peers", "2", "--log-level", "debug")
+    root = make_game(near[0].game_dir, GAME, "1.0", game_entries(40 * MiB))
+    for holder in [*near[1:], *far]:
+        subprocess.run(["cp", "-a", str(root), str(holder.game_dir / GAME)], check=True)
+    for holder in far:
+        assert holder.netns is not None
+        lan.shape(holder.netns, "2mbit")
+    for peer in (*near, *far, receiver):
+        peer.start()
+    for holder in (*near, *far):  # more than its cap: as when a crowd dialled it
+        connect(receiver, holder)
+    wait_for(lambda: receiver.ctl_json("show", GAME)["sources"] == 5, 30, "the holders")
+
+    receiver.ctl("download", "--no-wait", GAME)
+    names = {p.name for p in far}
+
+    def far_let_go() -> list[str]:
+        lines = receiver.stderr().splitlines()
+        return [line for line in lines if "go: the mesh is full" in line]
+
+    # The trim comes 30 s after a connection is made (MeshPolicy.MIN_AGE).
+    wait_for(lambda: len(far_let_go()) >= 2, 90, "two far holders let go")
+    let_go = far_let_go()
+    assert all(any(f"letting {name} " in line for name in names) for line in let_go), let_go
+    assert not any(f"letting {p.name} " in line for p in near for line in let_go), let_go
+    connected = {p["name"] for p in receiver.ctl_json("peers")}
+    assert {p.name for p in near} <= connected, connected
+    wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 120, "the download")
+    assert receiver.ctl_json("show", GAME)["availability"] == "Ready", receiver.stderr()
+    assert downloads(receiver.game_dir / GAME) == downloads(root)

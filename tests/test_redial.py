@@ -213,3 +213,20 @@ def test_a_holder_in_backoff_is_not_ready_to_dial() -> None:
     redial.seen("up", "10.0.0.8", 41800, now=0, connected=True)
     assert not redial.ready("up", 0)  # connected already
     assert not redial.ready("unknown", 0)
+
+
+def test_a_rank_orders_the_dials_after_the_shuffle_and_holders_still_come_first() -> None:
+    """Locality's rank decides which of the due peers the mesh's room goes to."""
+    redial = Redial(new_dial_burst=1000)
+    for i in range(6):
+        redial.seen(fake(i), f"10.0.2.{i}", 7777, now=0)
+    near = [fake(4), fake(2)]
+
+    def rank(peer_ids: list[str]) -> list[str]:
+        return sorted(peer_ids, key=lambda p: p not in near)
+
+    dials = [d.peer_id for d in redial.due(0, (), room=2, prefer={fake(5)}, rank=rank)]
+    assert dials[0] == fake(5) and set(dials[1:]) == set(near)
+    assert redial.unconnected() == [fake(i) for i in range(6)]
+    redial.seen(fake(3), "10.0.2.3", 7777, now=1, connected=True)
+    assert fake(3) not in redial.unconnected()

@@ -6,6 +6,11 @@ address schedules of `core.redial` say when each may be dialled, and
 of a game a download needs. Every few seconds connections that serve nothing
 beyond the cap are let go, and each neighbour is told our other peers and what they
 hold, when that changed since we last told it: an idle party sends nothing.
+
+While a download runs, `core.locality` steers the mesh toward the peers behind our own
+switch, judged by each connection's smoothed RTT: those are dialled first, a few
+others are dialled only to be measured and kept if nearer, and peers behind other
+switches beyond one are let go once the mesh is full.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 
+from lanspreadd.core.locality import Locality, Probing
 from lanspreadd.core.mesh import Link, MeshPolicy
 from lanspreadd.core.redial import Dial, Redial
 from lanspreadd.core.refusals import RefusalTally
@@ -48,6 +54,8 @@ class Mesh:
         self.refusals = refusals
         self.policy = MeshPolicy(max_peers)
         self.redial = Redial()
+        self.locality = Locality()
+        self.probing = Probing(self.locality)
         self.needed = needed  # games our downloads need
         self.offered = offered  # games we serve, whole or while downloading
         self._stopping = stopping
@@ -64,7 +72,14 @@ class Mesh:
         address's turn, if the mesh has room for it or a download needs what it holds."""
         if peer_id == self.peers.local.peer_id:
             return
-        dropped = self.redial.seen(peer_id, host, port, time.monotonic())
+        now = time.monotonic()
+        dropped = self.redial.seen(peer_id, host, port, now)
+        if dropped == peer_id:
+            # A full schedule: a peer that looks nearer than one kept takes its place.
+            worse = self.locality.replaces(peer_id, self.redial.unconnected())
+            if worse is not None:
+                self.gone(worse)
+                dropped = self.redial.seen(peer_id, host, port, now)
         if dropped is not None:
             self.policy.forget([dropped])
             self.refusals.note(
@@ -83,6 +98,7 @@ class Mesh:
             if entry.peer_id == sender.peer_id:
                 continue
             if entry.peer_id not in self.peers.peers:
+                self.locality.heard(entry.peer_id, sender.peer_id)
                 self.found(entry.peer_id, entry.host, entry.port)
             if self.redial.address(entry.peer_id) is not None:
                 # Kept for when we are no longer connected to it (trimmed, dropped).
@@ -92,12 +108,15 @@ class Mesh:
         """A connected peer came, or told what it serves."""
         if reason == "connected":
             # Incoming and manual peers are redialled too once the connection drops.
-            self.redial.seen(peer.peer_id, peer.host, peer.data_port, time.monotonic(), True)
+            now = time.monotonic()
+            self.redial.seen(peer.peer_id, peer.host, peer.data_port, now, True)
+            self.probing.connected(peer.peer_id, now)
         self.policy.heard(peer.peer_id, peer.games)
         self._wake.set()
 
     def left(self, peer_id: str) -> None:
         self._told.pop(peer_id, None)
+        self.probing.failed(peer_id)
         self._wake.set()
 
     # ---- dialling -------------------------------------------------------------------------
@@ -106,15 +125,23 @@ class Mesh:
         async with asyncio.TaskGroup() as tg:
             while True:
                 now = time.monotonic()
+                self._judge(now)
                 room, prefer = self._room()
-                for dial in self.redial.due(now, self.peers.peers.keys(), room, prefer):
+                probes = self._probes(now, len(prefer))
+                connected = self.peers.peers.keys()
+                rank = self.locality.order
+                for dial in self.redial.due(now, connected, room, prefer | probes, rank):
                     busy = self.peers.is_connected_or_connecting
                     # A daemon saying goodbye must not dial the peers it just left.
                     if not self._stopping.is_set() and not busy(dial.peer_id, dial.host, dial.port):
+                        if dial.peer_id in probes:
+                            self.probing.dialling(dial.peer_id)
                         tg.create_task(self._connect_quietly(dial))
                 self._wake.clear()
+                wake = self.redial.next_wake(now, room, prefer | probes)
+                judging = self.probing.next_due(now)
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.redial.next_wake(now, room, prefer)):
+                    async with asyncio.timeout(wake if judging is None else min(wake, judging)):
                         await self._wake.wait()
 
     def _room(self) -> tuple[int, set[str]]:
@@ -140,6 +167,34 @@ class Mesh:
                 self._disconnect(peer_id, "making room for a holder")
         return self.policy.room(connected, connecting), prefer
 
+    def _probes(self, now: float, holders: int) -> set[str]:
+        """While a download runs: peers to dial only to measure how near they are."""
+        if not self.needed():
+            return set()
+        connected = self.peers.peers.keys()
+        free = self.policy.hard_cap - len(connected) - self._dialling - holders
+        near_links = self.policy.max_peers - self.locality.far_links
+        unconnected = self.redial.unconnected()
+        return set(self.probing.pick(unconnected, connected, free, now, near_links))
+
+    def _judge(self, now: float) -> None:
+        """Probes connected for a while: kept if nearer than what we have, else let go
+        and not dialled again (until announced again)."""
+        for peer_id in self.probing.due(now):
+            peer = self.peers.peers.get(peer_id)
+            if peer is None:
+                self.probing.failed(peer_id)
+                continue
+            self._measure(peer)
+            if not self.probing.judge(peer_id, self.peers.peers.keys(), self.policy.max_peers):
+                self._disconnect(peer_id, "a peer nearer to us was found")
+                self.gone(peer_id)
+
+    def _measure(self, peer: Peer) -> None:
+        rtt = peer.connection.smoothed_rtt
+        if rtt is not None:
+            self.locality.measured(peer.peer_id, rtt, time.monotonic())
+
     def _disconnect(self, peer_id: str, reason: str) -> None:
         peer = self.peers.peers.get(peer_id)
         if peer is not None and not peer.connection.session.closed:
@@ -151,6 +206,7 @@ class Mesh:
         try:
             await self.peers.connect(dial.host, dial.port, dial.peer_id)
         except PeerError as exc:
+            self.probing.failed(dial.peer_id)
             # Said once per outage; the retries that follow are only worth a debug line.
             level = logging.INFO if dial.attempt == 0 else logging.DEBUG
             log.log(level, "peer %s not reachable, will retry: %s", dial.peer_id[:8], exc)
@@ -165,6 +221,8 @@ class Mesh:
         while True:
             await asyncio.sleep(TEND_INTERVAL)
             needed = set(self.needed())
+            for connected in list(self.peers.peers.values()):
+                self._measure(connected)
             for peer_id in self.policy.trim(self._links(needed), time.time()):
                 self._disconnect(peer_id, "the mesh is full")
             for peer_id in list(self.peers.peers):
@@ -177,12 +235,18 @@ class Mesh:
                 peer.connection.send_message(message)
 
     def _links(self, needed: set[str]) -> list[Link]:
+        """What the trim sees: a connection serves a download of either end; while we
+        download, peers behind other switches beyond `Locality.far_links` serve
+        nothing. A complete holder keeps its far askers: what it sends crosses their
+        uplinks, theirs to judge, and its upload is what a crowd waits on."""
         offered = set(self.offered())
+        far = set(self.locality.far(self.peers.peers.keys())) if needed else set()
         return [
             Link(
                 peer.peer_id,
                 peer.since,
-                bool(needed & holds(peer)) or bool(offered & set(peer.held)),
+                (bool(needed & holds(peer)) or bool(offered & set(peer.held)))
+                and peer.peer_id not in far,
             )
             for peer in self.peers.peers.values()
         ]

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 FIRST_DELAY = 2.0  # an address that answered before and dropped
@@ -137,12 +137,15 @@ class Redial:
         connected: Collection[str],
         room: int | None = None,
         prefer: Collection[str] = (),
+        rank: Callable[[list[str]], list[str]] | None = None,
     ) -> list[Dial]:
         """The peers to dial now: one per address, none returned again before its delay.
 
         `room` bounds the dials (`core.mesh`: the bounded mesh), except for peers in
         `prefer` (holders of a game a download needs), which come first; the others
-        are taken in a random order, so that daemons do not all dial the same few.
+        are taken in a random order, so that daemons do not all dial the same few,
+        then sorted by `rank` if given (`core.locality`: likely near first; equals keep
+        the random order).
         A peer left out for want of room stays due; its schedule does not move.
         """
         self._refill(now)
@@ -165,6 +168,8 @@ class Redial:
         preferred = [p for p in eligible if p in prefer]
         others = [p for p in eligible if p not in prefer]
         self._rng.shuffle(others)
+        if rank is not None:
+            others = rank(others)
         dials = []
         for peer_id in preferred + others:
             if peer_id not in prefer and room is not None and room <= 0:
@@ -210,6 +215,10 @@ class Redial:
             return False
         schedule = self._schedules.get(known.address)
         return schedule is None or now >= schedule.next_at
+
+    def unconnected(self) -> list[str]:
+        """The peers kept for dialling that are not connected, first heard of first."""
+        return [peer_id for peer_id, known in self._known.items() if not known.connected]
 
     def address(self, peer_id: str) -> Address | None:
         """Where a known peer said it listens."""

@@ -135,6 +135,12 @@ class PeerConnection(QuicConnectionProtocol):
         host = str(paths[0].addr[0]) if paths else ""
         return host.removeprefix("::ffff:") if "." in host else host
 
+    @property
+    def smoothed_rtt(self) -> float | None:
+        """QUIC's smoothed RTT (seconds) once sampled: what `core.locality` ranks by."""
+        loss = self._quic._loss  # no public accessor in aioquic
+        return loss._rtt_smoothed if loss._rtt_initialized else None
+
     def quic_event_received(self, event: QuicEvent) -> None:
         now = time.monotonic()
         if isinstance(event, HandshakeCompleted):
