@@ -20,7 +20,9 @@ from lanspreadd.core.locality import (
     SETTLE,
     Locality,
     Probing,
+    slow,
 )
+from lanspreadd.core.mesh import last_holders
 
 MS = 1e-3
 NEAR = {"n1": 1.4 * MS, "n2": 1.6 * MS, "n3": 2.1 * MS, "n4": 2.4 * MS}
@@ -40,6 +42,16 @@ def test_peers_behind_other_switches_are_let_go_but_the_nearest_of_them() -> Non
     # Slowest first; f1 stays so that chunks still enter our switch.
     assert locality.far(connected) == ["f3", "f2"]
     assert Locality(margin=2 * MS, far_links=0).far(set()) == []
+
+
+def test_the_last_holders_of_what_we_download_are_never_let_go_for_answering_slowly() -> None:
+    """The holder a crowd waits on answers late for its own busy upload queue."""
+    locality = measured(NEAR | FAR)
+    connected = set(NEAR) | set(FAR)
+    assert locality.far(connected, keep=last_holders(["f3", "n1"])) == ["f2"]
+    # Holders enough that one going leaves others: the slow ones go like any peer.
+    assert last_holders(["f3", "n1", "n2"]) == ()
+    assert locality.far(connected, keep=last_holders(["f3", "n1", "n2"])) == ["f3", "f2"]
 
 
 def test_nothing_is_let_go_while_the_uplinks_are_idle() -> None:
@@ -206,3 +218,10 @@ def test_a_probe_is_judged_once_settled_and_kept_only_if_nearer() -> None:
     # With room in the mesh a probe stays whatever it measured.
     probing.dialling("p-slow")
     assert probing.judge("p-slow", {"n1", "p-slow"}, max_peers=8)
+
+
+def test_only_a_download_well_below_a_known_link_speed_probes() -> None:
+    gigabit = 125e6
+    assert slow(0.5 * gigabit, gigabit)
+    assert not slow(0.8 * gigabit, gigabit)
+    assert not slow(0.0, None)  # loopback, Wi-Fi: RTTs there tell busy hosts, not switches

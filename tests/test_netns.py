@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 
 import pytest
 
-from tests.netns import Lan
+from tests.netns import Lan, ip
 from tests.support import Daemon, make_game, tree, wait_for
 from tests.test_peers import GAME, MiB, connect, downloads, game_entries
 
@@ -98,3 +99,23 @@ def test_a_downloader_lets_go_of_peers_behind_a_full_queue_and_keeps_the_near_on
     wait_for(lambda: receiver.ctl_json("show", GAME)["operation"] == "", 120, "the download")
     assert receiver.ctl_json("show", GAME)["availability"] == "Ready", receiver.stderr()
     assert downloads(receiver.game_dir / GAME) == downloads(root)
+
+
+def test_our_link_speed_is_read_from_the_interface_we_listen_on(lan: Lan) -> None:
+    """A veth reports 10 Gbit/s; loopback reports nothing, nor does a namespace with
+    only loopback: there a download never probes for nearer peers."""
+    ns, address = lan.add_host(0)
+    code = "import sys; from lanspreadd.net.linkspeed import link_speed as s; print(s(sys.argv[1]))"
+
+    def speed_in(namespace: str, listen: str) -> str:
+        run = ["ip", "netns", "exec", namespace, sys.executable, "-c", code, listen]
+        return subprocess.run(run, check=True, capture_output=True, text=True).stdout.strip()
+
+    lonely = f"lslo-{lan.tag}"
+    ip("netns", "add", lonely)
+    lan.namespaces.append(lonely)  # deleted with the rest
+    everywhere = "0.0.0.0"  # noqa: S104 - what --listen defaults to
+    assert speed_in(ns, address) == str(10_000 * 125_000.0)
+    assert speed_in(ns, everywhere) == str(10_000 * 125_000.0)
+    assert speed_in(ns, "127.0.0.1") == "None"
+    assert speed_in(lonely, everywhere) == "None"

@@ -98,8 +98,10 @@ def test_a_cancelled_transfer_gives_its_bytes_back() -> None:
         first.cancel()
         with pytest.raises(asyncio.CancelledError):
             await first
-        # Only the burst is owed, not the cancelled transfer's ten chunks.
+        # Only the burst is owed, not the cancelled transfer's ten chunks, and only
+        # the burst counts as moved (what the mesh reads a download's rate from).
         assert limiter.bucket.delay_for(CHUNK) == pytest.approx(1.0)
+        assert limiter.moved == CHUNK
 
     asyncio.run(body())
 
@@ -120,6 +122,7 @@ def test_a_thread_that_received_waits_until_paid_or_cancelled() -> None:
     cancel.set()
     thread.join(10)
     assert done.is_set()
+    assert limiter.moved == CHUNK  # received, whether paid for or cancelled
 
     cancel.clear()
     limiter.rate = 0

@@ -35,6 +35,7 @@ from lanspreadd.core.operations import OperationTable
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import Busy, LanspreadError
 from lanspreadd.net.discovery import Discovery
+from lanspreadd.net.linkspeed import link_speed
 from lanspreadd.net.monitor import GameDirMonitor, RescanQueue
 from lanspreadd.net.peers import Peer, PeerManager
 
@@ -96,6 +97,8 @@ class Daemon:
             needed=self.games.needed,
             offered=self.host.offered,
             stopping=self._stopping,
+            downloaded=lambda: self.games.runner.download_limiter.moved,
+            link=link_speed(config.listen),
         )
         self.games.holders_known = self.mesh.policy.knows_holder
         self.limits = Limits(

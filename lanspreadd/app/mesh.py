@@ -22,8 +22,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 
-from lanspreadd.core.locality import Locality, Probing
-from lanspreadd.core.mesh import Link, MeshPolicy
+from lanspreadd.core.locality import Locality, Probing, slow
+from lanspreadd.core.mesh import Link, MeshPolicy, last_holders
 from lanspreadd.core.redial import Dial, Redial
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import PeerError
@@ -49,6 +49,8 @@ class Mesh:
         needed: Callable[[], Collection[str]],
         offered: Callable[[], Collection[str]],
         stopping: asyncio.Event,
+        downloaded: Callable[[], int] = lambda: 0,
+        link: float | None = None,
     ) -> None:
         self.peers = peers
         self.refusals = refusals
@@ -56,6 +58,9 @@ class Mesh:
         self.redial = Redial()
         self.locality = Locality()
         self.probing = Probing(self.locality)
+        self.downloaded = downloaded  # bytes our downloads received so far
+        self.link = link  # our link's bytes/s (net.linkspeed), if known
+        self._rate = (0.0, 0, time.monotonic())  # bytes/s over the last tend; bytes, when
         self.needed = needed  # games our downloads need
         self.offered = offered  # games we serve, whole or while downloading
         self._stopping = stopping
@@ -167,14 +172,17 @@ class Mesh:
                 self._disconnect(peer_id, "making room for a holder")
         return self.policy.room(connected, connecting), prefer
 
-    def _probes(self, now: float, holders: int) -> set[str]:
+    def _probes(self, now: float, dialling_holders: int) -> set[str]:
         """While a download runs: peers to dial only to measure how near they are."""
-        if not self.needed():
+        if not self.needed() or not slow(self._rate[0], self.link):
             return set()
         connected = self.peers.peers.keys()
-        free = self.policy.hard_cap - len(connected) - self._dialling - holders
+        free = self.policy.hard_cap - len(connected) - self._dialling - dialling_holders
         near_links = self.policy.max_peers - self.locality.far_links
-        unconnected = self.redial.unconnected()
+        # Holders are dialled for what they hold (holders_to_dial), not to be measured:
+        # a crowd probing the one holder would fill its connections.
+        holders = self.policy.holders()
+        unconnected = [p for p in self.redial.unconnected() if p not in holders]
         return set(self.probing.pick(unconnected, connected, free, now, near_links))
 
     def _judge(self, now: float) -> None:
@@ -187,8 +195,8 @@ class Mesh:
                 continue
             self._measure(peer)
             if not self.probing.judge(peer_id, self.peers.peers.keys(), self.policy.max_peers):
+                # Not forgotten: the rank puts it last, and it may hold what we need.
                 self._disconnect(peer_id, "a peer nearer to us was found")
-                self.gone(peer_id)
 
     def _measure(self, peer: Peer) -> None:
         rtt = peer.connection.smoothed_rtt
@@ -221,6 +229,9 @@ class Mesh:
         while True:
             await asyncio.sleep(TEND_INTERVAL)
             needed = set(self.needed())
+            now, moved = time.monotonic(), self.downloaded()
+            _, before, then = self._rate
+            self._rate = ((moved - before) / max(now - then, 1e-3), moved, now)
             for connected in list(self.peers.peers.values()):
                 self._measure(connected)
             for peer_id in self.policy.trim(self._links(needed), time.time()):
@@ -240,7 +251,10 @@ class Mesh:
         nothing. A complete holder keeps its far askers: what it sends crosses their
         uplinks, theirs to judge, and its upload is what a crowd waits on."""
         offered = set(self.offered())
-        far = set(self.locality.far(self.peers.peers.keys())) if needed else set()
+        far: set[str] = set()
+        if needed:
+            whole = [p.peer_id for p in self.peers.peers.values() if needed & set(p.games)]
+            far = set(self.locality.far(self.peers.peers.keys(), last_holders(whole)))
         return [
             Link(
                 peer.peer_id,

@@ -32,6 +32,7 @@ REMEASURE = 60.0  # seconds before a peer is probed again: queues come and go
 PROBES = 3  # peers dialled at once only to be measured
 PROBE_AGAIN = 10.0  # seconds before a peer picked to probe may be picked again
 SETTLE = 1.0  # seconds after its handshake a probe is judged: a few RTT samples
+PROBE_BELOW = 0.75  # a download slower than this share of our link looks for nearer peers
 
 V = TypeVar("V")
 
@@ -161,15 +162,22 @@ class Locality:
             return near < near_links
         return measured[0] > self._floor + self.margin
 
-    def far(self, connected: Collection[str]) -> list[str]:
+    def far(self, connected: Collection[str], keep: Collection[str] = ()) -> list[str]:
         """Connected peers to let go, slowest first: those more than `margin` slower than
-        our fastest, but for the `far_links` fastest of them."""
+        our fastest, but for the `far_links` fastest of them, and never one in `keep`."""
         measured = sorted((self._rtt[p], p) for p in connected if p in self._rtt)
         if not measured:
             return []
         border = measured[0][0] + self.margin
-        slow = [p for rtt, p in measured if rtt > border]
+        slow = [p for rtt, p in measured if rtt > border and p not in keep]
         return slow[self.far_links :][::-1]
+
+
+def slow(rate: float, link: float | None) -> bool:
+    """Whether a download at `rate` bytes/s is worth probing for nearer peers: slower
+    than PROBE_BELOW of our link's `link` bytes/s. Not when the link's speed is unknown
+    (loopback, Wi-Fi): there RTTs tell a busy host from an idle one, not switches."""
+    return link is not None and rate < PROBE_BELOW * link
 
 
 class Probing:

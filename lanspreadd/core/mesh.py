@@ -115,3 +115,10 @@ class MeshPolicy:
         closing = [link.peer_id for link in idle if now - link.since >= MIN_AGE][:excess]
         extra = [link.peer_id for link in idle if link.peer_id not in closing][:make_room]
         return closing + extra
+
+
+def last_holders(holders: Collection[str]) -> Collection[str]:
+    """The connected complete holders of a game we download, if so few (HOLDER_DIALS)
+    that none may be let go for answering slowly: the holder a crowd waits on answers
+    late for its own upload's queue, or its own busy CPU."""
+    return holders if len(holders) <= HOLDER_DIALS else ()

@@ -25,6 +25,7 @@ class RateLimiter:
     def __init__(self, rate: int = 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.bucket = TokenBucket(rate, clock)
         self._changed = asyncio.Event()
+        self.moved = 0  # bytes let through so far: what the mesh reads our rate from
 
     @property
     def rate(self) -> int:
@@ -48,11 +49,13 @@ class RateLimiter:
         except asyncio.CancelledError:
             self.bucket.refund(size)
             raise
+        self.moved += size
 
     def took(self, size: int, cancel: threading.Event) -> None:
         """`size` bytes have just moved (a worker thread's receive): wait until they
         are paid for, or until `cancel` is set."""
         ticket = self.bucket.reserve(size)
+        self.moved += size
         while (wait := self.bucket.wait_time(ticket + size)) > 0:
             if cancel.wait(min(wait, RECHECK)):
                 return
