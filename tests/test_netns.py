@@ -62,20 +62,21 @@ def test_discovery_download_and_a_killed_source_across_namespaces(
 def test_a_downloader_lets_go_of_peers_behind_a_full_queue_and_keeps_the_near_ones(
     lan: Lan, lan_peer: Callable[..., Daemon]
 ) -> None:
-    """Five holders; three send through a 2 Mbit/s egress that their uploads keep full
+    """Five holders; three send through an 8 Mbit/s egress that their uploads keep full
     (as behind a busy switch uplink), so QUIC reads their RTTs tens of milliseconds
     longer. A receiver with a cap of 2 peers, connected to all five while it downloads,
     lets the slow ones go beyond one and keeps the two near ones; the game arrives whole.
     (Before locality, every holder served the download and none was let go.)"""
-    near = [lan_peer(f"near{i}", "--upload-limit", str(256 * 1024)) for i in range(2)]
+    # Rates that let 4 streams' 4 MiB chunks through well within the 30 s stall timeout.
+    near = [lan_peer(f"near{i}", "--upload-limit", str(MiB)) for i in range(2)]
     far = [lan_peer(f"far{i}") for i in range(3)]
     receiver = lan_peer("receiver", "--max-peers", "2", "--log-level", "debug")
-    root = make_game(near[0].game_dir, GAME, "1.0", game_entries(40 * MiB))
+    root = make_game(near[0].game_dir, GAME, "1.0", game_entries(240 * MiB))
     for holder in [*near[1:], *far]:
         subprocess.run(["cp", "-a", str(root), str(holder.game_dir / GAME)], check=True)
     for holder in far:
         assert holder.netns is not None
-        lan.shape(holder.netns, "2mbit")
+        lan.shape(holder.netns, "8mbit")
     for peer in (*near, *far, receiver):
         peer.start()
     for holder in (*near, *far):  # more than its cap: as when a crowd dialled it
