@@ -21,7 +21,8 @@ The downloads, as the daemon does them:
   file-list round trip (`LIST_DELAY`). A seat that finishes withdraws its map (it stops
   being a partial source) and is enlisted as a complete one.
 - A serving seat answers BUSY with 4 uploads under way; a complete holder refuses
-  (NOT_HELD) a chunk it sent to another seat within 3 s.
+  (NOT_HELD) a chunk it sent to another seat within `sent_elsewhere()` (3 s, up to
+  12 s with more than 8 seats asking it).
 - A download starts with the file list: here from any holder (see "Not modelled").
 
 The mesh, as app.mesh does it: daemons start within 10 s and run idle for WARMUP (60 s)
@@ -73,11 +74,11 @@ The network (the simplest model that conserves every link's capacity):
 `--scale S` makes chunks S times larger than the daemon's 4 MiB (same game size,
 links and constants, S times fewer chunks): the plans' chunk choice is most of the run
 time, and grows with chunks x seats. Larger chunks take S times longer to cross a link
-before they can be served on, so the fill time is pessimistic. The 3 s sent-elsewhere
-memory is made S times longer with them (`--no-scale-memory`: not): it covers as many
-chunks as the daemon's, which is what decides how often the source sends a chunk twice.
-At 100 seats: --scale 8, 1.61 times the ideal (1.50 with the memory scaled), --scale 32
-with it scaled 1.59, without 1.71 (source copies 1.10, 1.03, 1.01, 1.36).
+before they can be served on, so the fill time is pessimistic. The sent-elsewhere
+memory (a complete holder refuses a chunk it sent another seat within it: "take it from
+the one that has it") is made as much longer as a chunk takes longer to be passed on:
+sent, hashed and told in the next delta (`pass_on`; `--no-scale-memory`: not). That
+ratio decides how often the source sends a chunk twice.
 
 Not modelled: the agreement on the file list (the daemon's needs a complete holder
 connected within 60 s: at 2,000 seats one source admits 32), CPU but hashing, disks,
@@ -121,7 +122,12 @@ from lanspreadd.core.locality import slow as slow_for_link
 from lanspreadd.core.mesh import MAX_PEERS, Link, MeshPolicy, last_holders
 from lanspreadd.core.plan import Chunk, ChunkKey, DownloadPlan
 from lanspreadd.core.redial import MAX_UNCONNECTED, Redial
-from lanspreadd.net.dataserver import SENT_ELSEWHERE, UPLOAD_SLOTS
+from lanspreadd.net.dataserver import (
+    ASKED_WITHIN,
+    ASKERS_PER_HOP,
+    UPLOAD_SLOTS,
+    sent_elsewhere,
+)
 from lanspreadd.protocol.messages import MAX_EXCHANGED, FileEntry
 from lanspreadd.protocol.session import PING_INTERVAL
 
@@ -166,7 +172,7 @@ BUSY_SAMPLES = 1 / DELTA_INTERVAL
 IDLE_SAMPLES = 1 / PING_INTERVAL
 
 # bench/flashcrowd.py's figures in the README: receivers -> all done, seconds.
-MEASURED = {8: 15.1, 16: 17.6, 32: 19.2}
+MEASURED = {8: 14.5, 16: 16.1, 32: 19.3}
 CALIBRATION_SIZE = 100 << 20
 CALIBRATION_RATE = 10 << 20
 
@@ -740,6 +746,7 @@ class Seat:
     # Serving.
     uploading: int = 0
     sent: dict[ChunkKey, tuple[int, float]] = field(default_factory=dict)
+    asked: dict[int, float] = field(default_factory=dict)  # seat -> when it last asked
     told: list[ChunkKey] = field(default_factory=list)
     fresh: list[ChunkKey] = field(default_factory=list)
     partial_at: set[int] = field(default_factory=set)  # seats that take our chunks
@@ -793,7 +800,7 @@ class Fetching(ABC):
     seats: list[Seat]
     bytes: int
     core_bytes: int
-    sent_elsewhere: float  # SENT_ELSEWHERE, made longer with --scale
+    stretch: float  # the sent-elsewhere memory made longer with --scale (pass_on)
 
     def plan(self, seat: Seat) -> DownloadPlan:
         assert seat.plan is not None
@@ -857,7 +864,12 @@ class Fetching(ABC):
             return
         if not worker.partial:
             last = server.sent.get(chunk.key)
-            recent = now - last[1] < self.sent_elsewhere if last is not None else False
+            server.asked[worker.seat] = now
+            if len(server.asked) > ASKERS_PER_HOP:
+                asked_within = ASKED_WITHIN * self.stretch
+                server.asked = {p: t for p, t in server.asked.items() if now - t < asked_within}
+            window = sent_elsewhere(len(server.asked)) * self.stretch
+            recent = now - last[1] < window if last is not None else False
             if last is not None and last[0] != worker.seat and recent:
                 self.clock.after(LATENCY, lambda: self.refused(worker, chunk))  # NOT_HELD
                 return
@@ -959,7 +971,8 @@ class Party(Fetching):
             FileEntry("version.ini", 4, ("",)),
         )
         self.chunk_size = chunk_size
-        self.sent_elsewhere = SENT_ELSEWHERE * (chunk_size / CHUNK_SIZE if scale_memory else 1)
+        stretch = pass_on(chunk_size, capacity) / pass_on(CHUNK_SIZE, capacity)
+        self.stretch = stretch if scale_memory else 1.0
         self.chunks = count + 1
         self.seats = [
             Seat(
@@ -1163,6 +1176,12 @@ class Party(Fetching):
         )
 
 
+def pass_on(chunk_size: int, link: float) -> float:
+    """Seconds before a chunk one seat received can be asked of it by another: sent,
+    hashed, and told in the next delta (DELTA_INTERVAL, at worst)."""
+    return chunk_size / link + chunk_size / HASH_RATE + DELTA_INTERVAL
+
+
 def rng_of(rng: random.Random) -> random.Random:
     """Each download's own shuffle, as each daemon has its own."""
     return random.Random(rng.getrandbits(64))  # noqa: S311 (a simulation: repeatable)
@@ -1299,9 +1318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     limit = args.limit * ideal
     chunk_size = CHUNK_SIZE * args.scale
     settings = MeshSettings(args.max_peers, args.locality, args.margin / 1e3, args.far_links)
+    stretch = pass_on(chunk_size, link) / pass_on(CHUNK_SIZE, link) if args.scale_memory else 1
     print(
         f"{args.size:g} GB game in {chunk_size >> 20} MiB chunks (--scale {args.scale}, "
-        f"sent-elsewhere memory {SENT_ELSEWHERE * (args.scale if args.scale_memory else 1):g} s); "
+        f"sent-elsewhere memory x{stretch:.2f}); "
         f"{args.link:g} MB/s seat links, {args.ports} per switch, {args.uplink:g} MB/s "
         f"uplinks; starts within {args.start_window:g} s after {WARMUP:g} s of idle mesh; "
         f"--max-peers {args.max_peers}, locality: {args.locality}"
