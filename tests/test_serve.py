@@ -18,9 +18,12 @@ from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import Cancelled, InvalidArgument
 from lanspreadd.net.dataserver import (
     GRANTS_KEPT,
+    SENT_ELSEWHERE,
+    SENT_ELSEWHERE_MAX,
     DataServer,
     Grant,
     OutboundTransfers,
+    sent_elsewhere,
 )
 from lanspreadd.net.ratelimit import RateLimiter
 from lanspreadd.protocol.datachannel import (
@@ -227,3 +230,11 @@ def test_a_grant_is_bound_to_its_peer_address_and_connection(tmp_path: Path) -> 
         await server.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_a_crowds_holder_refuses_a_chunk_sent_elsewhere_for_longer() -> None:
+    """Up to a mesh's worth of askers are neighbours of the one that got the chunk; a
+    crowd beyond that is hops away from it, so the refusal lasts longer, within a cap."""
+    assert sent_elsewhere(1) == sent_elsewhere(8) == SENT_ELSEWHERE
+    assert SENT_ELSEWHERE < sent_elsewhere(16) < sent_elsewhere(24) <= SENT_ELSEWHERE_MAX
+    assert sent_elsewhere(2000) == SENT_ELSEWHERE_MAX
