@@ -649,7 +649,11 @@ class Mesh(Exchanges):
             self.wake(daemon)
             self.measure(daemon, p, SETTLE * BUSY_SAMPLES)
             if not probing.judge(str(p), daemon.ids(), daemon.policy.max_peers):
-                self.close(daemon.index, p)  # not forgotten: ranked last from now on
+                self.close(daemon.index, p)
+                if str(p) not in daemon.policy.holders():
+                    # Forgotten (app.mesh._judge): its place in Redial goes to another.
+                    daemon.redial.gone(str(p))
+                    self.forget(daemon, p)
                 return
         for a, b in ((daemon, other), (other, daemon)):
             a.version += 1

@@ -195,8 +195,11 @@ class Mesh:
                 continue
             self._measure(peer)
             if not self.probing.judge(peer_id, self.peers.peers.keys(), self.policy.max_peers):
-                # Not forgotten: the rank puts it last, and it may hold what we need.
                 self._disconnect(peer_id, "a peer nearer to us was found")
+                if peer_id not in self.policy.holders():
+                    # Its place among the peers kept for dialling goes to another one:
+                    # kept, measured-far peers fill it and the near ones go unheard.
+                    self.gone(peer_id)
 
     def _measure(self, peer: Peer) -> None:
         rtt = peer.connection.smoothed_rtt
