@@ -48,8 +48,7 @@ class Locality:
         self.memory = memory
         self._rtt: dict[str, float] = {}  # last smoothed RTT measured, oldest first
         self._when: dict[str, float] = {}  # when it was measured
-        self._via: dict[str, tuple[str, bool | None]] = {}  # the nearest peer that named
-        # each one, and whether it said that one was near itself
+        self._via: dict[str, str] = {}  # the nearest peer that named each one
         self._floor = math.inf  # the fastest answer ever measured
 
     def measured(self, peer_id: str, rtt: float, now: float) -> None:
@@ -64,33 +63,28 @@ class Locality:
         for gone in _bound(self._rtt, self.memory):
             del self._when[gone]
 
-    def heard(self, peer_id: str, via: str, near: bool | None = None) -> None:
-        """`via`, a connected peer, named `peer_id` (`PeerExchange`), and said whether
-        it finds it near (None: it did not say)."""
+    def heard(self, peer_id: str, via: str) -> None:
+        """`via`, a connected peer, named `peer_id` (`PeerExchange`)."""
         if peer_id == via:
             return
         known = self._via.get(peer_id)
-        if known is None or self._rtt.get(via, math.inf) < self._rtt.get(known[0], math.inf):
+        if known is None or self._rtt.get(via, math.inf) < self._rtt.get(known, math.inf):
             self._via.pop(peer_id, None)
-            self._via[peer_id] = (via, near)
+            self._via[peer_id] = via
             _bound(self._via, self.memory)
 
     def estimate(self, peer_id: str) -> float | None:
-        """Its own RTT if measured, else that of the peer that named it (infinite if
-        that one said it was far from itself), else None."""
+        """Its own RTT if measured, else that of the peer that named it, else None."""
         rtt = self._rtt.get(peer_id)
         if rtt is not None:
             return rtt
         via = self._via.get(peer_id)
-        if via is None or (rtt := self._rtt.get(via[0])) is None:
-            return None
-        return math.inf if via[1] is False else rtt
+        return None if via is None else self._rtt.get(via)
 
     def near(self, peer_id: str) -> bool | None:
-        """Whether a peer answered within `margin` of the fastest answer we ever had:
-        what we tell others of it (None if not measured). Relative to the fastest ever,
-        not to our fastest now: when every path we have crosses a full queue, none of
-        our peers is near."""
+        """Whether a peer answered within `margin` of the fastest answer we ever had
+        (None if not measured). Relative to the fastest ever, not to our fastest now:
+        when every path we have crosses a full queue, none of our peers is near."""
         rtt = self._rtt.get(peer_id)
         return None if rtt is None else rtt <= self._floor + self.margin
 

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from lanspreadd.archive.provider import StreamInstallProvider, TreeEntry
 from lanspreadd.core.admission import ConnectionCaps
+from lanspreadd.core.mesh import MAX_PEERS
 from lanspreadd.core.paths import check_relative_path
 from lanspreadd.core.refusals import RefusalTally
 from lanspreadd.errors import ArchiveError
@@ -62,7 +63,7 @@ UPLOAD_SLOTS = 4
 # with 10 s (1.43-1.58 with 3 s): the last chunks waited.
 SENT_ELSEWHERE = 3.0
 SENT_ELSEWHERE_MAX = 12.0
-ASKERS_PER_HOP = 8  # core.mesh.MAX_PEERS
+ASKERS_PER_HOP = MAX_PEERS  # a mesh's worth of peers, all neighbours of one another
 ASKED_WITHIN = 10.0  # a peer that asked us for a chunk this recently counts as asking
 SENT_KEPT = 4096  # chunks remembered before the old ones are forgotten
 
