@@ -36,8 +36,8 @@ A peer turned away gets the refuser's exchange.
 
 Locality (`--locality rtt`, the default; `oracle` reads the true switch, `none` is the
 mesh without it), as app.mesh applies `core.locality`: Redial ranks the peers it dials
-by `Locality.order`; while a download runs, `trim()` sees the connections
-`Locality.far` names as serving nothing, and `Probing` dials a few peers only to
+by `Locality.order`; while a download runs, `trim()` sees the connections we dialled
+that `Locality.far` names as serving nothing, and `Probing` dials a few peers only to
 measure them, judged SETTLE after the handshake and let go (and forgotten by Redial)
 unless kept; a full Redial makes way for a peer `Locality.replaces` ranks nearer; a
 peer named in an exchange is estimated by its introducer's RTT. A new connection is
@@ -382,6 +382,7 @@ class Daemon:
     links: dict[int, float] = field(default_factory=dict)  # peer -> since
     srtt: dict[int, float] = field(default_factory=dict)
     connecting: set[int] = field(default_factory=set)
+    dialled: set[int] = field(default_factory=set)  # connected peers we dialled
     known: set[int] = field(default_factory=set)  # unconnected peers Redial keeps
     silent: bool = False  # a dial was refused since Redial last left a newcomer out
     full: float = math.inf  # no known peer makes way for a newcomer named this near
@@ -682,6 +683,7 @@ class Mesh(Exchanges):
             return
         now = self.clock.now
         self.clock.after(SETTLE, partial(self.settle, daemon, p, now))
+        daemon.dialled.add(p)
         for a, b in ((daemon, other), (other, daemon)):
             a.count(now)
             a.links[b.index] = now
@@ -702,6 +704,7 @@ class Mesh(Exchanges):
         for x, y in ((a, b), (b, a)):
             x.count(now)
             del x.links[y.index]
+            x.dialled.discard(y.index)
             x.srtt.pop(y.index, None)
             x.told.pop(y.index, None)
             if x.probing is not None:
@@ -714,13 +717,15 @@ class Mesh(Exchanges):
 
     def links(self, daemon: Daemon) -> list[Link]:
         """What app.mesh passes to trim: a link serves a download of either end; while
-        we download, locality calls the far ones beyond those it keeps useless
-        (app.mesh._links). A complete holder keeps its far askers: what it sends crosses
-        their uplinks, theirs to judge, and its upload is what a crowd waits on."""
+        we download, locality calls the far ones beyond those it keeps useless, if we
+        dialled them (app.mesh._links). A complete holder keeps its far askers: what it
+        sends crosses their uplinks, theirs to judge, and its upload is what a crowd
+        waits on."""
         far: set[str] = set()
         if daemon.locality is not None and self.downloading(daemon.index):
             whole = [str(p) for p in daemon.links if self.whole(p)]
-            far = set(daemon.locality.far(daemon.ids(), last_holders(whole)))
+            dialled = {str(p) for p in daemon.dialled}
+            far = set(daemon.locality.far(daemon.ids(), last_holders(whole), dialled))
         return [
             Link(str(p), since, self.useful(daemon.index, p) and str(p) not in far)
             for p, since in daemon.links.items()

@@ -44,6 +44,18 @@ def test_peers_behind_other_switches_are_let_go_but_the_nearest_of_them() -> Non
     assert Locality(margin=2 * MS, far_links=0).far(set()) == []
 
 
+def test_a_far_peer_that_dialled_us_is_its_own_to_let_go() -> None:
+    """Both ends of a far connection would judge it; the one that dialled keeps its
+    fastest far peer, and the other end must not undo that (a switch cut off)."""
+    locality = measured(NEAR | FAR)
+    connected = set(NEAR) | set(FAR)
+    dialled = set(NEAR) | {"f2"}  # f3 dialled us; f1 is still the far peer we keep
+    assert locality.far(connected, dialled=dialled) == ["f2"]
+    # f1, our fastest far peer, dialled us: f2 and f3 are still judged beside it.
+    assert locality.far(connected, dialled=set(NEAR) | {"f2", "f3"}) == ["f3", "f2"]
+    assert locality.far(connected, dialled=set(NEAR)) == []
+
+
 def test_the_last_holders_of_what_we_download_are_never_let_go_for_answering_slowly() -> None:
     """The holder a crowd waits on answers late for its own busy upload queue."""
     locality = measured(NEAR | FAR)

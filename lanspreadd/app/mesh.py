@@ -251,13 +251,16 @@ class Mesh:
     def _links(self, needed: set[str]) -> list[Link]:
         """What the trim sees: a connection serves a download of either end; while we
         download, peers behind other switches beyond `Locality.far_links` serve
-        nothing. A complete holder keeps its far askers: what it sends crosses their
-        uplinks, theirs to judge, and its upload is what a crowd waits on."""
+        nothing, if we dialled them (`Locality.far`). A complete holder keeps its far
+        askers: what it sends crosses their uplinks, theirs to judge, and its upload is
+        what a crowd waits on."""
+        peers = self.peers.peers
         offered = set(self.offered())
         far: set[str] = set()
         if needed:
-            whole = [p.peer_id for p in self.peers.peers.values() if needed & set(p.games)]
-            far = set(self.locality.far(self.peers.peers.keys(), last_holders(whole)))
+            whole = [p.peer_id for p in peers.values() if needed & set(p.games)]
+            dialled = {p.peer_id for p in peers.values() if p.outgoing}
+            far = set(self.locality.far(peers.keys(), last_holders(whole), dialled))
         return [
             Link(
                 peer.peer_id,
@@ -265,7 +268,7 @@ class Mesh:
                 (bool(needed & holds(peer)) or bool(offered & set(peer.held)))
                 and peer.peer_id not in far,
             )
-            for peer in self.peers.peers.values()
+            for peer in peers.values()
         ]
 
     def exchange_for(self, peer_id: str) -> PeerExchange | None:
