@@ -774,13 +774,18 @@ def swarm(runs: int, receivers: int, size: int, rate_mbit: int, stagger: float) 
 
 # ---- swarms of receivers starting together (loopback, each daemon on its own address) --
 def swarm_members(
-    c: Cluster, receivers: int, size: int, seed: int, upload_limit: int
+    c: Cluster, receivers: int, size: int, seed: int, upload_limit: int, slow: int = 0
 ) -> tuple[Daemon, Path, list[Daemon]]:
     """A source capping what it serves at `upload_limit` bytes/s (one slow LAN port) and
-    holding a game, and `receivers` receivers, all started; on 127.0.0.2, 127.0.0.3, ..."""
+    holding a game, and `receivers` receivers, all started; on 127.0.0.2, 127.0.0.3, ...
+    The first `slow` receivers download at most at half `upload_limit`."""
     source = c.add("source", "--upload-limit", str(upload_limit), listen="127.0.0.2")
     root = make_game(source.game_dir, GAME, "1.0", payload(size, seed))
-    others = [c.add(f"r{i}", listen=f"127.0.0.{i + 3}") for i in range(receivers)]
+    capped = ("--download-limit", str(upload_limit // 2))
+    others = [
+        c.add(f"r{i}", *(capped if i < slow else ()), listen=f"127.0.0.{i + 3}")
+        for i in range(receivers)
+    ]
     for peer in [source, *others]:
         peer.start(wait=False)
     for peer in [source, *others]:
@@ -1004,7 +1009,9 @@ def swarm_leave(runs: int, receivers: int, size: int, upload_limit: int) -> Outc
     kept: list[int] = []
     for run in range(runs):
         with cluster() as c:
-            source, root, others = swarm_members(c, receivers, size, run, upload_limit)
+            # The two that leave download slowly: a loaded machine must still see another
+            # take a chunk from them before they are done (and their resume state gone).
+            source, root, others = swarm_members(c, receivers, size, run, upload_limit, 2)
             asyncio.run(mesh([source, *others]))
             leaving, staying = others[:2], others[2:]
             asyncio.run(leave_once_serving(leaving, staying, 60))
