@@ -981,21 +981,31 @@ def resume_saved(peer: Daemon) -> int:
 
 
 async def leave_once_serving(leaving: list[Daemon], staying: list[Daemon], timeout: float) -> None:
-    """Download on every receiver at once; kill `leaving` (SIGKILL) as soon as one of
-    `staying` has had a chunk from one of them and both have saved their resume state."""
+    """Download on `leaving` until both have saved their resume state, then on `staying`
+    too; kill `leaving` (SIGKILL) as soon as one of `staying` has had a chunk from them.
+    The head start gives the two chunks the others still need, whatever the load."""
     async with linked([*leaving, *staying]) as links:
-        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in links))
-        gone = {link.peer_id for link in links[: len(leaving)]}
-        others = list(zip(links, jobs, strict=True))[len(leaving) :]
+        first, then = links[: len(leaving)], links[len(leaving) :]
+        await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in first))
+
+        async def saved() -> bool:
+            return all(resume_saved(d) for d in leaving)
+
+        await wait_for_async(saved, timeout, "the two to verify and save a chunk")
+        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in then))
+        gone = {link.peer_id for link in first}
+
+        async def sources(link: Link, job: str) -> dict[str, int]:
+            try:
+                return dict(await link.prop(job, JOB, "Sources"))
+            except ScenarioFailed:
+                return {}  # ended 10 s ago, without them: its object has gone
 
         async def serving_others() -> bool:
-            if not all(resume_saved(d) for d in leaving):
-                return False
-            # A job that ended was not served by them in time: its object then goes.
-            sources = await asyncio.gather(
-                *(link.prop(job, JOB, "Sources") for link, job in others)
+            taken = await asyncio.gather(
+                *(sources(link, job) for link, job in zip(then, jobs, strict=True))
             )
-            return any(n > 0 for s in sources for peer_id, n in s.items() if peer_id in gone)
+            return any(n > 0 for s in taken for peer_id, n in s.items() if peer_id in gone)
 
         await wait_for_async(serving_others, timeout, "another receiver to take from the two")
         for peer in leaving:
@@ -1009,8 +1019,9 @@ def swarm_leave(runs: int, receivers: int, size: int, upload_limit: int) -> Outc
     kept: list[int] = []
     for run in range(runs):
         with cluster() as c:
-            # The two that leave download slowly: a loaded machine must still see another
-            # take a chunk from them before they are done (and their resume state gone).
+            # The two that leave download slowly and first: a loaded machine must still
+            # see another take a chunk from them before they are done (their resume
+            # state gone with it).
             source, root, others = swarm_members(c, receivers, size, run, upload_limit, 2)
             asyncio.run(mesh([source, *others]))
             leaving, staying = others[:2], others[2:]
