@@ -107,6 +107,8 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
+from operator import itemgetter
 from pathlib import Path
 from typing import Protocol
 
@@ -235,9 +237,8 @@ class Lanes:
 
     @staticmethod
     def _gap(lane: list[tuple[float, float]], t: float, d: float) -> float:
-        for start, end in lane:
-            if end <= t:
-                continue
+        # Spans never overlap, so their ends are sorted too: skip those over by `t`.
+        for start, end in islice(lane, bisect.bisect_right(lane, t, key=itemgetter(1)), None):
             if start >= t + d:
                 break
             t = end
