@@ -78,17 +78,22 @@ The network (the simplest model that conserves every link's capacity):
 `--scale S` makes chunks S times larger than the daemon's 4 MiB (same game size,
 links and constants, S times fewer chunks): the plans' chunk choice is most of the run
 time, and grows with chunks x seats. Larger chunks take S times longer to cross a link
-before they can be served on, so the fill time is pessimistic. The sent-elsewhere
-memory (a complete holder refuses a chunk it sent another seat within it: "take it from
-the one that has it") is made as much longer as a chunk takes longer to be passed on:
-sent, hashed and told in the next delta (`pass_on`; `--no-scale-memory`: not). That
-ratio decides how often the source sends a chunk twice.
+before they can be served on, and a receiver's 12 fetches queue S times longer on its
+link, so the fill time is pessimistic, the more so the larger the party: 2,000 seats
+took 2.33, 2.21, 1.93 and 1.80 times the ideal at --scale 32, 16, 8 and 4 (7, 14, 21
+and 46 minutes on one core); 500 seats 1.81 and 1.50 at 32 and 8; 100 seats 1.49 and
+1.45. The default is 8 (32 MiB chunks); --scale 32 is for a quick look.
+The sent-elsewhere memory (a complete holder refuses a chunk it sent another seat
+within it: "take it from the one that has it") is made as much longer as a chunk
+takes longer to be passed on: sent, hashed and told in the next delta (`pass_on`;
+`--no-scale-memory`: not). That ratio decides how often the source sends a chunk twice.
 
 Not modelled: the agreement on the file list (the daemon's needs a complete holder
 connected within 60 s: at 2,000 seats one source admits 32), CPU but hashing, disks,
 mDNS traffic, QUIC messages' own cost.
 
-    .venv/bin/python bench/partysim.py                 # 100, 500 and 2,000 seats
+    .venv/bin/python bench/partysim.py                 # 100, 500 and 2,000 seats (25 min)
+    .venv/bin/python bench/partysim.py --scale 32      # the same, coarser (9 min)
     .venv/bin/python bench/partysim.py --calibrate
 """
 
@@ -1302,7 +1307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seats", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--size", type=float, default=20.0, help="game GB (default 20)")
-    parser.add_argument("--scale", type=int, default=32, help="chunks this many times larger")
+    parser.add_argument("--scale", type=int, default=8, help="chunks this many times larger")
     parser.add_argument("--link", type=float, default=117.0, help="seat link MB/s each way")
     parser.add_argument("--uplink", type=float, default=1170.0, help="switch uplink MB/s")
     parser.add_argument("--ports", type=int, default=48, help="seats per switch")
