@@ -834,6 +834,12 @@ async def linked(daemons: list[Daemon]) -> AsyncIterator[list[Link]]:
             await disconnect(link.bus)
 
 
+async def download_on(links: list[Link]) -> list[str]:
+    """Ask every daemon to download the game, all at once; their Job paths, in order."""
+    jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in links))
+    return [str(job) for job in jobs]
+
+
 async def meshed(links: list[Link]) -> bool:
     """Every daemon sees every other, and every receiver sees the source holding the game."""
     ids = {link.peer_id for link in links}
@@ -892,11 +898,11 @@ async def download_together(receivers: list[Daemon], allowed: float) -> list[Fin
             link.bus.add_message_handler(link.take)
             await bus_driver_call(link.bus, "AddMatch", COMPLETED)
         began = time.monotonic()
-        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in links))
+        jobs = await download_on(links)
         async with asyncio.timeout(allowed):
             return list(
                 await asyncio.gather(
-                    *(finish(link, str(job), began) for link, job in zip(links, jobs, strict=True))
+                    *(finish(link, job, began) for link, job in zip(links, jobs, strict=True))
                 )
             )
 
@@ -986,13 +992,13 @@ async def leave_once_serving(leaving: list[Daemon], staying: list[Daemon], timeo
     The head start gives the two chunks the others still need, whatever the load."""
     async with linked([*leaving, *staying]) as links:
         first, then = links[: len(leaving)], links[len(leaving) :]
-        await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in first))
+        await download_on(first)
 
         async def saved() -> bool:
             return all(resume_saved(d) for d in leaving)
 
         await wait_for_async(saved, timeout, "the two to verify and save a chunk")
-        jobs = await asyncio.gather(*(link.ask("Download", "sb", [GAME, False]) for link in then))
+        jobs = await download_on(then)
         gone = {link.peer_id for link in first}
 
         async def sources(link: Link, job: str) -> dict[str, int]:
